@@ -1,0 +1,261 @@
+//! The command line: argument parsing, logging setup and exit codes. Each subcommand is a
+//! thin call into the library.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Pipeline, Vars};
+use crate::pipeline::RunOptions;
+use crate::{Error, exit};
+
+/// klantbeeld builds a golden customer table from the dumps of your source systems.
+#[derive(Debug, Parser)]
+#[command(name = "klantbeeld", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr: human text, or JSON lines (with the run id) for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Only warnings and errors in the log.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Checks a pipeline file: YAML, keys, variables, references. Reads no data.
+    Validate(PipelineArgs),
+    /// Shows what a run would do: sources with their files, rules, outputs.
+    Plan(PipelineArgs),
+    /// Runs a pipeline and publishes its output.
+    Run(RunArgs),
+    /// Scores a crosswalk against ground truth: pairwise precision, recall and F1.
+    Eval(EvalArgs),
+    /// Demo data.
+    Demo {
+        #[command(subcommand)]
+        command: DemoCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// The pipeline YAML file.
+    pub pipeline: PathBuf,
+    /// A variable for `${name}` in the YAML and SQL, as NAME=VALUE (repeatable). Relative
+    /// paths are taken from the current folder.
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Memory the engine may use before spilling to disk, e.g. 2GB (overrides the YAML).
+    #[arg(long, value_name = "SIZE")]
+    pub memory_limit: Option<String>,
+    /// Read at most N rows of every input file: a quick run on a sample.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Crosswalk of an earlier run whose customer ids are kept (default: the one published
+    /// at the pipeline's output).
+    #[arg(long, value_name = "URL")]
+    pub previous: Option<String>,
+    /// Folder for temporary files and spills (default: the system temp folder).
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Ground truth Parquet with `source_system`, `source_record_id`, `person_id`.
+    #[arg(long)]
+    pub truth: String,
+    /// The crosswalk to score (a published `customer_xref` folder or file).
+    #[arg(long)]
+    pub crosswalk: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// Writes the six source systems' dumps of a made-up retailer, with ground truth.
+    Generate(crate::demo::GenerateArgs),
+}
+
+/// Parses `--var NAME=VALUE` pairs. A value that is a relative path (`./x`, `../x`,
+/// `data/x`) is made absolute against the current folder, because that is where the user
+/// typed it from.
+pub fn parse_vars(pairs: &[String]) -> Result<Vars, Error> {
+    let mut given = BTreeMap::new();
+    for pair in pairs {
+        let (k, v) =
+            pair.split_once('=').ok_or_else(|| Error::Usage(format!("--var `{pair}`: expected NAME=VALUE")))?;
+        let k = k.trim();
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(Error::Usage(format!("--var `{pair}`: a name is letters, digits and `_`")));
+        }
+        given.insert(k.to_string(), absolutize_path_value(v));
+    }
+    Ok(Vars::new(given))
+}
+
+fn absolutize_path_value(v: &str) -> String {
+    let looks_relative_path = !v.contains("://")
+        && !v.starts_with('/')
+        && (v.starts_with("./") || v.starts_with("../") || (v.contains('/') && !v.contains(' ')));
+    if looks_relative_path && let Ok(cwd) = std::env::current_dir() {
+        return cwd.join(v).to_string_lossy().to_string();
+    }
+    v.to_string()
+}
+
+fn load(args: &PipelineArgs) -> Result<Pipeline, Error> {
+    let vars = parse_vars(&args.vars)?;
+    Ok(Pipeline::load(&args.pipeline, &vars)?)
+}
+
+fn init_logging(format: LogFormat, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_env("KLANTBEELD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let _ = match format {
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("klantbeeld: cannot start: {e}");
+            return exit::OTHER;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            let message = e.to_string();
+            // One line on stderr for schedulers; the rest of a long engine message follows
+            // in the log at debug level.
+            let first = message.lines().next().unwrap_or_default();
+            tracing::debug!(error = message.as_str(), "full error");
+            eprintln!("klantbeeld: {first}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<(), Error> {
+    match command {
+        Command::Validate(args) => {
+            let p = load(&args)?;
+            println!(
+                "{}: ok ({} sources, {} rules)",
+                args.pipeline.display(),
+                p.spec.sources.len(),
+                p.spec.resolve.rules.len()
+            );
+            Ok(())
+        }
+        Command::Plan(args) => {
+            let p = load(&args)?;
+            print!("{}", plan(&p).await?);
+            Ok(())
+        }
+        Command::Run(args) => {
+            let p = load(&args.pipeline)?;
+            let memory_limit =
+                args.memory_limit.as_deref().map(crate::engine::parse_size).transpose().map_err(Error::Usage)?;
+            let options =
+                RunOptions { memory_limit, limit: args.limit, previous: args.previous, work_dir: args.work_dir };
+            let run_id = crate::pipeline::new_run_id();
+            let span = tracing::info_span!("run", run_id = run_id.as_str(), pipeline = p.spec.name.as_str());
+            let manifest = {
+                use tracing::Instrument;
+                crate::pipeline::run(&p, &options).instrument(span).await?
+            };
+            println!(
+                "published run {} to {}: {} customers from {} records",
+                manifest.run_id,
+                crate::storage::redact(&p.spec.output),
+                manifest.match_summary.customers,
+                manifest.match_summary.records
+            );
+            Ok(())
+        }
+        Command::Eval(args) => {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            let truth = crate::storage::Location::parse(&args.truth, &cwd)?;
+            let crosswalk = crate::storage::Location::parse(&args.crosswalk, &cwd)?;
+            let ctx =
+                crate::engine::session(&Default::default(), &std::env::temp_dir()).map_err(Error::engine("engine"))?;
+            let e = crate::eval::evaluate(&ctx, &truth, &crosswalk).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&e).map_err(|e| Error::Other(e.to_string()))?);
+            } else {
+                println!("{e}");
+            }
+            Ok(())
+        }
+        Command::Demo { command: DemoCommand::Generate(args) } => {
+            let summary = crate::demo::generate(&args).map_err(|e| Error::Other(e.to_string()))?;
+            println!("{summary}");
+            Ok(())
+        }
+    }
+}
+
+/// The text `plan` prints: every source with its files, the rules and the outputs.
+pub async fn plan(p: &Pipeline) -> Result<String, Error> {
+    use std::fmt::Write;
+    let ctx = crate::engine::session(&Default::default(), &std::env::temp_dir()).map_err(Error::engine("engine"))?;
+    let mut out = String::new();
+    let spec = &p.spec;
+    let _ = writeln!(out, "pipeline {} ({})", spec.name, p.file.display());
+    let _ = writeln!(out, "\nstages: extract -> stage -> resolve -> golden -> publish");
+    let _ = writeln!(out, "\nsources:");
+    for (name, source) in &spec.sources {
+        let (loc, files) = crate::extract::list_source(&ctx, p, name, source).await?;
+        let role = match &source.belongs_to {
+            Some(b) => format!("facts of {} via {}", b.source, b.column),
+            None => "identity records".to_string(),
+        };
+        let size: u64 = files.iter().map(|f| f.size).sum();
+        let _ = writeln!(out, "  {name}: {role}\n    {} -> {} file(s), {} bytes", loc.display(), files.len(), size);
+        for f in files.iter().take(20) {
+            let _ = writeln!(out, "      {}", loc.object_url(&f.location));
+        }
+        if files.is_empty() {
+            let _ =
+                writeln!(out, "      (no files{})", if source.optional { ", optional" } else { ": the run will fail" });
+        }
+    }
+    let _ = writeln!(out, "\nidentity rules (in order):");
+    for (i, rule) in spec.resolve.rules.iter().enumerate() {
+        let _ = writeln!(out, "  {}. {}", i + 1, rule.name());
+    }
+    let output = crate::storage::Location::parse(&spec.output, &p.base_dir)?;
+    let _ = writeln!(out, "\noutput: {}", crate::storage::redact(&output.display()));
+    for table in crate::pipeline::GOLDEN_TABLES.iter().map(|t| t.to_string()).chain(spec.outputs.keys().cloned()) {
+        let _ = writeln!(out, "  {table}");
+    }
+    Ok(out)
+}

@@ -1,0 +1,328 @@
+//! The pipeline definition: YAML read into serde types that refuse unknown keys, after
+//! `${var}` substitution. Every error names the file, line and column, and the key.
+
+mod spec;
+mod vars;
+
+pub use spec::*;
+pub use vars::{Vars, substitute};
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// A configuration error, already located in its file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {message}")]
+    At { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+impl ConfigError {
+    pub fn at(path: &Path, (line, column): (usize, usize), message: impl Into<String>) -> Self {
+        ConfigError::At { path: path.to_path_buf(), line, column, message: message.into() }
+    }
+}
+
+/// A parsed pipeline with where it came from.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The YAML file, as given.
+    pub file: PathBuf,
+    /// Folder that relative locations and the SQL folder resolve against.
+    pub base_dir: PathBuf,
+    /// The YAML after variable substitution (hashed into the manifest).
+    pub text: String,
+    pub spec: PipelineSpec,
+    /// The variables that the file used, with the values they got.
+    pub used_vars: Vec<(String, String)>,
+}
+
+impl Pipeline {
+    /// Reads, substitutes and parses a pipeline, then checks what serde cannot (references
+    /// between sections).
+    pub fn load(file: &Path, vars: &Vars) -> Result<Pipeline, ConfigError> {
+        let raw =
+            std::fs::read_to_string(file).map_err(|source| ConfigError::Read { path: file.to_path_buf(), source })?;
+        Self::from_text(file, &raw, vars)
+    }
+
+    pub fn from_text(file: &Path, raw: &str, vars: &Vars) -> Result<Pipeline, ConfigError> {
+        let (text, used_vars) = substitute(raw, vars).map_err(|e| ConfigError::at(file, e.at, e.message))?;
+        let spec: PipelineSpec = serde_yaml::from_str(&text).map_err(|e| yaml_error(file, &e))?;
+        let base_dir = file
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let pipeline = Pipeline { file: file.to_path_buf(), base_dir, text, spec, used_vars };
+        pipeline.check_references()?;
+        Ok(pipeline)
+    }
+
+    /// SHA-256 of the substituted YAML (and, through `with_files`, the SQL it runs).
+    pub fn config_hash(&self, extra_files: &[(String, String)]) -> String {
+        let mut h = Sha256::new();
+        h.update(self.text.as_bytes());
+        for (name, content) in extra_files {
+            h.update(name.as_bytes());
+            h.update(content.as_bytes());
+        }
+        format!("{:x}", h.finalize())
+    }
+
+    fn error_at(&self, key_path: &[&str], message: impl Into<String>) -> ConfigError {
+        let at = locate_key(&self.text, key_path).unwrap_or((1, 1));
+        ConfigError::at(&self.file, at, message)
+    }
+
+    /// Cross-references: facts point at identity sources, priorities and rules name
+    /// sources and attributes that exist.
+    fn check_references(&self) -> Result<(), ConfigError> {
+        let spec = &self.spec;
+        let identity: Vec<&str> = spec.identity_sources().map(|(n, _)| n.as_str()).collect();
+        if identity.is_empty() {
+            return Err(self.error_at(&["sources"], "no source has an `identity` mapping: nothing to match"));
+        }
+        for (name, source) in &spec.sources {
+            if let Some(b) = &source.belongs_to
+                && !identity.contains(&b.source.as_str())
+            {
+                return Err(self.error_at(
+                    &["sources", name, "belongs_to", "source"],
+                    format!(
+                        "key `sources.{name}.belongs_to.source`: `{}` is not an identity source{}",
+                        b.source,
+                        suggest(&b.source, identity.iter().copied())
+                    ),
+                ));
+            }
+            if !source.identity.is_empty() && source.key.is_none() {
+                return Err(self.error_at(
+                    &["sources", name],
+                    format!("key `sources.{name}.key` is missing: identity records need a key column"),
+                ));
+            }
+            if source.identity.is_empty() && source.belongs_to.is_none() {
+                return Err(self.error_at(
+                    &["sources", name],
+                    format!("key `sources.{name}`: a source needs `identity` (records to match) or `belongs_to` (facts of a record)"),
+                ));
+            }
+            if let Some(Err(message)) =
+                source.schema.values().map(|t| t.parse_sql_type().map(|_| ())).find(Result::is_err)
+            {
+                return Err(
+                    self.error_at(&["sources", name, "schema"], format!("key `sources.{name}.schema`: {message}"))
+                );
+            }
+        }
+        for (i, src) in spec.golden.source_priority.iter().enumerate() {
+            if !identity.contains(&src.as_str()) {
+                return Err(self.error_at(
+                    &["golden", "source_priority"],
+                    format!(
+                        "key `golden.source_priority[{i}]`: `{src}` is not an identity source{}",
+                        suggest(src, identity.iter().copied())
+                    ),
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for rule in &spec.resolve.rules {
+            if !seen.insert(rule.name()) {
+                return Err(self.error_at(&["resolve", "rules"], format!("rule name `{}` is used twice", rule.name())));
+            }
+            if let Err(message) = rule.check() {
+                return Err(self.error_at(&["resolve", "rules"], format!("rule `{}`: {message}", rule.name())));
+            }
+        }
+        for (table, output) in &spec.outputs {
+            for test in &output.tests {
+                if let Err(message) = test.check() {
+                    return Err(
+                        self.error_at(&["outputs", table, "tests"], format!("key `outputs.{table}.tests`: {message}"))
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Folder of the SQL models, if the pipeline has one.
+    pub fn models_dir(&self) -> Option<PathBuf> {
+        self.spec.models.as_ref().map(|m| self.base_dir.join(&m.path))
+    }
+}
+
+/// Turns a serde_yaml error into one located line, with a "did you mean" for unknown keys
+/// and values.
+fn yaml_error(file: &Path, e: &serde_yaml::Error) -> ConfigError {
+    let at = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+    let full = e.to_string();
+    // serde_yaml appends " at line L column C"; we print the location up front instead.
+    let message = match full.rfind(" at line ") {
+        Some(i) => full[..i].to_string(),
+        None => full,
+    };
+    let message = improve_unknown(&message);
+    ConfigError::at(file, at, message)
+}
+
+/// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" into
+/// "unknown key `x` at `path`, did you mean `a`?".
+fn improve_unknown(message: &str) -> String {
+    let (path, rest) = match message.split_once(": ") {
+        Some((p, r)) if !p.contains(' ') => (Some(p), r),
+        _ => (None, message),
+    };
+    for (what, noun) in [("unknown field `", "key"), ("unknown variant `", "value")] {
+        if let Some(after) = rest.strip_prefix(what) {
+            let Some((name, expected)) = after.split_once('`') else { continue };
+            let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+            let place = path.map(|p| format!(" in `{p}`")).unwrap_or_default();
+            let hint = suggest(name, candidates.iter().copied());
+            let hint = if hint.is_empty() && !candidates.is_empty() {
+                format!(
+                    " (expected one of {})",
+                    candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+                )
+            } else {
+                hint
+            };
+            return format!("unknown {noun} `{name}`{place}{hint}");
+        }
+    }
+    match path {
+        Some(p) => format!("key `{p}`: {rest}"),
+        None => rest.to_string(),
+    }
+}
+
+/// ", did you mean `x`?" for the closest candidate, or nothing when none is close.
+pub fn suggest<'a>(wrong: &str, candidates: impl Iterator<Item = &'a str>) -> String {
+    // Close means a couple of edits (typos, swapped letters) or a similar spelling.
+    let closeness = |c: &str| {
+        let edits = strsim::damerau_levenshtein(wrong, c);
+        let allowed = (wrong.len().max(c.len()) / 3).max(1);
+        let by_edits = if edits <= allowed { 1.0 - edits as f64 / (allowed as f64 + 1.0) } else { 0.0 };
+        by_edits.max(strsim::jaro_winkler(wrong, c) - 0.2)
+    };
+    candidates
+        .map(|c| (closeness(c), c))
+        .filter(|(score, _)| *score >= 0.5)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| format!(", did you mean `{c}`?"))
+        .unwrap_or_default()
+}
+
+/// Finds the line and column of a nested key in YAML text by following indentation:
+/// enough to point at `sources.crm.belongs_to` for errors serde cannot locate.
+pub fn locate_key(text: &str, path: &[&str]) -> Option<(usize, usize)> {
+    let mut depth_indent: Option<usize> = None;
+    let mut found = None;
+    let mut want = 0;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        // Leaving the block of the last key found means the next one is not in it.
+        if let Some(d) = depth_indent
+            && want > 0
+            && indent < d
+        {
+            break;
+        }
+        let key = trimmed.trim_start_matches("- ").split(':').next().unwrap_or("").trim().trim_matches('"');
+        if want < path.len() && key == path[want] && depth_indent.is_none_or(|d| indent > d) {
+            found = Some((i + 1, indent + 1));
+            depth_indent = Some(indent);
+            want += 1;
+            if want == path.len() {
+                break;
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "name: t\noutput: out\nsources:\n  crm:\n    location: crm/*.csv\n    format: {type: csv, delimiter: \";\"}\n    key: klant_id\n    identity:\n      email: email\n";
+
+    fn load(text: &str) -> Result<Pipeline, ConfigError> {
+        Pipeline::from_text(Path::new("p.yaml"), text, &Vars::default())
+    }
+
+    #[test]
+    fn minimal_pipeline_parses() {
+        let p = load(MINIMAL).unwrap();
+        assert_eq!(p.spec.name, "t");
+        assert!(p.spec.sources["crm"].identity.contains_key(&Attribute::Email));
+        assert_eq!(p.spec.sources["crm"].key.as_deref(), Some("klant_id"));
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_located_with_suggestion() {
+        let text = MINIMAL.replace("sources:", "sourcez:");
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:"), "{err}");
+        assert!(err.contains("unknown key `sourcez`"), "{err}");
+        assert!(err.contains("did you mean `sources`?"), "{err}");
+    }
+
+    #[test]
+    fn unknown_nested_key_names_line_and_path() {
+        let text = MINIMAL.replace("    key: klant_id", "    kye: klant_id");
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:7:"), "{err}");
+        assert!(err.contains("`sources.crm`"), "{err}");
+        assert!(err.contains("did you mean `key`?"), "{err}");
+    }
+
+    #[test]
+    fn unknown_attribute_is_a_value_error() {
+        let text = MINIMAL.replace("      email: email", "      emial: email");
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.contains("`emial`") && err.contains("did you mean `email`?"), "{err}");
+    }
+
+    #[test]
+    fn malformed_yaml_is_located() {
+        let err = load("name: t\nsources: [\n").unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let text = MINIMAL.replace("    key: klant_id", "    key: klant_id\n    optional: misschien");
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.contains("sources.crm.optional"), "{err}");
+    }
+
+    #[test]
+    fn bad_reference_is_located() {
+        let text = format!(
+            "{MINIMAL}  orders:\n    location: o/*.parquet\n    format: {{type: parquet}}\n    belongs_to: {{source: webshp, column: account_id}}\n"
+        );
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:13:"), "{err}");
+        assert!(err.contains("`webshp` is not an identity source"), "{err}");
+    }
+
+    #[test]
+    fn locate_nested_keys() {
+        let text = "a:\n  b:\n    c: 1\n  d:\n    c: 2\n";
+        assert_eq!(locate_key(text, &["a", "d", "c"]), Some((5, 5)));
+        assert_eq!(locate_key(text, &["a", "b"]), Some((2, 3)));
+        assert_eq!(locate_key(text, &["x"]), None);
+    }
+}

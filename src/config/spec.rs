@@ -1,0 +1,615 @@
+//! The YAML schema of a pipeline. Unknown keys are errors everywhere.
+
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+/// A whole pipeline file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Where published tables go (object-store URL or path).
+    pub output: String,
+    /// Crosswalk of an earlier run whose ids are kept; defaults to the published one at
+    /// `output`.
+    #[serde(default)]
+    pub previous: Option<String>,
+    #[serde(default)]
+    pub engine: EngineSpec,
+    #[serde(default)]
+    pub storage: StorageSpec,
+    pub sources: IndexMap<String, SourceSpec>,
+    #[serde(default)]
+    pub resolve: ResolveSpec,
+    #[serde(default)]
+    pub golden: GoldenSpec,
+    #[serde(default)]
+    pub models: Option<ModelsSpec>,
+    /// Tables to publish, with their data tests. Empty means the golden tables.
+    #[serde(default)]
+    pub outputs: IndexMap<String, OutputSpec>,
+}
+
+impl PipelineSpec {
+    /// Sources whose rows are identity records, in file order.
+    pub fn identity_sources(&self) -> impl Iterator<Item = (&String, &SourceSpec)> {
+        self.sources.iter().filter(|(_, s)| !s.identity.is_empty())
+    }
+}
+
+/// Engine settings for the embedded DataFusion session.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSpec {
+    /// Memory pool size such as `2GB` or `512MB`; spills to disk beyond it.
+    #[serde(default)]
+    pub memory_limit: Option<String>,
+    #[serde(default)]
+    pub target_partitions: Option<usize>,
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+}
+
+/// Object-store client settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSpec {
+    /// Retries of a failed request, with exponential backoff.
+    #[serde(default = "default_retries")]
+    pub max_retries: usize,
+    #[serde(default = "default_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Give up retrying a request after this many seconds in all.
+    #[serde(default = "default_retry_timeout_s")]
+    pub retry_timeout_s: u64,
+    /// Per-request timeout.
+    #[serde(default = "default_request_timeout_s")]
+    pub request_timeout_s: u64,
+}
+
+fn default_retries() -> usize {
+    5
+}
+fn default_backoff_ms() -> u64 {
+    100
+}
+fn default_max_backoff_ms() -> u64 {
+    15_000
+}
+fn default_retry_timeout_s() -> u64 {
+    180
+}
+fn default_request_timeout_s() -> u64 {
+    60
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            max_retries: default_retries(),
+            initial_backoff_ms: default_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+            retry_timeout_s: default_retry_timeout_s(),
+            request_timeout_s: default_request_timeout_s(),
+        }
+    }
+}
+
+/// One source system dump: a glob of files in one format.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// URL or path, with a glob in the file name: `${input}/crm/contacts*.csv`.
+    pub location: String,
+    pub format: FormatSpec,
+    /// Column whose value, as text, is the record's `source_record_id`. Required for
+    /// identity sources; facts without one (e-mail events) have a null record id.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Column types that override what is read or inferred (`amount_eur: decimal(18,2)`).
+    #[serde(default)]
+    pub schema: IndexMap<String, SqlType>,
+    /// A source that matches no file is skipped instead of failing the run.
+    #[serde(default)]
+    pub optional: bool,
+    /// What to do with rows that cannot be read.
+    #[serde(default)]
+    pub on_bad_rows: BadRowPolicy,
+    /// Canonical identity attribute -> SQL expression over this source's columns. A
+    /// source with a mapping holds identity records.
+    #[serde(default)]
+    pub identity: IndexMap<Attribute, String>,
+    /// Identifiers shared with other systems (`loyalty_card: card_number`): records with
+    /// the same name and value are linked by `external_id` rules.
+    #[serde(default)]
+    pub external_ids: IndexMap<String, String>,
+    /// For facts: the identity record each row belongs to.
+    #[serde(default)]
+    pub belongs_to: Option<BelongsTo>,
+}
+
+/// How a fact row finds its identity record: `column` holds the key of a `source` record.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BelongsTo {
+    pub source: String,
+    pub column: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadRowPolicy {
+    /// Stop the run naming the file and line.
+    #[default]
+    Fail,
+    /// Set the rows aside under `${output}/_rejected/<source>/` and count them.
+    Quarantine,
+}
+
+/// File format with its options.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FormatSpec {
+    Csv {
+        #[serde(default = "default_delimiter")]
+        delimiter: char,
+        #[serde(default = "default_true")]
+        header: bool,
+        #[serde(default = "default_quote")]
+        quote: char,
+        #[serde(default)]
+        escape: Option<char>,
+    },
+    Ndjson {},
+    Parquet {},
+}
+
+fn default_delimiter() -> char {
+    ','
+}
+fn default_quote() -> char {
+    '"'
+}
+fn default_true() -> bool {
+    true
+}
+
+/// A column type written the SQL way: `text`, `bigint`, `double`, `boolean`, `date`,
+/// `timestamp`, `decimal(18,2)`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SqlType(pub String);
+
+impl SqlType {
+    pub fn parse_sql_type(&self) -> Result<DataType, String> {
+        let t = self.0.trim().to_lowercase().replace(' ', "");
+        Ok(match t.as_str() {
+            "text" | "string" | "varchar" | "utf8" => DataType::Utf8,
+            "int" | "integer" | "bigint" | "int64" | "long" => DataType::Int64,
+            "double" | "float" | "float64" | "real" => DataType::Float64,
+            "bool" | "boolean" => DataType::Boolean,
+            "date" => DataType::Date32,
+            "timestamp" => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            _ => {
+                let inner = t.strip_prefix("decimal(").and_then(|r| r.strip_suffix(')')).ok_or_else(|| {
+                    format!("unknown type `{}` (text, bigint, double, boolean, date, timestamp, decimal(p,s))", self.0)
+                })?;
+                let (p, s) =
+                    inner.split_once(',').ok_or_else(|| format!("`{}`: decimal needs (precision,scale)", self.0))?;
+                let p: u8 = p.parse().map_err(|_| format!("`{}`: bad precision", self.0))?;
+                let s: i8 = s.parse().map_err(|_| format!("`{}`: bad scale", self.0))?;
+                if p == 0 || p > 38 || s < 0 || s as u8 > p {
+                    return Err(format!("`{}`: precision 1..38 and scale 0..precision", self.0));
+                }
+                DataType::Decimal128(p, s)
+            }
+        })
+    }
+}
+
+/// The canonical identity attributes a source can map its columns to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attribute {
+    Email,
+    Phone,
+    FirstName,
+    LastName,
+    /// First and last name in one field; split when `first_name`/`last_name` are absent.
+    FullName,
+    BirthDate,
+    Street,
+    HouseNumber,
+    Postcode,
+    City,
+    Country,
+    UpdatedAt,
+}
+
+impl Attribute {
+    pub const ALL: [Attribute; 12] = [
+        Attribute::Email,
+        Attribute::Phone,
+        Attribute::FirstName,
+        Attribute::LastName,
+        Attribute::FullName,
+        Attribute::BirthDate,
+        Attribute::Street,
+        Attribute::HouseNumber,
+        Attribute::Postcode,
+        Attribute::City,
+        Attribute::Country,
+        Attribute::UpdatedAt,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Attribute::Email => "email",
+            Attribute::Phone => "phone",
+            Attribute::FirstName => "first_name",
+            Attribute::LastName => "last_name",
+            Attribute::FullName => "full_name",
+            Attribute::BirthDate => "birth_date",
+            Attribute::Street => "street",
+            Attribute::HouseNumber => "house_number",
+            Attribute::Postcode => "postcode",
+            Attribute::City => "city",
+            Attribute::Country => "country",
+            Attribute::UpdatedAt => "updated_at",
+        }
+    }
+}
+
+/// Identity resolution: the rules that link records and the guardrails that stop them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveSpec {
+    /// Region for phone numbers written without a country prefix.
+    #[serde(default = "default_region")]
+    pub default_region: String,
+    #[serde(default)]
+    pub guardrails: GuardrailSpec,
+    #[serde(default = "default_rules")]
+    pub rules: Vec<RuleSpec>,
+}
+
+fn default_region() -> String {
+    "NL".into()
+}
+
+fn default_rules() -> Vec<RuleSpec> {
+    vec![RuleSpec::Deterministic(DeterministicRule {
+        name: "same_email".into(),
+        on: vec!["email".into()],
+        unless_conflict: vec!["first_name".into()],
+        max_people: Some(3),
+        max_group_size: Some(50),
+    })]
+}
+
+impl Default for ResolveSpec {
+    fn default() -> Self {
+        ResolveSpec { default_region: default_region(), guardrails: GuardrailSpec::default(), rules: default_rules() }
+    }
+}
+
+/// Limits that keep shared identifiers and chains from over-merging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailSpec {
+    /// No customer grows beyond this many records; larger merges are refused.
+    #[serde(default = "default_max_cluster")]
+    pub max_cluster_size: usize,
+    /// Attributes that may not disagree inside one customer (`birth_date`, `first_name`).
+    #[serde(default = "default_conflicts")]
+    pub conflicting: Vec<String>,
+}
+
+fn default_max_cluster() -> usize {
+    50
+}
+fn default_conflicts() -> Vec<String> {
+    vec!["birth_date".into(), "first_name".into()]
+}
+
+impl Default for GuardrailSpec {
+    fn default() -> Self {
+        GuardrailSpec { max_cluster_size: default_max_cluster(), conflicting: default_conflicts() }
+    }
+}
+
+/// Columns of the staged identity table that rules can use.
+pub const MATCH_COLUMNS: &[&str] = &[
+    "email",
+    "email_local",
+    "phone",
+    "phone_kind",
+    "first_name",
+    "first_name_key",
+    "first_name_root",
+    "first_initial",
+    "last_name",
+    "last_name_key",
+    "last_name_core",
+    "last_name_phonetic",
+    "birth_date",
+    "street",
+    "house_number",
+    "postcode",
+    "city",
+    "country",
+];
+
+/// Attributes whose disagreement can block a link.
+pub const CONFLICT_ATTRIBUTES: &[&str] = &["first_name", "last_name", "birth_date", "house_number"];
+
+/// A named rule; its name is recorded on every link it makes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RuleSpec {
+    /// Records equal on all `on` columns (after normalisation) are one person.
+    Deterministic(DeterministicRule),
+    /// Candidate pairs from blocking keys, scored by comparison levels.
+    Fuzzy(FuzzyRule),
+    /// Records carrying the same external id (`external_ids` in the sources).
+    ExternalId(ExternalIdRule),
+}
+
+impl RuleSpec {
+    pub fn name(&self) -> &str {
+        match self {
+            RuleSpec::Deterministic(r) => &r.name,
+            RuleSpec::Fuzzy(r) => &r.name,
+            RuleSpec::ExternalId(r) => &r.name,
+        }
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        let column = |c: &String| -> Result<(), String> {
+            if MATCH_COLUMNS.contains(&c.as_str()) {
+                Ok(())
+            } else {
+                Err(format!("unknown column `{c}`{}", super::suggest(c, MATCH_COLUMNS.iter().copied())))
+            }
+        };
+        let conflict = |c: &String| -> Result<(), String> {
+            if CONFLICT_ATTRIBUTES.contains(&c.as_str()) {
+                Ok(())
+            } else {
+                Err(format!("`{c}` cannot be a conflict{}", super::suggest(c, CONFLICT_ATTRIBUTES.iter().copied())))
+            }
+        };
+        match self {
+            RuleSpec::Deterministic(r) => {
+                if r.on.is_empty() {
+                    return Err("`on` needs at least one column".into());
+                }
+                r.on.iter().try_for_each(column)?;
+                r.unless_conflict.iter().try_for_each(conflict)
+            }
+            RuleSpec::Fuzzy(r) => {
+                if r.blocking.is_empty() || r.blocking.iter().any(Vec::is_empty) {
+                    return Err("`blocking` needs at least one non-empty list of columns".into());
+                }
+                r.blocking.iter().flatten().try_for_each(column)?;
+                r.unless_conflict.iter().try_for_each(conflict)?;
+                for c in &r.comparisons {
+                    column(&c.column)?;
+                    if c.levels.is_empty() {
+                        return Err(format!("comparison `{}` has no levels", c.name()));
+                    }
+                }
+                Ok(())
+            }
+            RuleSpec::ExternalId(r) => r.unless_conflict.iter().try_for_each(conflict),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeterministicRule {
+    pub name: String,
+    pub on: Vec<String>,
+    /// Pairs that disagree on any of these do not link (household members sharing a
+    /// mailbox have different first names).
+    #[serde(default)]
+    pub unless_conflict: Vec<String>,
+    /// Guardrail: a value carried by more distinct people (first names) than this is not
+    /// evidence at all; with more than one, records without a first name do not link
+    /// through it.
+    #[serde(default)]
+    pub max_people: Option<usize>,
+    /// Guardrail: a value on more records than this (`info@`, a shop's own phone) is not
+    /// evidence.
+    #[serde(default)]
+    pub max_group_size: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FuzzyRule {
+    pub name: String,
+    /// Each list is a blocking key: only records equal on all its columns are compared.
+    pub blocking: Vec<Vec<String>>,
+    pub comparisons: Vec<ComparisonSpec>,
+    /// Minimum total weight for a link.
+    pub threshold: f64,
+    #[serde(default)]
+    pub unless_conflict: Vec<String>,
+    /// Guardrail: blocks with more records than this are skipped (and counted).
+    #[serde(default = "default_max_block")]
+    pub max_block_size: usize,
+}
+
+fn default_max_block() -> usize {
+    200
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalIdRule {
+    pub name: String,
+    /// Which external id (a key under the sources' `external_ids`); all when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub unless_conflict: Vec<String>,
+}
+
+/// One attribute compared in levels, first matching level wins (Splink's vocabulary).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComparisonSpec {
+    /// Display name; the column when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub column: String,
+    pub levels: Vec<LevelSpec>,
+}
+
+impl ComparisonSpec {
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.column)
+    }
+}
+
+/// A comparison level: a condition on the pair and the weight it adds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LevelSpec {
+    /// Either side null (`null` itself is a YAML keyword, hence the name).
+    #[serde(default)]
+    pub either_null: bool,
+    /// Equal on this column (the comparison's own column when `true`).
+    #[serde(default)]
+    pub exact: Option<ExactOn>,
+    /// Jaro-Winkler similarity at least this.
+    #[serde(default)]
+    pub jaro_winkler: Option<f64>,
+    /// Damerau-Levenshtein distance at most this.
+    #[serde(default)]
+    pub damerau_levenshtein: Option<u32>,
+    /// Any SQL condition over `l.<column>` and `r.<column>`.
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// The level for everything else.
+    #[serde(default, rename = "else")]
+    pub otherwise: bool,
+    pub weight: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ExactOn {
+    Own(bool),
+    Column(String),
+}
+
+/// Survivorship: which record's value each golden attribute takes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GoldenSpec {
+    /// Identity sources from most to least trusted.
+    #[serde(default)]
+    pub source_priority: Vec<String>,
+    /// Per attribute; `most_recent` for those not listed.
+    #[serde(default)]
+    pub attributes: IndexMap<String, Survivorship>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Survivorship {
+    SourcePriority,
+    MostRecent,
+    MostFrequent,
+    FirstNonNull,
+}
+
+/// The SQL models folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsSpec {
+    /// Folder of `*.sql` files, relative to the pipeline file.
+    pub path: String,
+}
+
+/// A published table and its data tests.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Hive-style partition columns.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// Each test is a one-key map (`- unique: customer_id`), as in dbt.
+    #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
+    pub tests: Vec<TestSpec>,
+}
+
+/// A data test; a failure stops the run before publishing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TestSpec {
+    Unique(Columns),
+    NotNull(Columns),
+    AcceptedValues {
+        column: String,
+        values: Vec<String>,
+    },
+    Relationships {
+        column: String,
+        to: String,
+        field: String,
+    },
+    /// An SQL condition every row must satisfy.
+    Expression(String),
+    RowCount(Bounds),
+    /// Share of identity records that were merged with at least one other record.
+    MatchRate(Bounds),
+}
+
+impl TestSpec {
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            TestSpec::RowCount(b) | TestSpec::MatchRate(b) if b.min.is_none() && b.max.is_none() => {
+                Err("bounds need `min` or `max`".into())
+            }
+            TestSpec::AcceptedValues { values, .. } if values.is_empty() => {
+                Err("`accepted_values` needs values".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One column or a list of columns.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Columns {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Columns {
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            Columns::One(c) => vec![c.clone()],
+            Columns::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bounds {
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+}

@@ -1,0 +1,78 @@
+//! The embedded DataFusion engine: a session with a memory limit that spills to disk, and
+//! klantbeeld's functions registered.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+/// Settings for one session.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Bytes the engine may hold in memory before spilling; unlimited when `None`.
+    pub memory_limit: Option<usize>,
+    pub target_partitions: Option<usize>,
+    pub batch_size: Option<usize>,
+}
+
+/// Parses `512MB`, `2GB`, `1.5G`, `300000000` (bytes).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim().to_ascii_uppercase();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.trim().parse().map_err(|_| format!("`{text}` is not a size such as 512MB or 2GB"))?;
+    let factor: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "K" | "KB" | "KIB" => 1024.0,
+        "M" | "MB" | "MIB" => 1024.0 * 1024.0,
+        "G" | "GB" | "GIB" => 1024.0 * 1024.0 * 1024.0,
+        "T" | "TB" | "TIB" => 1024.0_f64.powi(4),
+        _ => return Err(format!("`{text}`: unknown unit (use KB, MB, GB)")),
+    };
+    if n <= 0.0 {
+        return Err(format!("`{text}` must be positive"));
+    }
+    Ok((n * factor) as usize)
+}
+
+/// A session whose spill files go to `spill_dir`.
+pub fn session(options: &EngineOptions, spill_dir: &Path) -> datafusion::error::Result<SessionContext> {
+    let mut config = SessionConfig::new().with_information_schema(true);
+    if let Some(n) = options.target_partitions {
+        config = config.with_target_partitions(n.max(1));
+    }
+    if let Some(n) = options.batch_size {
+        config = config.with_batch_size(n.max(1));
+    }
+    let mut runtime = RuntimeEnvBuilder::new().with_disk_manager_builder(
+        DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill_dir.to_path_buf()])),
+    );
+    if let Some(bytes) = options.memory_limit {
+        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(bytes)));
+        // Sorts keep a reserve for merging spilled runs; a tenth of the pool leaves room
+        // for the rest (see TECH_NOTES: merges fail when the pool is too tight).
+        config = config.with_sort_spill_reservation_bytes((bytes / 10).max(1 << 20));
+    }
+    let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
+    crate::udf::register(&ctx);
+    Ok(ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MB"), Ok(512 << 20));
+        assert_eq!(parse_size("2gb"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("veel").is_err());
+        assert!(parse_size("10XB").is_err());
+        assert!(parse_size("0MB").is_err());
+    }
+}

@@ -1,0 +1,370 @@
+//! CSV sources: headers read per file (column order may differ between files), every row
+//! checked, all columns read as text and typed afterwards.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::listing::ListingOptions;
+use datafusion::prelude::{DataFrame, SessionContext};
+use indexmap::IndexMap;
+use object_store::ObjectMeta;
+
+use super::lint::{self, BadRow, RejectedRows};
+use super::{
+    ExtractError, SourceCtx, apply_declared, declared_types, listing_frame, scratch_copy_path, text_schema,
+    union_by_name,
+};
+use crate::config::{BadRowPolicy, FormatSpec};
+
+/// The dialect of one CSV source.
+#[derive(Debug, Clone)]
+struct Dialect {
+    delimiter: u8,
+    quote: u8,
+    escape: Option<u8>,
+    header: bool,
+}
+
+impl Dialect {
+    fn from_spec(spec: &FormatSpec) -> Dialect {
+        match spec {
+            FormatSpec::Csv { delimiter, header, quote, escape } => Dialect {
+                delimiter: *delimiter as u8,
+                quote: *quote as u8,
+                escape: escape.map(|c| c as u8),
+                header: *header,
+            },
+            _ => unreachable!("csv reader called for another format"),
+        }
+    }
+
+    fn reader<R: Read>(&self, r: R) -> ::csv::Reader<R> {
+        ::csv::ReaderBuilder::new()
+            .delimiter(self.delimiter)
+            .quote(self.quote)
+            .escape(self.escape)
+            .double_quote(self.escape.is_none())
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(r)
+    }
+}
+
+/// What checking one file found.
+#[derive(Debug, Default)]
+struct FileReport {
+    columns: Vec<String>,
+    bad: Vec<BadRow>,
+    /// Rows with trailing empty fields beyond the header, to be trimmed in a copy.
+    repaired: u64,
+    multiline: bool,
+    rows: u64,
+}
+
+/// What the checker needs to know about the source.
+#[derive(Debug, Clone)]
+struct Checks {
+    url: String,
+    dialect: Dialect,
+    key: Option<String>,
+    declared: Vec<(String, DataType)>,
+    stop_at_first_bad: bool,
+    limit: Option<usize>,
+}
+
+/// Column names from a header row: BOM and spaces stripped, lower case, unnamed columns
+/// numbered.
+fn header_names(record: &::csv::ByteRecord) -> Vec<String> {
+    record
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let name = String::from_utf8_lossy(raw).trim_start_matches('\u{feff}').trim().to_lowercase();
+            if name.is_empty() { format!("column_{}", i + 1) } else { name }
+        })
+        .collect()
+}
+
+fn check_file(reader: Box<dyn Read + Send>, checks: &Checks) -> Result<FileReport, String> {
+    let mut csv = checks.dialect.reader(reader);
+    let mut record = ::csv::ByteRecord::new();
+    let mut report = FileReport::default();
+    let bad = |line: u64, reason: String, record: &::csv::ByteRecord, delimiter: u8| BadRow {
+        file: checks.url.clone(),
+        line,
+        reason,
+        record: lint::lossy(&record.iter().collect::<Vec<_>>().join(&delimiter)),
+    };
+    // The header row, or numbered columns when the file has none.
+    let mut first_data: Option<::csv::ByteRecord> = None;
+    match csv.read_byte_record(&mut record) {
+        Ok(true) if checks.dialect.header => report.columns = header_names(&record),
+        Ok(true) => {
+            report.columns = (1..=record.len()).map(|i| format!("column_{i}")).collect();
+            first_data = Some(record.clone());
+        }
+        Ok(false) => return Ok(report),
+        Err(e) => return Err(format!("cannot read the header: {e}")),
+    }
+    let mut seen = HashSet::new();
+    if let Some(dup) = report.columns.iter().find(|c| !seen.insert(c.as_str())) {
+        return Err(format!("column `{dup}` appears twice in the header"));
+    }
+    let width = report.columns.len();
+    let key_at = checks.key.as_ref().and_then(|k| report.columns.iter().position(|c| c == k));
+    let typed: Vec<(usize, &DataType, &str)> = checks
+        .declared
+        .iter()
+        .filter_map(|(c, t)| report.columns.iter().position(|h| h == c).map(|i| (i, t, c.as_str())))
+        .collect();
+    let mut pending = first_data;
+    loop {
+        let row = match pending.take() {
+            Some(r) => r,
+            None => match csv.read_byte_record(&mut record) {
+                Ok(true) => record.clone(),
+                Ok(false) => break,
+                Err(e) => {
+                    let line = e.position().map_or(0, |p| p.line());
+                    report.bad.push(BadRow {
+                        file: checks.url.clone(),
+                        line,
+                        reason: e.to_string(),
+                        record: String::new(),
+                    });
+                    break;
+                }
+            },
+        };
+        let (line, end_line) = (row.position().map_or(0, |p| p.line()), csv.position().line());
+        let spans_lines = end_line > line + 1;
+        let reason = if std::str::from_utf8(row.as_slice()).is_err() {
+            Some("invalid UTF-8 (is the file Latin-1 or Windows-1252 encoded?)".to_string())
+        } else if row.len() < width || (row.len() > width && row.iter().skip(width).any(|f| !f.is_empty())) {
+            Some(if spans_lines && row.len() < width {
+                "unterminated quote: the row runs on past its line".to_string()
+            } else {
+                format!("row has {} fields, the header has {width}", row.len())
+            })
+        } else if key_at.is_some_and(|k| row.get(k).is_none_or(|v| v.iter().all(u8::is_ascii_whitespace))) {
+            Some(format!("empty key `{}`", checks.key.as_deref().unwrap_or_default()))
+        } else {
+            typed.iter().find_map(|(i, t, c)| {
+                let v = std::str::from_utf8(row.get(*i).unwrap_or_default()).unwrap_or_default();
+                (!lint::fits(v, t)).then(|| format!("column `{c}`: `{v}` is not a valid {t}"))
+            })
+        };
+        match reason {
+            Some(reason) => {
+                report.bad.push(bad(line, reason, &row, checks.dialect.delimiter));
+                if checks.stop_at_first_bad {
+                    break;
+                }
+            }
+            None => {
+                report.rows += 1;
+                if row.len() > width {
+                    report.repaired += 1;
+                }
+                if spans_lines {
+                    report.multiline = true;
+                }
+                if checks.limit.is_some_and(|n| report.rows as usize >= n) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Writes the good rows of a file (trimmed to the header's width) to a local copy.
+fn write_clean_copy(
+    reader: Box<dyn Read + Send>,
+    checks: &Checks,
+    skip_lines: &HashSet<u64>,
+    dest: &std::path::Path,
+) -> std::io::Result<()> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut csv = checks.dialect.reader(reader);
+    let mut out =
+        ::csv::WriterBuilder::new().delimiter(checks.dialect.delimiter).quote(checks.dialect.quote).from_path(dest)?;
+    let mut record = ::csv::ByteRecord::new();
+    let mut width = None;
+    let mut written = 0usize;
+    while csv.read_byte_record(&mut record).map_err(std::io::Error::other)? {
+        let line = record.position().map_or(0, |p| p.line());
+        if skip_lines.contains(&line) {
+            continue;
+        }
+        let w = *width.get_or_insert(record.len());
+        let trimmed: ::csv::ByteRecord = record.iter().take(w).collect();
+        out.write_byte_record(&trimmed)?;
+        if !checks.dialect.header || line > 1 {
+            written += 1;
+        }
+        if checks.limit.is_some_and(|n| written >= n) {
+            break;
+        }
+    }
+    out.flush()
+}
+
+pub(super) async fn read(
+    ctx: &SessionContext,
+    src: &SourceCtx<'_>,
+    files: &[(ObjectMeta, String)],
+    rejected: &mut RejectedRows,
+) -> Result<(Option<DataFrame>, Vec<String>), ExtractError> {
+    let dialect = Dialect::from_spec(&src.spec.format);
+    // Header names are lower-cased, so declared names are too.
+    let declared: Vec<(String, DataType)> =
+        declared_types(src.spec).into_iter().map(|(c, t)| (c.to_lowercase(), t)).collect();
+    // Files with the same header (same columns in the same order) share one listing table.
+    let mut groups: IndexMap<Vec<String>, (Vec<String>, bool)> = IndexMap::new();
+    for (index, (meta, url)) in files.iter().enumerate() {
+        let checks = Arc::new(Checks {
+            url: url.clone(),
+            dialect: dialect.clone(),
+            key: src.spec.key.as_deref().map(str::to_lowercase),
+            declared: declared.clone(),
+            stop_at_first_bad: src.spec.on_bad_rows == BadRowPolicy::Fail,
+            limit: src.limit,
+        });
+        let c = checks.clone();
+        let report = lint::with_reader(src.store.clone(), meta.location.clone(), move |r| check_file(r, &c))
+            .await
+            .map_err(|e| ExtractError::BadFile {
+                source_name: src.name.into(),
+                file: url.clone(),
+                reason: e.to_string(),
+            })?
+            .map_err(|reason| ExtractError::BadFile { source_name: src.name.into(), file: url.clone(), reason })?;
+        if report.columns.is_empty() {
+            lint::bad_row(
+                src,
+                BadRow {
+                    file: url.clone(),
+                    line: 0,
+                    reason: "file has no header and no rows".into(),
+                    record: String::new(),
+                },
+                &mut rejected.rows,
+            )?;
+            continue;
+        }
+        let skip: HashSet<u64> = report.bad.iter().map(|b| b.line).collect();
+        for b in report.bad {
+            lint::bad_row(src, b, &mut rejected.rows)?;
+        }
+        let needs_copy = !skip.is_empty() || report.repaired > 0 || src.limit.is_some();
+        let read_url = if needs_copy {
+            let dest = scratch_copy_path(src.scratch, src.name, index, url);
+            let (c, d) = (checks.clone(), dest.clone());
+            lint::with_reader(src.store.clone(), meta.location.clone(), move |r| write_clean_copy(r, &c, &skip, &d))
+                .await
+                .and_then(|r| r)
+                .map_err(|source| ExtractError::Scratch { path: dest.clone(), source })?;
+            format!("file://{}", dest.display())
+        } else {
+            url.clone()
+        };
+        let entry = groups.entry(report.columns).or_default();
+        entry.0.push(read_url);
+        entry.1 |= report.multiline;
+    }
+    let mut frames = Vec::new();
+    let mut all_columns: Vec<String> = Vec::new();
+    for (columns, (urls, multiline)) in &groups {
+        let format = CsvFormat::default()
+            .with_delimiter(dialect.delimiter)
+            .with_quote(dialect.quote)
+            .with_escape(dialect.escape)
+            .with_has_header(dialect.header)
+            .with_newlines_in_values(*multiline);
+        let options = ListingOptions::new(Arc::new(format)).with_file_extension("");
+        let schema = Arc::new(text_schema(columns));
+        frames.push(listing_frame(ctx, src.name, urls, options, schema).await?);
+        for c in columns {
+            if !all_columns.contains(c) {
+                all_columns.push(c.clone());
+            }
+        }
+    }
+    let Some(df) = union_by_name(src.name, frames)? else { return Ok((None, all_columns)) };
+    let df = apply_declared(src.name, df, &declared)?;
+    Ok((Some(df), all_columns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checks(stop: bool) -> Checks {
+        Checks {
+            url: "file:///x.csv".into(),
+            dialect: Dialect { delimiter: b';', quote: b'"', escape: None, header: true },
+            key: Some("id".into()),
+            declared: vec![("bedrag".into(), DataType::Decimal128(18, 2))],
+            stop_at_first_bad: stop,
+            limit: None,
+        }
+    }
+
+    fn run(text: &[u8], stop: bool) -> FileReport {
+        check_file(Box::new(std::io::Cursor::new(text.to_vec())), &checks(stop)).unwrap()
+    }
+
+    #[test]
+    fn clean_file_with_bom_and_mixed_case_header() {
+        let r = run("\u{feff}ID; Naam ;Bedrag\n1;Jan;12.50\n2;\"de Vries; Piet\";3\n".as_bytes(), false);
+        assert_eq!(r.columns, ["id", "naam", "bedrag"]);
+        assert_eq!(r.rows, 2);
+        assert!(r.bad.is_empty());
+    }
+
+    #[test]
+    fn each_kind_of_bad_row_is_found_with_its_line() {
+        let text = b"id;naam;bedrag\n1;Jan;1\n2;Piet\n;Kees;2\n4;Jos;twee\n5;Caf\xe9;1\n6;\"open;3\n7;x;1\n";
+        let r = run(text, false);
+        let lines: Vec<(u64, &str)> = r.bad.iter().map(|b| (b.line, b.reason.as_str())).collect();
+        assert_eq!(lines[0].0, 3);
+        assert!(lines[0].1.contains("2 fields"));
+        assert_eq!(lines[1], (4, "empty key `id`"));
+        assert_eq!(lines[2].0, 5);
+        assert!(lines[2].1.contains("`twee` is not a valid"));
+        assert_eq!(lines[3].0, 6);
+        assert!(lines[3].1.contains("UTF-8"));
+        assert_eq!(lines[4].0, 7);
+        assert!(lines[4].1.contains("unterminated quote"), "{:?}", lines[4]);
+        assert_eq!(r.rows, 1);
+    }
+
+    #[test]
+    fn stops_at_first_bad_row_when_failing() {
+        let r = run(b"id;naam;bedrag\n1;a\n2;b\n", true);
+        assert_eq!(r.bad.len(), 1);
+    }
+
+    #[test]
+    fn trailing_empty_fields_are_repaired_not_rejected() {
+        let r = run(b"id;naam;bedrag\n1;Jan;1;\n", false);
+        assert!(r.bad.is_empty());
+        assert_eq!(r.repaired, 1);
+    }
+
+    #[test]
+    fn clean_copy_drops_bad_lines_and_trims() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("c.csv");
+        let text = b"id;naam;bedrag\n1;Jan;1;\n2;Piet\n3;Kees;2\n".to_vec();
+        let skip: HashSet<u64> = [3].into();
+        write_clean_copy(Box::new(std::io::Cursor::new(text)), &checks(false), &skip, &dest).unwrap();
+        assert_eq!(std::fs::read_to_string(dest).unwrap(), "id;naam;bedrag\n1;Jan;1\n3;Kees;2\n");
+    }
+}

@@ -1,0 +1,310 @@
+//! Extract: each source becomes a DataFusion table over its files, with `source_system`
+//! and `source_record_id` on every row. Text formats are checked line by line first so
+//! that a bad row is reported with its file and line, or set aside (quarantine).
+
+mod csv;
+mod lint;
+mod ndjson;
+mod parquet;
+
+pub use lint::{BadRow, RejectedRows};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::prelude::{DataFrame, SessionContext};
+use object_store::{ObjectMeta, ObjectStore};
+use serde::Serialize;
+
+use crate::config::{BadRowPolicy, FormatSpec, Pipeline, SourceSpec};
+use crate::storage::{self, Location, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("source `{source_name}`: no file matches {location}")]
+    NoFiles { source_name: String, location: String },
+    #[error("{file}: file is empty (source `{source_name}`)")]
+    EmptyFile { source_name: String, file: String },
+    #[error("{file}:{line}: {reason} (source `{source_name}`; set `on_bad_rows: quarantine` to set such rows aside)")]
+    BadRow { source_name: String, file: String, line: u64, reason: String },
+    #[error("{file}: {reason} (source `{source_name}`)")]
+    BadFile { source_name: String, file: String, reason: String },
+    #[error("source `{source_name}`: {message}")]
+    Source { source_name: String, message: String },
+    #[error("source `{source_name}`: {source}")]
+    Engine { source_name: String, source: datafusion::error::DataFusionError },
+    #[error("{path}: {source}")]
+    Scratch { path: PathBuf, source: std::io::Error },
+}
+
+/// One input file as the manifest records it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InputFile {
+    pub url: String,
+    pub size: u64,
+    pub last_modified: String,
+}
+
+/// What extraction made of one source.
+#[derive(Debug, Clone)]
+pub struct ExtractedSource {
+    pub name: String,
+    pub location: Location,
+    pub files: Vec<InputFile>,
+    /// Rows set aside, with the reason per row.
+    pub rejected: RejectedRows,
+    /// Columns of the raw table (before `source_system`/`source_record_id`).
+    pub columns: Vec<String>,
+}
+
+impl ExtractedSource {
+    /// Name of the registered raw table.
+    pub fn table(&self) -> String {
+        raw_table(&self.name)
+    }
+}
+
+/// The raw table a source is registered under.
+pub fn raw_table(source: &str) -> String {
+    format!("raw_{source}")
+}
+
+/// Folder for this run's temporary files (cleaned copies of dirty inputs).
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+/// Lists the files of one source, without reading them: what `plan` shows.
+pub async fn list_source(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    name: &str,
+    source: &SourceSpec,
+) -> Result<(Location, Vec<ObjectMeta>), ExtractError> {
+    let location = Location::parse(&source.location, &pipeline.base_dir)?;
+    let store = storage::store_for(ctx, &location, &pipeline.spec.storage)?;
+    let files = storage::list_files(store.as_ref(), &location).await?;
+    let _ = name;
+    Ok((location, files))
+}
+
+/// Registers every source as `raw_<name>` on the session.
+pub async fn extract_all(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    scratch: &Scratch,
+    limit: Option<usize>,
+) -> Result<Vec<ExtractedSource>, ExtractError> {
+    let mut out = Vec::new();
+    for (name, source) in &pipeline.spec.sources {
+        if let Some(extracted) = extract_source(ctx, pipeline, scratch, name, source, limit).await? {
+            out.push(extracted);
+        }
+    }
+    Ok(out)
+}
+
+async fn extract_source(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    scratch: &Scratch,
+    name: &str,
+    source: &SourceSpec,
+    limit: Option<usize>,
+) -> Result<Option<ExtractedSource>, ExtractError> {
+    let (location, metas) = list_source(ctx, pipeline, name, source).await?;
+    if metas.is_empty() {
+        if source.optional {
+            tracing::warn!(source = name, location = %location, "optional source has no files; skipped");
+            return Ok(None);
+        }
+        return Err(ExtractError::NoFiles { source_name: name.into(), location: location.display() });
+    }
+    let store = storage::store_for(ctx, &location, &pipeline.spec.storage)?;
+    let files: Vec<InputFile> = metas
+        .iter()
+        .map(|m| InputFile {
+            url: location.object_url(&m.location),
+            size: m.size,
+            last_modified: m.last_modified.to_rfc3339(),
+        })
+        .collect();
+    let mut rejected = RejectedRows::default();
+    let mut usable = Vec::new();
+    for (meta, file) in metas.iter().zip(&files) {
+        if meta.size == 0 {
+            match source.on_bad_rows {
+                BadRowPolicy::Fail => {
+                    return Err(ExtractError::EmptyFile { source_name: name.into(), file: file.url.clone() });
+                }
+                BadRowPolicy::Quarantine => {
+                    rejected.push(BadRow {
+                        file: file.url.clone(),
+                        line: 0,
+                        reason: "file is empty".into(),
+                        record: String::new(),
+                    });
+                    continue;
+                }
+            }
+        }
+        usable.push((meta.clone(), file.url.clone()));
+    }
+    let ctx_source = SourceCtx { name, spec: source, store: store.clone(), scratch, limit };
+    let (df, columns) = match &source.format {
+        FormatSpec::Csv { .. } => csv::read(ctx, &ctx_source, &usable, &mut rejected).await?,
+        FormatSpec::Ndjson {} => ndjson::read(ctx, &ctx_source, &usable, &mut rejected).await?,
+        FormatSpec::Parquet {} => parquet::read(ctx, &ctx_source, &usable).await?,
+    };
+    let df = match df {
+        Some(df) => df,
+        None => {
+            return Err(ExtractError::Source {
+                source_name: name.into(),
+                message: "every file was rejected; nothing to read".into(),
+            });
+        }
+    };
+    let df = with_record_columns(df, name, source)?;
+    let df = match limit {
+        Some(n) => df.limit(0, Some(n)).map_err(|e| engine(name, e))?,
+        None => df,
+    };
+    ctx.register_table(raw_table(name), df.into_view()).map_err(|e| engine(name, e))?;
+    Ok(Some(ExtractedSource { name: name.into(), location, files, rejected, columns }))
+}
+
+/// Everything a format reader needs about the source at hand.
+pub(crate) struct SourceCtx<'a> {
+    pub name: &'a str,
+    pub spec: &'a SourceSpec,
+    pub store: Arc<dyn ObjectStore>,
+    pub scratch: &'a Scratch,
+    pub limit: Option<usize>,
+}
+
+pub(crate) fn engine(source: &str, e: datafusion::error::DataFusionError) -> ExtractError {
+    ExtractError::Engine { source_name: source.into(), source: e }
+}
+
+/// Adds `source_system` and `source_record_id` in front of the source's own columns.
+fn with_record_columns(df: DataFrame, name: &str, source: &SourceSpec) -> Result<DataFrame, ExtractError> {
+    use datafusion::common::ScalarValue;
+    use datafusion::prelude::{cast, col, lit};
+    let Some(key) = &source.key else {
+        let mut exprs = vec![
+            lit(name.to_string()).alias("source_system"),
+            cast(lit(ScalarValue::Null), DataType::Utf8).alias("source_record_id"),
+        ];
+        exprs.extend(df.schema().fields().iter().map(|f| col(format!("\"{}\"", f.name()))));
+        return df.select(exprs).map_err(|e| engine(name, e));
+    };
+    if df.schema().field_with_unqualified_name(key).is_err() {
+        let names: Vec<&str> = df.schema().fields().iter().map(|f| f.name().as_str()).collect();
+        return Err(ExtractError::Source {
+            source_name: name.into(),
+            message: format!(
+                "key column `{key}` is not in the data{} (columns: {})",
+                crate::config::suggest(key, names.iter().copied()),
+                names.join(", ")
+            ),
+        });
+    }
+    let mut exprs = vec![
+        lit(name.to_string()).alias("source_system"),
+        cast(col(format!("\"{key}\"")), DataType::Utf8).alias("source_record_id"),
+    ];
+    exprs.extend(df.schema().fields().iter().map(|f| col(format!("\"{}\"", f.name()))));
+    df.select(exprs).map_err(|e| engine(name, e))
+}
+
+/// Builds a listing table over explicit files with a known schema, as a DataFrame.
+pub(crate) async fn listing_frame(
+    ctx: &SessionContext,
+    source: &str,
+    urls: &[String],
+    options: ListingOptions,
+    schema: SchemaRef,
+) -> Result<DataFrame, ExtractError> {
+    let paths =
+        urls.iter().map(ListingTableUrl::parse).collect::<Result<Vec<_>, _>>().map_err(|e| engine(source, e))?;
+    let config = ListingTableConfig::new_with_multi_paths(paths).with_listing_options(options).with_schema(schema);
+    let table = ListingTable::try_new(config).map_err(|e| engine(source, e))?;
+    ctx.read_table(Arc::new(table)).map_err(|e| engine(source, e))
+}
+
+/// Unions frames of one source by column name (files may order their columns differently).
+pub(crate) fn union_by_name(source: &str, frames: Vec<DataFrame>) -> Result<Option<DataFrame>, ExtractError> {
+    let mut iter = frames.into_iter();
+    let Some(mut df) = iter.next() else { return Ok(None) };
+    for next in iter {
+        df = df.union_by_name(next).map_err(|e| engine(source, e))?;
+    }
+    Ok(Some(df))
+}
+
+/// All-text schema from header names: CSV is read as text and typed afterwards, so that a
+/// phone column never turns numeric in one file and textual in another.
+pub(crate) fn text_schema(columns: &[String]) -> Schema {
+    Schema::new(
+        columns.iter().map(|c| datafusion::arrow::datatypes::Field::new(c, DataType::Utf8, true)).collect::<Vec<_>>(),
+    )
+}
+
+/// A column turned into its declared type. Text goes through the same parsers the lint
+/// checked the values with; other types are cast.
+pub(crate) fn typed_expr(column: &str, from: &DataType, to: &DataType) -> datafusion::prelude::Expr {
+    use crate::udf::{Function, call};
+    use datafusion::prelude::{cast, col};
+    let c = col(format!("\"{column}\""));
+    let text = matches!(from, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8);
+    match to {
+        t if t == from => c,
+        DataType::Date32 if text => call(Function::ParseDate, vec![c]),
+        DataType::Timestamp(_, _) if text => call(Function::ParseTimestamp, vec![c]),
+        other if text => cast(datafusion::prelude::trim(vec![c]), other.clone()),
+        other => cast(c, other.clone()),
+    }
+    .alias(column)
+}
+
+/// Applies the declared types to a frame: present columns are converted, absent ones are
+/// added as nulls (a JSON key no record carries, a column a file lacks).
+pub(crate) fn apply_declared(
+    source: &str,
+    df: DataFrame,
+    declared: &[(String, DataType)],
+) -> Result<DataFrame, ExtractError> {
+    use datafusion::common::ScalarValue;
+    use datafusion::prelude::{cast, col, lit};
+    let mut exprs: Vec<datafusion::prelude::Expr> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match declared.iter().find(|(c, _)| c == f.name()) {
+            Some((c, t)) => typed_expr(c, f.data_type(), t),
+            None => col(format!("\"{}\"", f.name())),
+        })
+        .collect();
+    for (c, t) in declared {
+        if df.schema().field_with_unqualified_name(c).is_err() {
+            exprs.push(cast(lit(ScalarValue::Null), t.clone()).alias(c));
+        }
+    }
+    df.select(exprs).map_err(|e| engine(source, e))
+}
+
+/// The source's declared column types.
+pub(crate) fn declared_types(spec: &SourceSpec) -> Vec<(String, DataType)> {
+    spec.schema.iter().filter_map(|(c, t)| t.parse_sql_type().ok().map(|t| (c.clone(), t))).collect()
+}
+
+/// Path of a scratch copy for an input file.
+pub(crate) fn scratch_copy_path(scratch: &Scratch, source: &str, index: usize, url: &str) -> PathBuf {
+    let file = Path::new(url).file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+    scratch.dir.join("inputs").join(source).join(format!("{index:05}-{file}"))
+}

@@ -1,0 +1,291 @@
+//! NDJSON sources: every line parsed once to find bad records and the value kinds of each
+//! key; keys whose kinds disagree between records (a phone as number here, as text there)
+//! are read as text, through a rewritten copy when needed.
+
+use std::collections::HashSet;
+use std::io::{BufRead, Read, Write};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::listing::ListingOptions;
+use datafusion::prelude::{DataFrame, SessionContext};
+use indexmap::IndexMap;
+use object_store::ObjectMeta;
+use serde_json::Value;
+
+use super::lint::{self, BadRow, RejectedRows};
+use super::{ExtractError, SourceCtx, apply_declared, declared_types, listing_frame, scratch_copy_path};
+use crate::config::BadRowPolicy;
+
+/// JSON kinds seen for one key, as bits.
+const STR: u8 = 1;
+const INT: u8 = 2;
+const FLOAT: u8 = 4;
+const BOOL: u8 = 8;
+const NESTED: u8 = 16;
+
+fn kind(v: &Value) -> u8 {
+    match v {
+        Value::Null => 0,
+        Value::String(_) => STR,
+        Value::Number(n) if n.is_i64() || n.is_u64() => INT,
+        Value::Number(_) => FLOAT,
+        Value::Bool(_) => BOOL,
+        _ => NESTED,
+    }
+}
+
+/// The Arrow type a key is read as, from the kinds seen.
+fn column_type(kinds: u8) -> DataType {
+    match kinds {
+        INT => DataType::Int64,
+        k if k & !(INT | FLOAT) == 0 && k != 0 => DataType::Float64,
+        BOOL => DataType::Boolean,
+        _ => DataType::Utf8,
+    }
+}
+
+/// Whether DataFusion reads these kinds into the type without help.
+fn readable(kinds: u8, t: &DataType) -> bool {
+    let allowed = match t {
+        DataType::Utf8 => STR,
+        DataType::Int64 => INT,
+        DataType::Float64 => INT | FLOAT,
+        DataType::Boolean => BOOL,
+        _ => 0,
+    };
+    kinds & !allowed == 0
+}
+
+#[derive(Debug, Clone)]
+struct Checks {
+    url: String,
+    key: Option<String>,
+    declared: Vec<(String, DataType)>,
+    stop_at_first_bad: bool,
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Default)]
+struct FileReport {
+    kinds: IndexMap<String, u8>,
+    bad: Vec<BadRow>,
+    rows: u64,
+}
+
+fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn check_file(reader: Box<dyn Read + Send>, checks: &Checks) -> Result<FileReport, String> {
+    let mut report = FileReport::default();
+    let mut reader = std::io::BufReader::new(reader);
+    let mut buf = Vec::new();
+    let mut line_no = 0u64;
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let reason = match serde_json::from_slice::<serde_json::Map<String, Value>>(&buf) {
+            Err(e) if std::str::from_utf8(&buf).is_err() => Some(format!("invalid UTF-8 ({e})")),
+            Err(e) => Some(format!("invalid JSON: {e}")),
+            Ok(map) => match checks.key.as_ref().map(|k| (k, map.get(k).and_then(value_text))) {
+                Some((k, None)) => Some(format!("missing key `{k}`")),
+                Some((k, Some(v))) if v.trim().is_empty() => Some(format!("empty key `{k}`")),
+                _ => {
+                    let wrong = checks.declared.iter().find_map(|(c, t)| {
+                        let v = map.get(c).and_then(value_text)?;
+                        (!lint::fits(&v, t)).then(|| format!("key `{c}`: `{v}` is not a valid {t}"))
+                    });
+                    if wrong.is_none() {
+                        for (k, v) in &map {
+                            *report.kinds.entry(k.clone()).or_default() |= kind(v);
+                        }
+                    }
+                    wrong
+                }
+            },
+        };
+        match reason {
+            Some(reason) => {
+                report.bad.push(BadRow { file: checks.url.clone(), line: line_no, reason, record: lint::lossy(&buf) });
+                if checks.stop_at_first_bad {
+                    break;
+                }
+            }
+            None => {
+                report.rows += 1;
+                if checks.limit.is_some_and(|n| report.rows as usize >= n) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Writes the good lines with every value turned into what its column's type reads.
+fn write_copy(
+    reader: Box<dyn Read + Send>,
+    skip_lines: &HashSet<u64>,
+    types: &IndexMap<String, DataType>,
+    limit: Option<usize>,
+    dest: &std::path::Path,
+) -> std::io::Result<()> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dest)?);
+    let mut reader = std::io::BufReader::new(reader);
+    let mut buf = Vec::new();
+    let (mut line_no, mut written) = (0u64, 0usize);
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        line_no += 1;
+        if skip_lines.contains(&line_no) || buf.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let mut map: serde_json::Map<String, Value> = serde_json::from_slice(&buf).map_err(std::io::Error::other)?;
+        for (k, v) in map.iter_mut() {
+            if types.get(k) == Some(&DataType::Utf8) && !matches!(v, Value::String(_) | Value::Null) {
+                *v = Value::String(v.to_string());
+            }
+        }
+        serde_json::to_writer(&mut out, &map)?;
+        out.write_all(b"\n")?;
+        written += 1;
+        if limit.is_some_and(|n| written >= n) {
+            break;
+        }
+    }
+    out.flush()
+}
+
+pub(super) async fn read(
+    ctx: &SessionContext,
+    src: &SourceCtx<'_>,
+    files: &[(ObjectMeta, String)],
+    rejected: &mut RejectedRows,
+) -> Result<(Option<DataFrame>, Vec<String>), ExtractError> {
+    let declared = declared_types(src.spec);
+    let mut reports = Vec::new();
+    for (meta, url) in files {
+        let checks = Checks {
+            url: url.clone(),
+            key: src.spec.key.clone(),
+            declared: declared.clone(),
+            stop_at_first_bad: src.spec.on_bad_rows == BadRowPolicy::Fail,
+            limit: src.limit,
+        };
+        let report = lint::with_reader(src.store.clone(), meta.location.clone(), move |r| check_file(r, &checks))
+            .await
+            .map_err(|e| ExtractError::BadFile {
+                source_name: src.name.into(),
+                file: url.clone(),
+                reason: e.to_string(),
+            })?
+            .map_err(|reason| ExtractError::BadFile { source_name: src.name.into(), file: url.clone(), reason })?;
+        for b in &report.bad {
+            lint::bad_row(src, b.clone(), &mut rejected.rows)?;
+        }
+        reports.push(report);
+    }
+    // One schema for the whole source: JSON is read by key, so files agree by name.
+    let mut kinds: IndexMap<String, u8> = IndexMap::new();
+    for r in &reports {
+        for (k, v) in &r.kinds {
+            *kinds.entry(k.clone()).or_default() |= v;
+        }
+    }
+    if kinds.is_empty() && declared.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let types: IndexMap<String, DataType> = kinds
+        .iter()
+        .map(|(k, v)| {
+            let t = if declared.iter().any(|(c, _)| c == k) { DataType::Utf8 } else { column_type(*v) };
+            (k.clone(), t)
+        })
+        .collect();
+    let mut urls = Vec::new();
+    for (index, ((meta, url), report)) in files.iter().zip(&reports).enumerate() {
+        if report.rows == 0 {
+            continue;
+        }
+        let skip: HashSet<u64> = report.bad.iter().map(|b| b.line).collect();
+        let coerce = report.kinds.iter().any(|(k, v)| !readable(*v, &types[k]));
+        if skip.is_empty() && !coerce && src.limit.is_none() {
+            urls.push(url.clone());
+            continue;
+        }
+        let dest = scratch_copy_path(src.scratch, src.name, index, url);
+        let (t, d, limit) = (types.clone(), dest.clone(), src.limit);
+        lint::with_reader(src.store.clone(), meta.location.clone(), move |r| write_copy(r, &skip, &t, limit, &d))
+            .await
+            .and_then(|r| r)
+            .map_err(|source| ExtractError::Scratch { path: dest.clone(), source })?;
+        urls.push(format!("file://{}", dest.display()));
+    }
+    if urls.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let schema = Arc::new(Schema::new(types.iter().map(|(k, t)| Field::new(k, t.clone(), true)).collect::<Vec<_>>()));
+    let options = ListingOptions::new(Arc::new(JsonFormat::default())).with_file_extension("");
+    let df = listing_frame(ctx, src.name, &urls, options, schema).await?;
+    let df = apply_declared(src.name, df, &declared)?;
+    Ok((Some(df), types.keys().cloned().collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(text: &str) -> FileReport {
+        let checks = Checks {
+            url: "file:///t.jsonl".into(),
+            key: Some("id".into()),
+            declared: vec![("csat".into(), DataType::Int64)],
+            stop_at_first_bad: false,
+            limit: None,
+        };
+        check_file(Box::new(std::io::Cursor::new(text.as_bytes().to_vec())), &checks).unwrap()
+    }
+
+    #[test]
+    fn kinds_and_bad_lines() {
+        let r = run(
+            "{\"id\":\"a\",\"phone\":612345678}\n\n{\"id\":\"b\",\"phone\":\"06-1\"}\n{\"id\":\"c\",\n{\"phone\":\"x\"}\n{\"id\":\"d\",\"csat\":\"vijf\"}\n",
+        );
+        assert_eq!(r.rows, 2);
+        assert_eq!(r.kinds["phone"], INT | STR);
+        let lines: Vec<u64> = r.bad.iter().map(|b| b.line).collect();
+        assert_eq!(lines, [4, 5, 6]);
+        assert!(r.bad[0].reason.starts_with("invalid JSON"));
+        assert_eq!(r.bad[1].reason, "missing key `id`");
+        assert!(r.bad[2].reason.contains("`vijf` is not a valid"));
+    }
+
+    #[test]
+    fn types_from_kinds() {
+        assert_eq!(column_type(INT), DataType::Int64);
+        assert_eq!(column_type(INT | FLOAT), DataType::Float64);
+        assert_eq!(column_type(INT | STR), DataType::Utf8);
+        assert_eq!(column_type(NESTED), DataType::Utf8);
+        assert!(!readable(INT | STR, &DataType::Utf8));
+        assert!(readable(INT, &DataType::Float64));
+    }
+}

@@ -1,0 +1,159 @@
+//! Golden: one row per customer by survivorship per attribute, and the views that join
+//! every source's rows to their customer through the crosswalk.
+
+use datafusion::prelude::SessionContext;
+
+use crate::config::{Pipeline, Survivorship};
+use crate::extract::raw_table;
+use crate::stage::IDENTITY_RECORDS;
+
+pub const CUSTOMERS: &str = "customers";
+pub const CUSTOMER_XREF: &str = "customer_xref";
+pub const CUSTOMER_CHANGES: &str = "customer_changes";
+
+/// The attributes of the golden record, in column order.
+pub const GOLDEN_ATTRIBUTES: &[&str] = &[
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "birth_date",
+    "street",
+    "house_number",
+    "postcode",
+    "city",
+    "country",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum GoldenError {
+    #[error("{file}: key `golden.attributes.{attribute}`: not a golden attribute{hint}")]
+    UnknownAttribute { file: String, attribute: String, hint: String },
+    #[error("golden: {0}")]
+    Engine(#[from] datafusion::error::DataFusionError),
+}
+
+/// Address parts survive together, from one record, so that a street never lands at
+/// another record's postcode. They are configured as one attribute, `address`.
+pub const ADDRESS_PARTS: &[&str] = &["street", "house_number", "postcode", "city", "country"];
+
+/// Attribute names the `golden.attributes` section accepts.
+pub fn configurable_attributes() -> Vec<&'static str> {
+    GOLDEN_ATTRIBUTES.iter().copied().filter(|a| !ADDRESS_PARTS.contains(a)).chain(["address"]).collect()
+}
+
+/// Survivorship ordering for one attribute: the first row in this order wins.
+fn order_by(strategy: Survivorship, attribute: &str) -> String {
+    // A full first name beats an initial, a full address a bare postcode, whatever the
+    // strategy.
+    let initials = if attribute == "first_name" {
+        "is_initials(first_name) ASC NULLS LAST, "
+    } else if ADDRESS_PARTS.contains(&attribute) {
+        "(street IS NOT NULL AND house_number IS NOT NULL AND postcode IS NOT NULL) DESC, "
+    } else {
+        ""
+    };
+    let tail = "source_record_id ASC";
+    match strategy {
+        Survivorship::MostRecent => format!("{initials}updated_at DESC NULLS LAST, priority ASC, {tail}"),
+        Survivorship::SourcePriority => format!("{initials}priority ASC, updated_at DESC NULLS LAST, {tail}"),
+        Survivorship::MostFrequent => {
+            let freq = if ADDRESS_PARTS.contains(&attribute) { "postcode" } else { attribute };
+            format!("{initials}freq_{freq} DESC, updated_at DESC NULLS LAST, priority ASC, {tail}")
+        }
+        Survivorship::FirstNonNull => format!("{initials}updated_at ASC NULLS LAST, priority ASC, {tail}"),
+    }
+}
+
+/// The SELECT that builds `customers` from the crosswalk and the staged records.
+pub fn customers_sql(pipeline: &Pipeline) -> Result<String, GoldenError> {
+    let golden = &pipeline.spec.golden;
+    let allowed = configurable_attributes();
+    for attribute in golden.attributes.keys() {
+        if !allowed.contains(&attribute.as_str()) {
+            return Err(GoldenError::UnknownAttribute {
+                file: pipeline.file.display().to_string(),
+                attribute: attribute.clone(),
+                hint: crate::config::suggest(attribute, allowed.iter().copied()),
+            });
+        }
+    }
+    let strategy = |a: &str| {
+        let key = if ADDRESS_PARTS.contains(&a) { "address" } else { a };
+        golden.attributes.get(key).copied().unwrap_or(Survivorship::MostRecent)
+    };
+    let priority = if golden.source_priority.is_empty() {
+        "0".to_string()
+    } else {
+        let whens: String = golden
+            .source_priority
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!(" WHEN '{}' THEN {i}", s.replace('\'', "''")))
+            .collect();
+        format!("CASE r.source_system{whens} ELSE {} END", golden.source_priority.len())
+    };
+    let freq: String = GOLDEN_ATTRIBUTES
+        .iter()
+        .filter(|a| strategy(a) == Survivorship::MostFrequent && (!ADDRESS_PARTS.contains(*a) || **a == "postcode"))
+        .map(|a| format!(", count(r.{a}) OVER (PARTITION BY x.customer_id, r.{a}) AS freq_{a}"))
+        .collect();
+    let mut picks = Vec::new();
+    let mut lineage = Vec::new();
+    for a in GOLDEN_ATTRIBUTES {
+        let order = order_by(strategy(a), a);
+        // Address parts share one filter: the record must have an address at all.
+        let filter =
+            if ADDRESS_PARTS.contains(a) { "postcode IS NOT NULL".to_string() } else { format!("{a} IS NOT NULL") };
+        picks.push(format!("first_value({a} ORDER BY {order}) FILTER (WHERE {filter}) AS {a}"));
+        picks.push(format!(
+            "first_value(concat(source_system, ':', source_record_id) ORDER BY {order}) FILTER (WHERE {filter} AND {a} IS NOT NULL) AS lineage_{a}"
+        ));
+        lineage.push(format!(
+            "CASE WHEN lineage_{a} IS NOT NULL THEN concat('\"{a}\":\"', replace(replace(lineage_{a}, '\\\\', '\\\\\\\\'), '\"', '\\\\\"'), '\"') END"
+        ));
+    }
+    let columns = GOLDEN_ATTRIBUTES.join(", ");
+    Ok(format!(
+        "WITH base AS (SELECT x.customer_id, r.*, {priority} AS priority{freq} \
+                       FROM {CUSTOMER_XREF} x JOIN {IDENTITY_RECORDS} r \
+                       ON r.source_system = x.source_system AND r.source_record_id = x.source_record_id), \
+         picked AS (SELECT customer_id, {picks}, \
+                    CAST(count(*) AS BIGINT) AS record_count, \
+                    array_to_string(array_sort(array_distinct(array_agg(source_system))), ',') AS source_systems, \
+                    min(updated_at) AS first_seen_at, max(updated_at) AS last_updated_at \
+                    FROM base GROUP BY customer_id) \
+         SELECT customer_id, {columns}, record_count, source_systems, first_seen_at, last_updated_at, \
+                concat('{{', concat_ws(',', {lineage}), '}}') AS lineage \
+         FROM picked",
+        picks = picks.join(", "),
+        lineage = lineage.join(", ")
+    ))
+}
+
+/// Registers, for every source, a view named after it with the source's rows and their
+/// `customer_id`: identity sources through their own record id, facts through the record
+/// they belong to. Unlinked facts (anonymous web sessions) keep a null customer id.
+pub async fn register_source_views(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    present: &[String],
+) -> Result<(), GoldenError> {
+    for (name, source) in &pipeline.spec.sources {
+        if !present.contains(name) {
+            continue;
+        }
+        let raw = raw_table(name);
+        let (owner, key) = match &source.belongs_to {
+            Some(b) => (b.source.clone(), format!("CAST(f.\"{}\" AS VARCHAR)", b.column)),
+            None => (name.clone(), "f.source_record_id".to_string()),
+        };
+        let sql = format!(
+            "SELECT x.customer_id, f.* FROM {raw} f LEFT JOIN {CUSTOMER_XREF} x \
+             ON x.source_system = '{owner}' AND x.source_record_id = {key}"
+        );
+        let df = ctx.sql(&sql).await?;
+        ctx.register_table(name.as_str(), df.into_view())?;
+    }
+    Ok(())
+}

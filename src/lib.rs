@@ -1,0 +1,78 @@
+//! klantbeeld: builds a golden customer table from the dumps of a company's source systems.
+//!
+//! The stages of a run, one module each: [`config`] -> [`extract`] -> [`stage`] ->
+//! [`resolve`] -> [`golden`] -> [`publish`]; [`pipeline`] runs them in order and [`cli`]
+//! is the command line.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod eval;
+pub mod extract;
+pub mod golden;
+pub mod pipeline;
+pub mod publish;
+pub mod resolve;
+pub mod stage;
+pub mod storage;
+pub mod udf;
+
+/// Any error of a klantbeeld command, grouped by what the user has to do about it. The
+/// group decides the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The pipeline definition is wrong (YAML, SQL, a variable, a location's syntax).
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Extract(#[from] extract::ExtractError),
+    #[error(transparent)]
+    Stage(#[from] stage::StageError),
+    #[error(transparent)]
+    Resolve(#[from] resolve::ResolveError),
+    #[error(transparent)]
+    Golden(#[from] golden::GoldenError),
+    #[error(transparent)]
+    Publish(#[from] publish::PublishError),
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{context}: {source}")]
+    Engine { context: String, source: datafusion::error::DataFusionError },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Exit codes, as documented in the README.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const OTHER: i32 = 1;
+    pub const CONFIG: i32 = 2;
+    pub const INPUT: i32 = 3;
+    pub const DATA_TEST: i32 = 4;
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        use extract::ExtractError as E;
+        match self {
+            Error::Config(_) | Error::Usage(_) | Error::Golden(golden::GoldenError::UnknownAttribute { .. }) => {
+                exit::CONFIG
+            }
+            Error::Stage(stage::StageError::Mapping { .. }) => exit::CONFIG,
+            Error::Resolve(resolve::ResolveError::Rule { .. }) => exit::CONFIG,
+            Error::Storage(storage::StorageError::BadLocation { .. }) => exit::CONFIG,
+            Error::Extract(E::Storage(storage::StorageError::BadLocation { .. })) => exit::CONFIG,
+            Error::Extract(E::Scratch { .. } | E::Engine { .. }) => exit::OTHER,
+            Error::Extract(_) => exit::INPUT,
+            _ => exit::OTHER,
+        }
+    }
+
+    pub fn engine(context: impl Into<String>) -> impl FnOnce(datafusion::error::DataFusionError) -> Error {
+        let context = context.into();
+        move |source| Error::Engine { context, source }
+    }
+}

@@ -1,0 +1,382 @@
+//! One pipeline run, stage after stage: extract, stage, resolve, golden, publish. Every
+//! intermediate result lives in a scratch folder that is removed afterwards; nothing is
+//! visible at the output until the final swap.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use serde::Serialize;
+
+use crate::config::Pipeline;
+use crate::engine::{self, EngineOptions};
+use crate::extract::{self, ExtractedSource, InputFile, Scratch};
+use crate::golden::{self, CUSTOMER_CHANGES, CUSTOMER_XREF, CUSTOMERS};
+use crate::publish::{Staging, TableInfos};
+use crate::resolve::{self, MatchSummary, ids};
+use crate::stage::{self, IDENTITY_RECORDS};
+use crate::storage::{self, Location};
+use crate::{Error, storage::redact};
+
+/// The tables every run publishes, in this order.
+pub const GOLDEN_TABLES: &[&str] = &[CUSTOMERS, CUSTOMER_XREF, CUSTOMER_CHANGES, MATCH_EDGES];
+/// Every candidate edge with its rule, score, comparison detail and decision.
+pub const MATCH_EDGES: &str = "match_edges";
+
+/// Options of one run beyond the pipeline file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Overrides the YAML's `engine.memory_limit`.
+    pub memory_limit: Option<usize>,
+    /// Read at most this many rows per input file (fast iteration on a sample).
+    pub limit: Option<usize>,
+    /// Previous crosswalk to keep ids from; defaults to the published one at the output.
+    pub previous: Option<String>,
+    /// Folder for scratch files and spills; the system temp folder when `None`.
+    pub work_dir: Option<PathBuf>,
+}
+
+/// One input source in the manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct InputInfo {
+    pub location: String,
+    pub files: Vec<InputFile>,
+    pub rejected_rows: usize,
+}
+
+/// Time spent per stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTiming {
+    pub stage: String,
+    pub seconds: f64,
+}
+
+/// `_manifest.json`: what a published run read, did and wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    pub run_id: String,
+    pub pipeline: String,
+    pub klantbeeld_version: String,
+    pub datafusion_version: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub vars: BTreeMap<String, String>,
+    pub config_hash: String,
+    pub previous_crosswalk: Option<String>,
+    pub customer_id_high_water: u64,
+    pub inputs: BTreeMap<String, InputInfo>,
+    pub tables: TableInfos,
+    #[serde(rename = "match")]
+    pub match_summary: MatchSummary,
+    pub stages: Vec<StageTiming>,
+}
+
+/// A new run id: UTC time plus random bits, sortable and unique.
+pub fn new_run_id() -> String {
+    let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    format!("{now}-{:08x}", rand::random::<u32>())
+}
+
+/// Values of variables whose names suggest a secret are hidden in the manifest.
+fn redact_vars(vars: &[(String, String)]) -> BTreeMap<String, String> {
+    vars.iter()
+        .map(|(k, v)| {
+            let lower = k.to_ascii_lowercase();
+            let secret = ["secret", "password", "token", "key", "credential"].iter().any(|s| lower.contains(s));
+            (k.clone(), if secret { "***".into() } else { redact(v) })
+        })
+        .collect()
+}
+
+struct Timer {
+    timings: Vec<StageTiming>,
+    current: Option<(String, Instant)>,
+}
+
+impl Timer {
+    fn start(&mut self, stage: &str) {
+        self.stop();
+        tracing::info!(stage, "stage started");
+        self.current = Some((stage.to_string(), Instant::now()));
+    }
+
+    fn stop(&mut self) {
+        if let Some((stage, t)) = self.current.take() {
+            let seconds = t.elapsed().as_secs_f64();
+            tracing::info!(stage = stage.as_str(), seconds, "stage finished");
+            self.timings.push(StageTiming { stage, seconds });
+        }
+    }
+}
+
+/// Writes a frame to a scratch Parquet folder and registers it under `name`, so later
+/// stages read the result instead of recomputing it.
+pub async fn materialize(ctx: &SessionContext, name: &str, df: DataFrame, dir: &Path) -> Result<(), Error> {
+    let path = dir.join(name);
+    std::fs::create_dir_all(&path).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+    let url = format!("{}/", path.display());
+    df.write_parquet(&url, Default::default(), None).await.map_err(Error::engine(format!("computing `{name}`")))?;
+    let _ = ctx.deregister_table(name);
+    ctx.register_parquet(name, &url, ParquetReadOptions::default())
+        .await
+        .map_err(Error::engine(format!("reading back `{name}`")))?;
+    Ok(())
+}
+
+/// Where the previous crosswalk comes from: the option, the YAML, or the published output.
+fn previous_location(pipeline: &Pipeline, options: &RunOptions, output: &Location) -> Result<Option<Location>, Error> {
+    let explicit = options.previous.as_deref().or(pipeline.spec.previous.as_deref());
+    if let Some(p) = explicit {
+        return Ok(Some(Location::parse(p, &pipeline.base_dir)?));
+    }
+    let published = output.local_path().is_some_and(|d| d.join("_SUCCESS").exists());
+    Ok(published.then(|| output.child(CUSTOMER_XREF)))
+}
+
+/// Registers the previous crosswalk and returns the highest id sequence used so far.
+async fn register_previous(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    previous: Option<&Location>,
+    output: &Location,
+) -> Result<u64, Error> {
+    let Some(loc) = previous else {
+        ids::register_empty_previous(ctx).await.map_err(Error::engine("previous crosswalk"))?;
+        return Ok(0);
+    };
+    storage::store_for(ctx, loc, &pipeline.spec.storage)?;
+    let url = if loc.glob.is_some() { loc.display() } else { format!("{}/", loc.url().trim_end_matches('/')) };
+    let url = if loc.url().ends_with(".parquet") { loc.url() } else { url };
+    ctx.register_parquet(ids::PREVIOUS_XREF, &url, ParquetReadOptions::default())
+        .await
+        .map_err(|e| resolve::ResolveError::Previous { location: loc.display(), message: e.to_string() })?;
+    let from_table = ids::previous_high_water(ctx)
+        .await
+        .map_err(|e| resolve::ResolveError::Previous { location: loc.display(), message: e.to_string() })?;
+    let from_manifest = crate::publish::read_published_manifest(output)
+        .and_then(|m| m.get("customer_id_high_water").and_then(|v| v.as_u64()))
+        .unwrap_or(0);
+    Ok(from_table.max(from_manifest))
+}
+
+/// Runs a pipeline end to end and publishes its output. Returns the manifest.
+pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Manifest, Error> {
+    let started = chrono::Utc::now();
+    let run_id = new_run_id();
+    let output = Location::parse(&pipeline.spec.output, &pipeline.base_dir)?;
+    let staging = Staging::new(&output, &run_id)?;
+    let scratch_root = options.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&scratch_root).map_err(|e| Error::Other(format!("{}: {e}", scratch_root.display())))?;
+    let scratch_dir = tempfile::Builder::new()
+        .prefix("klantbeeld-")
+        .tempdir_in(&scratch_root)
+        .map_err(|e| Error::Other(format!("{}: {e}", scratch_root.display())))?;
+    let result = run_stages(pipeline, options, &run_id, started, &output, &staging, scratch_dir.path()).await;
+    match result {
+        Ok(manifest) => {
+            staging.commit(&manifest)?;
+            tracing::info!(run_id = run_id.as_str(), output = %output, "published");
+            Ok(manifest)
+        }
+        Err(e) => {
+            staging.abandon();
+            Err(e)
+        }
+    }
+}
+
+async fn run_stages(
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    run_id: &str,
+    started: chrono::DateTime<chrono::Utc>,
+    output: &Location,
+    staging: &Staging,
+    scratch: &Path,
+) -> Result<Manifest, Error> {
+    let spec = &pipeline.spec;
+    let engine_options = EngineOptions {
+        memory_limit: match options.memory_limit {
+            Some(n) => Some(n),
+            None => spec.engine.memory_limit.as_deref().map(engine::parse_size).transpose().map_err(Error::Usage)?,
+        },
+        target_partitions: spec.engine.target_partitions,
+        batch_size: spec.engine.batch_size,
+    };
+    let spill = scratch.join("spill");
+    std::fs::create_dir_all(&spill).map_err(|e| Error::Other(format!("{}: {e}", spill.display())))?;
+    let ctx = engine::session(&engine_options, &spill).map_err(Error::engine("starting the engine"))?;
+    let mut timer = Timer { timings: Vec::new(), current: None };
+
+    timer.start("extract");
+    let extracted =
+        extract::extract_all(&ctx, pipeline, &Scratch { dir: scratch.to_path_buf() }, options.limit).await?;
+    let present: Vec<String> = extracted.iter().map(|e| e.name.clone()).collect();
+
+    timer.start("stage");
+    let records = stage::stage_all(&ctx, pipeline, &present).await?;
+    materialize(&ctx, IDENTITY_RECORDS, records, scratch).await?;
+    check_unique_keys(&ctx).await?;
+
+    timer.start("resolve");
+    let previous = previous_location(pipeline, options, output)?;
+    let high_water = register_previous(&ctx, pipeline, previous.as_ref(), output).await?;
+    let match_summary = resolve::resolve(&ctx, pipeline, scratch).await?;
+    let xref = ctx.sql(&ids::xref_sql(high_water)).await.map_err(Error::engine("assigning customer ids"))?;
+    materialize(&ctx, CUSTOMER_XREF, xref, scratch).await?;
+    let changes = ctx.sql(&ids::changes_sql(high_water)).await.map_err(Error::engine("customer changes"))?;
+    materialize(&ctx, CUSTOMER_CHANGES, changes, scratch).await?;
+    let new_high_water = high_water.max(max_assigned(&ctx).await?);
+
+    timer.start("golden");
+    let customers = ctx.sql(&golden::customers_sql(pipeline)?).await.map_err(Error::engine("golden customers"))?;
+    materialize(&ctx, CUSTOMERS, customers, scratch).await?;
+    golden::register_source_views(&ctx, pipeline, &present).await?;
+    let edges = ctx
+        .sql(&format!(
+            "SELECT a.source_system AS source_system_a, a.source_record_id AS source_record_id_a, \
+             b.source_system AS source_system_b, b.source_record_id AS source_record_id_b, \
+             e.rule, e.score, e.detail, e.decision \
+             FROM {} e JOIN {IDENTITY_RECORDS} a ON a.rid = e.rid_a JOIN {IDENTITY_RECORDS} b ON b.rid = e.rid_b",
+            resolve::EDGE_DECISIONS
+        ))
+        .await
+        .map_err(Error::engine("match edges"))?;
+    ctx.register_table(MATCH_EDGES, edges.into_view()).map_err(Error::engine("match edges"))?;
+
+    timer.start("publish");
+    let mut tables = TableInfos::new();
+    let outputs: Vec<(String, Vec<String>)> = if spec.outputs.is_empty() {
+        GOLDEN_TABLES.iter().map(|t| (t.to_string(), Vec::new())).collect()
+    } else {
+        let mut list: Vec<(String, Vec<String>)> =
+            spec.outputs.iter().map(|(t, o)| (t.clone(), o.partition_by.clone())).collect();
+        for t in GOLDEN_TABLES {
+            if !spec.outputs.contains_key(*t) {
+                list.push((t.to_string(), Vec::new()));
+            }
+        }
+        list
+    };
+    for (table, partition_by) in outputs {
+        let df = ctx.table(table.as_str()).await.map_err(Error::engine(format!("output `{table}`")))?;
+        let info = staging.write_table(&table, df, &partition_by).await?;
+        tracing::info!(table = table.as_str(), rows = info.rows, "table written");
+        tables.insert(table, info);
+    }
+    write_rejected(&ctx, staging, &extracted).await?;
+    timer.stop();
+
+    let inputs = extracted
+        .iter()
+        .map(|e: &ExtractedSource| {
+            (
+                e.name.clone(),
+                InputInfo {
+                    location: redact(&e.location.display()),
+                    files: e.files.clone(),
+                    rejected_rows: e.rejected.len(),
+                },
+            )
+        })
+        .collect();
+    let sql_files: Vec<(String, String)> = Vec::new();
+    Ok(Manifest {
+        run_id: run_id.to_string(),
+        pipeline: spec.name.clone(),
+        klantbeeld_version: env!("CARGO_PKG_VERSION").to_string(),
+        datafusion_version: datafusion::DATAFUSION_VERSION.to_string(),
+        started_at: started.to_rfc3339(),
+        finished_at: chrono::Utc::now().to_rfc3339(),
+        vars: redact_vars(&pipeline.used_vars),
+        config_hash: pipeline.config_hash(&sql_files),
+        previous_crosswalk: previous.map(|p| redact(&p.display())),
+        customer_id_high_water: new_high_water,
+        inputs,
+        tables,
+        match_summary,
+        stages: timer.timings,
+    })
+}
+
+/// Two rows with one key in one source would give one record two customers.
+async fn check_unique_keys(ctx: &SessionContext) -> Result<(), Error> {
+    let dupes = ctx
+        .sql(&format!(
+            "SELECT source_system, source_record_id, count(*) AS n FROM {IDENTITY_RECORDS} \
+             GROUP BY source_system, source_record_id HAVING count(*) > 1 ORDER BY n DESC, source_record_id LIMIT 3"
+        ))
+        .await
+        .map_err(Error::engine("checking keys"))?
+        .collect()
+        .await
+        .map_err(Error::engine("checking keys"))?;
+    let text =
+        datafusion::arrow::util::pretty::pretty_format_batches(&dupes).map(|t| t.to_string()).unwrap_or_default();
+    if dupes.iter().any(|b| b.num_rows() > 0) {
+        use datafusion::arrow::array::AsArray;
+        let b = dupes.iter().find(|b| b.num_rows() > 0).expect("checked above");
+        let cast =
+            |i: usize| datafusion::arrow::compute::cast(b.column(i), &datafusion::arrow::datatypes::DataType::Utf8);
+        let (s, k) =
+            (cast(0).map_err(|e| Error::Other(e.to_string()))?, cast(1).map_err(|e| Error::Other(e.to_string()))?);
+        let (s, k) = (s.as_string::<i32>().value(0).to_string(), k.as_string::<i32>().value(0).to_string());
+        return Err(Error::Extract(extract::ExtractError::Source {
+            source_name: s,
+            message: format!("key value `{k}` appears on more than one row; a record key must be unique\n{text}"),
+        }));
+    }
+    Ok(())
+}
+
+async fn max_assigned(ctx: &SessionContext) -> Result<u64, Error> {
+    let _ = ctx.deregister_table("assigned_ids");
+    let df = ctx.table(CUSTOMER_XREF).await.map_err(Error::engine("ids"))?;
+    ctx.register_table("assigned_ids", df.into_view()).map_err(Error::engine("ids"))?;
+    let batches = ctx
+        .sql(&format!(
+            "SELECT max(CAST(substr(customer_id, {}) AS BIGINT)) FROM assigned_ids",
+            ids::ID_PREFIX.len() + 1
+        ))
+        .await
+        .map_err(Error::engine("ids"))?
+        .collect()
+        .await
+        .map_err(Error::engine("ids"))?;
+    use datafusion::arrow::array::{Array, AsArray};
+    Ok(batches
+        .first()
+        .map(|b| b.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>())
+        .filter(|a| !a.is_empty() && !a.is_null(0))
+        .map_or(0, |a| a.value(0) as u64))
+}
+
+/// Rejected rows of each source under `_rejected/<source>/rejected.parquet`.
+async fn write_rejected(ctx: &SessionContext, staging: &Staging, extracted: &[ExtractedSource]) -> Result<(), Error> {
+    use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    for e in extracted.iter().filter(|e| !e.rejected.is_empty()) {
+        let rows = &e.rejected.rows;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("file", DataType::Utf8, false),
+            Field::new("line", DataType::UInt64, false),
+            Field::new("reason", DataType::Utf8, false),
+            Field::new("record", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(rows.iter().map(|r| Some(r.file.as_str())).collect::<StringArray>()),
+                Arc::new(rows.iter().map(|r| Some(r.line)).collect::<UInt64Array>()),
+                Arc::new(rows.iter().map(|r| Some(r.reason.as_str())).collect::<StringArray>()),
+                Arc::new(rows.iter().map(|r| Some(r.record.as_str())).collect::<StringArray>()),
+            ],
+        )
+        .map_err(|err| Error::Other(err.to_string()))?;
+        let df = ctx.read_batch(batch).map_err(Error::engine("rejected rows"))?;
+        staging.write_table(&format!("_rejected/{}", e.name), df, &[]).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,277 @@
+//! Clustering: union-find over the edges, strongest rule first, where every merge of two
+//! clusters is checked as a whole (Senzing-style): no conflicting birth dates, no first
+//! names that cannot be one person, no cluster beyond the size limit. A single false edge
+//! can then not chain two people into one customer.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDate;
+
+use crate::udf::{birth_dates_compatible, first_names_compatible};
+
+/// Why a merge was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    BirthDate,
+    FirstName,
+    ClusterSize,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::BirthDate => "refused: conflicting birth dates",
+            Refusal::FirstName => "refused: conflicting first names",
+            Refusal::ClusterSize => "refused: cluster size limit",
+        }
+    }
+}
+
+/// What happened to one edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Merged,
+    /// Both records were already in one cluster.
+    Redundant,
+    Refused(Refusal),
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Merged => "merged",
+            Decision::Redundant => "already joined",
+            Decision::Refused(r) => r.as_str(),
+        }
+    }
+}
+
+/// The attributes of one cluster that merges are checked against. Kept small: a handful
+/// of distinct values is enough to see a conflict.
+#[derive(Debug, Clone, Default)]
+struct Summary {
+    size: u32,
+    birth_dates: Vec<NaiveDate>,
+    first_names: Vec<u32>,
+}
+
+const MAX_TRACKED: usize = 8;
+const NO_NAME: u32 = u32::MAX;
+
+/// Union-find with per-cluster summaries. Singletons are described by the flat per-record
+/// vectors; only roots of merged clusters carry a `Summary`, which keeps memory near 20
+/// bytes a record.
+pub struct Clusters {
+    parent: Vec<u32>,
+    birth_date: Vec<Option<NaiveDate>>,
+    first_name: Vec<u32>,
+    summary: HashMap<u32, Summary>,
+    /// Rule index (1-based) of the first merge a record took part in; 0 for none.
+    matched_by: Vec<u16>,
+    names: Vec<String>,
+    compatible_cache: HashMap<(u32, u32), bool>,
+    conflicts: Vec<Refusal>,
+    max_size: u32,
+}
+
+/// A record's attributes as clustering sees them.
+pub struct RecordAttrs<'a> {
+    pub first_name: Option<&'a str>,
+    pub birth_date: Option<NaiveDate>,
+}
+
+impl Clusters {
+    pub fn new(max_size: usize, conflicts: &[String]) -> Self {
+        let conflicts = conflicts
+            .iter()
+            .filter_map(|c| match c.as_str() {
+                "birth_date" => Some(Refusal::BirthDate),
+                "first_name" => Some(Refusal::FirstName),
+                _ => None,
+            })
+            .collect();
+        Clusters {
+            parent: Vec::new(),
+            birth_date: Vec::new(),
+            first_name: Vec::new(),
+            summary: HashMap::new(),
+            matched_by: Vec::new(),
+            names: Vec::new(),
+            compatible_cache: HashMap::new(),
+            conflicts,
+            max_size: max_size.min(u32::MAX as usize) as u32,
+        }
+    }
+
+    /// Adds the next record (its rid is the number of records added before).
+    pub fn push(&mut self, attrs: RecordAttrs<'_>, interner: &mut HashMap<String, u32>) {
+        let rid = self.parent.len() as u32;
+        self.parent.push(rid);
+        self.matched_by.push(0);
+        self.birth_date.push(attrs.birth_date);
+        let name_id = match attrs.first_name.filter(|n| !n.trim().is_empty()) {
+            Some(name) => {
+                let next = self.names.len() as u32;
+                *interner.entry(name.to_string()).or_insert_with(|| {
+                    self.names.push(name.to_string());
+                    next
+                })
+            }
+            None => NO_NAME,
+        };
+        self.first_name.push(name_id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.parent.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parent.is_empty()
+    }
+
+    pub fn find(&mut self, mut x: u32) -> u32 {
+        while self.parent[x as usize] != x {
+            let grand = self.parent[self.parent[x as usize] as usize];
+            self.parent[x as usize] = grand;
+            x = grand;
+        }
+        x
+    }
+
+    fn summary_of(&self, root: u32) -> Summary {
+        self.summary.get(&root).cloned().unwrap_or_else(|| Summary {
+            size: 1,
+            birth_dates: self.birth_date[root as usize].into_iter().collect(),
+            first_names: Some(self.first_name[root as usize]).filter(|n| *n != NO_NAME).into_iter().collect(),
+        })
+    }
+
+    fn names_compatible(&mut self, a: u32, b: u32) -> bool {
+        let key = (a.min(b), a.max(b));
+        if let Some(v) = self.compatible_cache.get(&key) {
+            return *v;
+        }
+        let v = first_names_compatible(&self.names[a as usize], &self.names[b as usize]).unwrap_or(true);
+        self.compatible_cache.insert(key, v);
+        v
+    }
+
+    fn check(&mut self, a: &Summary, b: &Summary) -> Option<Refusal> {
+        if a.size + b.size > self.max_size {
+            return Some(Refusal::ClusterSize);
+        }
+        for refusal in self.conflicts.clone() {
+            let clash = match refusal {
+                Refusal::BirthDate => {
+                    a.birth_dates.iter().any(|x| b.birth_dates.iter().any(|y| !birth_dates_compatible(*x, *y)))
+                }
+                Refusal::FirstName => {
+                    let mut clash = false;
+                    'outer: for x in &a.first_names {
+                        for y in &b.first_names {
+                            if !self.names_compatible(*x, *y) {
+                                clash = true;
+                                break 'outer;
+                            }
+                        }
+                    }
+                    clash
+                }
+                Refusal::ClusterSize => false,
+            };
+            if clash {
+                return Some(refusal);
+            }
+        }
+        None
+    }
+
+    /// Tries to join the clusters of two records on the evidence of rule `rule` (1-based).
+    pub fn union(&mut self, a: u32, b: u32, rule: u16) -> Decision {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra == rb {
+            return Decision::Redundant;
+        }
+        let (sa, sb) = (self.summary_of(ra), self.summary_of(rb));
+        if let Some(refusal) = self.check(&sa, &sb) {
+            return Decision::Refused(refusal);
+        }
+        // The larger cluster's root stays root; the merged summary keeps a few values.
+        let (root, child, mut merged, other) = if sa.size >= sb.size { (ra, rb, sa, sb) } else { (rb, ra, sb, sa) };
+        self.parent[child as usize] = root;
+        merged.size += other.size;
+        for d in other.birth_dates {
+            if !merged.birth_dates.contains(&d) && merged.birth_dates.len() < MAX_TRACKED {
+                merged.birth_dates.push(d);
+            }
+        }
+        for n in other.first_names {
+            if !merged.first_names.contains(&n) && merged.first_names.len() < MAX_TRACKED {
+                merged.first_names.push(n);
+            }
+        }
+        self.summary.remove(&child);
+        self.summary.insert(root, merged);
+        for r in [a, b] {
+            if self.matched_by[r as usize] == 0 {
+                self.matched_by[r as usize] = rule;
+            }
+        }
+        Decision::Merged
+    }
+
+    /// Rule index (1-based, 0 = none) that first joined a record.
+    pub fn matched_by(&self, rid: u32) -> u16 {
+        self.matched_by[rid as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clusters(records: &[(Option<&str>, Option<&str>)]) -> Clusters {
+        let mut c = Clusters::new(4, &["birth_date".into(), "first_name".into()]);
+        let mut interner = HashMap::new();
+        for (name, date) in records {
+            c.push(RecordAttrs { first_name: *name, birth_date: date.and_then(crate::udf::parse_date) }, &mut interner);
+        }
+        c
+    }
+
+    #[test]
+    fn chain_through_a_shared_record_is_refused() {
+        // Jan and Marie share a household record without a name: it may join one of them.
+        let mut c = clusters(&[(Some("Jan"), None), (None, None), (Some("Marie"), None)]);
+        assert_eq!(c.union(0, 1, 1), Decision::Merged);
+        assert_eq!(c.union(1, 2, 1), Decision::Refused(Refusal::FirstName));
+        assert_ne!(c.find(0), c.find(2));
+        assert_eq!(c.matched_by(2), 0);
+        assert_eq!(c.matched_by(1), 1);
+    }
+
+    #[test]
+    fn namesakes_with_other_birth_dates_stay_apart() {
+        let mut c = clusters(&[(Some("Jan"), Some("1950-01-01")), (Some("Jan"), Some("1985-06-30"))]);
+        assert_eq!(c.union(0, 1, 1), Decision::Refused(Refusal::BirthDate));
+    }
+
+    #[test]
+    fn nicknames_initials_and_typo_dates_merge() {
+        let mut c =
+            clusters(&[(Some("Johannes"), Some("1980-03-07")), (Some("Hans"), None), (Some("J."), Some("1980-07-03"))]);
+        assert_eq!(c.union(0, 1, 1), Decision::Merged);
+        assert_eq!(c.union(1, 2, 2), Decision::Merged);
+        assert_eq!(c.union(0, 2, 2), Decision::Redundant);
+    }
+
+    #[test]
+    fn size_limit() {
+        let mut c = clusters(&[(None, None); 5]);
+        for i in 1..4 {
+            assert_eq!(c.union(0, i, 1), Decision::Merged);
+        }
+        assert_eq!(c.union(0, 4, 1), Decision::Refused(Refusal::ClusterSize));
+    }
+}

@@ -1,0 +1,117 @@
+//! Stable customer ids. A record keeps its customer id while its cluster keeps it: each
+//! previous id goes to the cluster holding most of its records; a cluster that receives
+//! several keeps the oldest (ids are numbered, `K0000000001` is older than
+//! `K0000000002`) and the others are reported `merged_into`; a cluster that receives none
+//! gets a new id, reported `split_from` when its records had an id before, else `new`.
+
+use datafusion::prelude::SessionContext;
+
+use super::RECORD_CLUSTERS;
+use crate::stage::IDENTITY_RECORDS;
+
+/// The previous crosswalk as a table (empty when there is none).
+pub const PREVIOUS_XREF: &str = "previous_xref";
+
+/// Prefix and width of customer ids.
+pub const ID_PREFIX: &str = "K";
+pub const ID_DIGITS: usize = 10;
+
+/// Formats a sequence number as a customer id.
+pub fn format_id(seq: u64) -> String {
+    format!("{ID_PREFIX}{seq:0width$}", width = ID_DIGITS)
+}
+
+/// The sequence number of a customer id, if it is one of ours.
+pub fn parse_id(id: &str) -> Option<u64> {
+    id.strip_prefix(ID_PREFIX).filter(|d| d.len() == ID_DIGITS).and_then(|d| d.parse().ok())
+}
+
+/// Registers an empty previous crosswalk (first run).
+pub async fn register_empty_previous(ctx: &SessionContext) -> datafusion::error::Result<()> {
+    let df = ctx
+        .sql(
+            "SELECT CAST(NULL AS VARCHAR) AS customer_id, CAST(NULL AS VARCHAR) AS source_system, \
+             CAST(NULL AS VARCHAR) AS source_record_id WHERE false",
+        )
+        .await?;
+    ctx.register_table(PREVIOUS_XREF, df.into_view())?;
+    Ok(())
+}
+
+/// The highest id sequence number in the previous crosswalk.
+pub async fn previous_high_water(ctx: &SessionContext) -> datafusion::error::Result<u64> {
+    let batches = ctx
+        .sql(&format!(
+            "SELECT max(CAST(substr(customer_id, {start}) AS BIGINT)) FROM {PREVIOUS_XREF} \
+             WHERE customer_id LIKE '{ID_PREFIX}%' AND length(customer_id) = {len}",
+            start = ID_PREFIX.len() + 1,
+            len = ID_PREFIX.len() + ID_DIGITS
+        ))
+        .await?
+        .collect()
+        .await?;
+    use datafusion::arrow::array::{Array, AsArray};
+    let v = batches
+        .first()
+        .map(|b| b.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>())
+        .filter(|a| !a.is_empty() && !a.is_null(0))
+        .map_or(0, |a| a.value(0) as u64);
+    Ok(v)
+}
+
+/// SQL of the id assignment as named subqueries, given the highest sequence number used.
+fn assignment_ctes(high_water: u64) -> String {
+    format!(
+        "cur AS (SELECT c.cluster_id, r.source_system, r.source_record_id, c.matched_by \
+                 FROM {RECORD_CLUSTERS} c JOIN {IDENTITY_RECORDS} r ON c.rid = r.rid), \
+         votes AS (SELECT cur.cluster_id, p.customer_id, count(*) AS n FROM cur JOIN {PREVIOUS_XREF} p \
+                   ON p.source_system = cur.source_system AND p.source_record_id = cur.source_record_id \
+                   GROUP BY cur.cluster_id, p.customer_id), \
+         best AS (SELECT customer_id, cluster_id FROM (SELECT customer_id, cluster_id, \
+                  row_number() OVER (PARTITION BY customer_id ORDER BY n DESC, cluster_id) AS rk FROM votes) WHERE rk = 1), \
+         kept AS (SELECT cluster_id, min(customer_id) AS customer_id FROM best GROUP BY cluster_id), \
+         keys AS (SELECT cluster_id, min(concat(source_system, ':', source_record_id)) AS first_key FROM cur GROUP BY cluster_id), \
+         fresh AS (SELECT k.cluster_id, k.first_key FROM keys k LEFT JOIN kept ON kept.cluster_id = k.cluster_id WHERE kept.cluster_id IS NULL), \
+         new_ids AS (SELECT cluster_id, concat('{ID_PREFIX}', lpad(CAST(row_number() OVER (ORDER BY first_key) + {high_water} AS VARCHAR), {ID_DIGITS}, '0')) AS customer_id FROM fresh), \
+         assigned AS (SELECT cluster_id, customer_id FROM kept UNION ALL SELECT cluster_id, customer_id FROM new_ids)"
+    )
+}
+
+/// The crosswalk: every identity record with its customer id and the rule that joined it.
+pub fn xref_sql(high_water: u64) -> String {
+    format!(
+        "WITH {} SELECT a.customer_id, cur.source_system, cur.source_record_id, cur.matched_by \
+         FROM cur JOIN assigned a ON a.cluster_id = cur.cluster_id",
+        assignment_ctes(high_water)
+    )
+}
+
+/// Changes against the previous crosswalk: new, merged_into, split_from, deleted.
+pub fn changes_sql(high_water: u64) -> String {
+    format!(
+        "WITH {ctes}, \
+         split_votes AS (SELECT cluster_id, customer_id, row_number() OVER (PARTITION BY cluster_id ORDER BY n DESC, customer_id) AS rk FROM votes) \
+         SELECT n.customer_id, CASE WHEN s.customer_id IS NULL THEN 'new' ELSE 'split_from' END AS change, s.customer_id AS related_customer_id \
+           FROM new_ids n LEFT JOIN split_votes s ON s.cluster_id = n.cluster_id AND s.rk = 1 \
+         UNION ALL \
+         SELECT b.customer_id, 'merged_into' AS change, k.customer_id AS related_customer_id \
+           FROM best b JOIN kept k ON k.cluster_id = b.cluster_id WHERE b.customer_id <> k.customer_id \
+         UNION ALL \
+         SELECT DISTINCT p.customer_id, 'deleted' AS change, CAST(NULL AS VARCHAR) AS related_customer_id \
+           FROM {PREVIOUS_XREF} p WHERE p.customer_id NOT IN (SELECT customer_id FROM votes)",
+        ctes = assignment_ctes(high_water)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_sort_by_age() {
+        assert_eq!(format_id(42), "K0000000042");
+        assert_eq!(parse_id("K0000000042"), Some(42));
+        assert_eq!(parse_id("X0000000042"), None);
+        assert!(format_id(9) < format_id(10));
+    }
+}

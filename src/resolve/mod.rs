@@ -1,0 +1,308 @@
+//! Resolve: rules make candidate edges between identity records (SQL), clustering joins
+//! them under guardrails (union-find in Rust), and stable customer ids are assigned
+//! against the previous crosswalk (SQL).
+
+mod cluster;
+pub mod ids;
+mod rules;
+
+pub use cluster::{Clusters, Decision, RecordAttrs, Refusal};
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, AsArray, Date32Array, Float64Array, RecordBatch, StringArray, StringBuilder, UInt32Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::config::Pipeline;
+use crate::stage::{IDENTITY_RECORDS, external_id_names};
+
+/// Table of `(rid, cluster, matched_by)` after clustering.
+pub const RECORD_CLUSTERS: &str = "record_clusters";
+/// Table of every candidate edge with its decision.
+pub const EDGE_DECISIONS: &str = "edge_decisions";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("rule `{rule}`: {source}")]
+    Rule { rule: String, source: datafusion::error::DataFusionError },
+    #[error("resolve: {0}")]
+    Engine(#[from] datafusion::error::DataFusionError),
+    #[error("resolve: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error("resolve: writing {path}: {source}")]
+    Write { path: PathBuf, source: datafusion::parquet::errors::ParquetError },
+    #[error("resolve: {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("resolve: previous crosswalk {location}: {message}")]
+    Previous { location: String, message: String },
+}
+
+/// An identifier value a guardrail kept from being evidence.
+#[derive(Debug, Clone, Serialize)]
+pub struct DroppedValue {
+    pub value: String,
+    pub records: i64,
+    pub people: i64,
+}
+
+/// What one rule did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RuleSummary {
+    pub rule: String,
+    pub candidate_edges: u64,
+    pub merged: u64,
+    pub already_joined: u64,
+    pub refused: BTreeMap<String, u64>,
+    /// Identifier values (or blocks) left out by the rule's guardrails.
+    pub dropped_values: u64,
+    pub dropped_records: u64,
+    pub dropped_examples: Vec<DroppedValue>,
+}
+
+/// The match summary the manifest carries.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MatchSummary {
+    pub records: u64,
+    pub customers: u64,
+    /// Share of records that were joined with at least one other record.
+    pub merged_record_share: f64,
+    pub rules: Vec<RuleSummary>,
+    /// Cluster size -> number of customers with that many records.
+    pub cluster_sizes: BTreeMap<u32, u64>,
+}
+
+fn edge_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("rid_a", DataType::UInt32, false),
+        Field::new("rid_b", DataType::UInt32, false),
+        Field::new("rule", DataType::Utf8, false),
+        Field::new("score", DataType::Float64, true),
+        Field::new("detail", DataType::Utf8, true),
+        Field::new("decision", DataType::Utf8, false),
+    ]))
+}
+
+fn rule_error(rule: &str) -> impl Fn(datafusion::error::DataFusionError) -> ResolveError + '_ {
+    move |source| ResolveError::Rule { rule: rule.into(), source }
+}
+
+/// Reads what clustering checks per record, in rid order.
+async fn load_records(ctx: &SessionContext, clusters: &mut Clusters) -> Result<(), ResolveError> {
+    let df = ctx.sql(&format!("SELECT rid, first_name, birth_date FROM {IDENTITY_RECORDS} ORDER BY rid")).await?;
+    let mut stream = df.execute_stream().await?;
+    let mut interner = HashMap::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let rid = batch.column(0).as_primitive::<UInt32Type>();
+        let names = datafusion::arrow::compute::cast(batch.column(1), &DataType::Utf8)?;
+        let names = names.as_string::<i32>();
+        let dates = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<Date32Array>()
+            .cloned()
+            .unwrap_or_else(|| Date32Array::new_null(batch.num_rows()));
+        for i in 0..batch.num_rows() {
+            debug_assert_eq!(rid.value(i) as usize, clusters.len());
+            let birth_date = (!dates.is_null(i)).then(|| dates.value_as_date(i)).flatten();
+            let first_name = (!names.is_null(i)).then(|| names.value(i));
+            clusters.push(RecordAttrs { first_name, birth_date }, &mut interner);
+        }
+    }
+    Ok(())
+}
+
+/// Runs every rule, clusters, and registers `record_clusters` and `edge_decisions`.
+pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path) -> Result<MatchSummary, ResolveError> {
+    let spec = &pipeline.spec.resolve;
+    let mut clusters = Clusters::new(spec.guardrails.max_cluster_size, &spec.guardrails.conflicting);
+    load_records(ctx, &mut clusters).await?;
+    let edges_path = work_dir.join("edge_decisions.parquet");
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ResolveError::Io { path: path.clone(), source }
+    };
+    let file = File::create(&edges_path).map_err(io(&edges_path))?;
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ResolveError::Write { path: path.clone(), source }
+    };
+    let mut writer = ArrowWriter::try_new(file, edge_schema(), None).map_err(write_err(&edges_path))?;
+    let external_ids = external_id_names(pipeline);
+    let mut summaries = Vec::new();
+    for (index, rule) in spec.rules.iter().enumerate() {
+        let rule_no = (index + 1) as u16;
+        let name = rule.name();
+        let mut summary = RuleSummary { rule: name.into(), ..Default::default() };
+        for queries in rules::rule_queries(rule, &external_ids) {
+            count_dropped(ctx, name, &queries.dropped, &mut summary).await?;
+            let df = ctx
+                .sql(&format!("SELECT * FROM ({}) ORDER BY score DESC, rid_a, rid_b", queries.edges))
+                .await
+                .map_err(rule_error(name))?;
+            let mut stream = df.execute_stream().await.map_err(rule_error(name))?;
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(rule_error(name))?;
+                let out = decide(&mut clusters, &batch, name, rule_no, &mut summary)?;
+                writer.write(&out).map_err(write_err(&edges_path))?;
+            }
+        }
+        tracing::info!(rule = name, edges = summary.candidate_edges, merged = summary.merged, "rule applied");
+        summaries.push(summary);
+    }
+    writer.close().map_err(write_err(&edges_path))?;
+    let clusters_path = work_dir.join("record_clusters.parquet");
+    let sizes = write_clusters(&mut clusters, spec, &clusters_path)?;
+    ctx.register_parquet(EDGE_DECISIONS, edges_path.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;
+    ctx.register_parquet(RECORD_CLUSTERS, clusters_path.to_string_lossy().as_ref(), ParquetReadOptions::default())
+        .await?;
+    let records = clusters.len() as u64;
+    let customers: u64 = sizes.values().sum();
+    let merged_records: u64 = sizes.iter().filter(|(s, _)| **s > 1).map(|(s, n)| *s as u64 * n).sum();
+    Ok(MatchSummary {
+        records,
+        customers,
+        merged_record_share: if records == 0 { 0.0 } else { merged_records as f64 / records as f64 },
+        rules: summaries,
+        cluster_sizes: sizes,
+    })
+}
+
+/// Counts what a rule's guardrails dropped, keeping a few examples for the manifest.
+async fn count_dropped(
+    ctx: &SessionContext,
+    rule: &str,
+    sql: &str,
+    summary: &mut RuleSummary,
+) -> Result<(), ResolveError> {
+    let counts = ctx
+        .sql(&format!("SELECT count(*), CAST(COALESCE(sum(records), 0) AS BIGINT) FROM ({sql})"))
+        .await
+        .map_err(rule_error(rule))?
+        .collect()
+        .await
+        .map_err(rule_error(rule))?;
+    if let Some(b) = counts.first() {
+        summary.dropped_values += b.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0) as u64;
+        summary.dropped_records +=
+            b.column(1).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0) as u64;
+    }
+    let examples = ctx
+        .sql(&format!("SELECT value, CAST(records AS BIGINT), CAST(people AS BIGINT) FROM ({sql}) LIMIT 20"))
+        .await
+        .map_err(rule_error(rule))?
+        .collect()
+        .await
+        .map_err(rule_error(rule))?;
+    for b in examples {
+        let value = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)?;
+        let value = value.as_string::<i32>();
+        let records = b.column(1).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let people = b.column(2).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        for i in 0..b.num_rows() {
+            summary.dropped_examples.push(DroppedValue {
+                value: value.value(i).to_string(),
+                records: records.value(i),
+                people: people.value(i),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Applies one batch of edges and returns their decisions as a batch to keep.
+fn decide(
+    clusters: &mut Clusters,
+    batch: &RecordBatch,
+    rule: &str,
+    rule_no: u16,
+    summary: &mut RuleSummary,
+) -> Result<RecordBatch, ResolveError> {
+    let a = datafusion::arrow::compute::cast(batch.column(0), &DataType::UInt32)?;
+    let b = datafusion::arrow::compute::cast(batch.column(1), &DataType::UInt32)?;
+    let (a, b) = (a.as_primitive::<UInt32Type>(), b.as_primitive::<UInt32Type>());
+    let score = datafusion::arrow::compute::cast(batch.column(2), &DataType::Float64)?;
+    let detail = datafusion::arrow::compute::cast(batch.column(3), &DataType::Utf8)?;
+    let mut decisions = StringBuilder::with_capacity(batch.num_rows(), batch.num_rows() * 8);
+    for i in 0..batch.num_rows() {
+        let d = clusters.union(a.value(i), b.value(i), rule_no);
+        summary.candidate_edges += 1;
+        match d {
+            Decision::Merged => summary.merged += 1,
+            Decision::Redundant => summary.already_joined += 1,
+            Decision::Refused(r) => *summary.refused.entry(r.as_str().to_string()).or_default() += 1,
+        }
+        decisions.append_value(d.as_str());
+    }
+    let rules: StringArray = std::iter::repeat_n(Some(rule), batch.num_rows()).collect();
+    Ok(RecordBatch::try_new(
+        edge_schema(),
+        vec![
+            Arc::new(a.clone()),
+            Arc::new(b.clone()),
+            Arc::new(rules),
+            Arc::new(
+                score
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .cloned()
+                    .unwrap_or_else(|| Float64Array::new_null(batch.num_rows())),
+            ),
+            detail,
+            Arc::new(decisions.finish()),
+        ],
+    )?)
+}
+
+/// Writes `(rid, cluster, matched_by)` for every record and returns the size histogram.
+fn write_clusters(
+    clusters: &mut Clusters,
+    spec: &crate::config::ResolveSpec,
+    path: &Path,
+) -> Result<BTreeMap<u32, u64>, ResolveError> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("rid", DataType::UInt32, false),
+        Field::new("cluster_id", DataType::UInt32, false),
+        Field::new("matched_by", DataType::Utf8, false),
+    ]));
+    let file = File::create(path).map_err(|source| ResolveError::Io { path: path.into(), source })?;
+    let werr = |source| ResolveError::Write { path: path.into(), source };
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), None).map_err(werr)?;
+    let n = clusters.len() as u32;
+    let mut size_of_root: HashMap<u32, u32> = HashMap::new();
+    let rule_names: Vec<&str> = spec.rules.iter().map(|r| r.name()).collect();
+    const CHUNK: u32 = 65_536;
+    let mut start = 0;
+    while start < n {
+        let end = (start + CHUNK).min(n);
+        let rids: UInt32Array = (start..end).collect();
+        let roots: UInt32Array = (start..end).map(|r| clusters.find(r)).collect();
+        for r in roots.values() {
+            *size_of_root.entry(*r).or_default() += 1;
+        }
+        let matched: StringArray = (start..end)
+            .map(|r| match clusters.matched_by(r) {
+                0 => Some("none"),
+                k => Some(rule_names[k as usize - 1]),
+            })
+            .collect();
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(rids), Arc::new(roots), Arc::new(matched)])?;
+        writer.write(&batch).map_err(werr)?;
+        start = end;
+    }
+    writer.close().map_err(werr)?;
+    let mut sizes = BTreeMap::new();
+    for s in size_of_root.values() {
+        *sizes.entry(*s).or_default() += 1;
+    }
+    Ok(sizes)
+}

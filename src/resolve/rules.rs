@@ -1,0 +1,205 @@
+//! Candidate edges per rule, as SQL over `identity_records`. Each query returns
+//! `rid_a < rid_b`, a `score` and a `detail` text that says what was compared.
+
+use crate::config::{ComparisonSpec, DeterministicRule, ExactOn, ExternalIdRule, FuzzyRule, LevelSpec, RuleSpec};
+use crate::stage::IDENTITY_RECORDS;
+
+/// SQL that must hold for a pair not to conflict on an attribute; pairs with a missing
+/// value on either side do not conflict.
+fn no_conflict(attribute: &str) -> String {
+    match attribute {
+        "first_name" => "COALESCE(first_names_compatible(l.first_name, r.first_name), true)".into(),
+        "birth_date" => "COALESCE(birth_dates_compatible(l.birth_date, r.birth_date), true)".into(),
+        "last_name" => "COALESCE(jaro_winkler(l.last_name_core, r.last_name_core) >= 0.8, true)".into(),
+        "house_number" => "COALESCE(l.house_number = r.house_number, true)".into(),
+        other => unreachable!("conflict attribute {other} passed validation"),
+    }
+}
+
+fn conflicts_clause(attributes: &[String]) -> String {
+    if attributes.is_empty() {
+        "true".into()
+    } else {
+        attributes.iter().map(|a| no_conflict(a)).collect::<Vec<_>>().join(" AND ")
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A rule as queries: its candidate edges and what its guardrails left out.
+pub struct RuleSql {
+    pub edges: String,
+    /// Values (as text) whose groups break a guardrail, with their record and people counts.
+    pub dropped: String,
+}
+
+/// Records equal on all `on` columns link, unless a guardrail drops the value (too many
+/// records or people share it) or the pair conflicts. When a value is shared by more
+/// than one person (distinct first names), records without a first name do not link
+/// through it: they could be any of them.
+pub fn deterministic(rule: &DeterministicRule) -> RuleSql {
+    deterministic_on(&rule.on, &rule.unless_conflict, rule.max_people, rule.max_group_size)
+}
+
+fn deterministic_on(on: &[String], unless: &[String], max_people: Option<usize>, max_group: Option<usize>) -> RuleSql {
+    let not_null = on.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
+    let join_lr = on.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
+    let join_g = on.iter().map(|c| format!("g.{c} = l.{c}")).collect::<Vec<_>>().join(" AND ");
+    let cols = on.join(", ");
+    let value = on.iter().map(|c| format!("CAST(g.{c} AS VARCHAR)")).collect::<Vec<_>>().join(", ' | ', ");
+    let detail = on.iter().map(|c| format!("'{c}=', CAST(l.{c} AS VARCHAR)")).collect::<Vec<_>>().join(", ' ', ");
+    let max_group = max_group.map_or(u64::MAX, |n| n as u64);
+    let max_people = max_people.map_or(u64::MAX, |n| n as u64);
+    let groups = format!(
+        "g AS (SELECT {cols}, count(*) AS n, \
+         count(DISTINCT CASE WHEN length(first_name_root) > 1 THEN first_name_root END) AS people \
+         FROM {IDENTITY_RECORDS} WHERE {not_null} GROUP BY {cols})"
+    );
+    let edges = format!(
+        "WITH {groups} \
+         SELECT l.rid AS rid_a, r.rid AS rid_b, CAST(1.0 AS DOUBLE) AS score, concat({detail}) AS detail \
+         FROM {IDENTITY_RECORDS} l JOIN {IDENTITY_RECORDS} r ON {join_lr} AND l.rid < r.rid \
+         JOIN g ON {join_g} \
+         WHERE g.n <= {max_group} AND g.people <= {max_people} \
+         AND (g.people <= 1 OR (l.first_name_root IS NOT NULL AND length(l.first_name_root) > 1 \
+              AND r.first_name_root IS NOT NULL AND length(r.first_name_root) > 1)) \
+         AND {conflicts}",
+        conflicts = conflicts_clause(unless)
+    );
+    let dropped = format!(
+        "WITH {groups} SELECT concat({value}) AS value, n AS records, people FROM g \
+         WHERE n > 1 AND (n > {max_group} OR people > {max_people}) ORDER BY n DESC, value"
+    );
+    RuleSql { edges, dropped }
+}
+
+/// Records carrying the same external id link (no people guard: these are system keys).
+pub fn external_id(rule: &ExternalIdRule, ids: &[String]) -> Vec<RuleSql> {
+    ids.iter()
+        .filter(|id| rule.id.as_ref().is_none_or(|wanted| wanted == *id))
+        .map(|id| deterministic_on(&[format!("ext_{id}")], &rule.unless_conflict, None, None))
+        .collect()
+}
+
+/// The SQL condition of one comparison level over `l.` and `r.`.
+fn level_condition(column: &str, level: &LevelSpec) -> String {
+    let text = |side: &str, c: &str| format!("CAST({side}.{c} AS VARCHAR)");
+    if level.either_null {
+        return format!("(l.{column} IS NULL OR r.{column} IS NULL)");
+    }
+    if let Some(exact) = &level.exact {
+        let c = match exact {
+            ExactOn::Own(_) => column,
+            ExactOn::Column(c) => c.as_str(),
+        };
+        return format!("l.{c} = r.{c}");
+    }
+    if let Some(t) = level.jaro_winkler {
+        return format!("jaro_winkler({}, {}) >= {t}", text("l", column), text("r", column));
+    }
+    if let Some(d) = level.damerau_levenshtein {
+        return format!("damerau_levenshtein({}, {}) <= {d}", text("l", column), text("r", column));
+    }
+    if let Some(sql) = &level.sql {
+        return format!("({sql})");
+    }
+    "true".into()
+}
+
+fn level_label(level: &LevelSpec) -> String {
+    if level.either_null {
+        "null".into()
+    } else if let Some(ExactOn::Column(c)) = &level.exact {
+        format!("exact({c})")
+    } else if level.exact.is_some() {
+        "exact".into()
+    } else if let Some(t) = level.jaro_winkler {
+        format!("jaro_winkler>={t}")
+    } else if let Some(d) = level.damerau_levenshtein {
+        format!("damerau_levenshtein<={d}")
+    } else if level.sql.is_some() {
+        "sql".into()
+    } else {
+        "else".into()
+    }
+}
+
+/// `CASE` over a comparison's levels giving its weight, and one giving its label.
+fn comparison_cases(c: &ComparisonSpec) -> (String, String) {
+    let mut weight = String::from("CASE");
+    let mut label = String::from("CASE");
+    for level in &c.levels {
+        let cond = level_condition(&c.column, level);
+        weight.push_str(&format!(" WHEN {cond} THEN {:.6}", level.weight));
+        label.push_str(&format!(
+            " WHEN {cond} THEN {}",
+            quote(&format!("{}:{}({:+})", c.name(), level_label(level), level.weight))
+        ));
+    }
+    weight.push_str(" ELSE 0.0 END");
+    label.push_str(&format!(" ELSE {} END", quote(&format!("{}:none(+0)", c.name()))));
+    (weight, label)
+}
+
+/// Candidate pairs from the blocking keys (blocks above the size limit are skipped),
+/// scored by the comparisons; pairs at or above the threshold are edges.
+pub fn fuzzy(rule: &FuzzyRule) -> (String, String) {
+    let pairs = rule
+        .blocking
+        .iter()
+        .map(|key| {
+            let not_null = key.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
+            let cols = key.join(", ");
+            let join_lr = key.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
+            let join_b = key.iter().map(|c| format!("b.{c} = l.{c}")).collect::<Vec<_>>().join(" AND ");
+            format!(
+                "SELECT l.rid AS rid_a, r.rid AS rid_b FROM {IDENTITY_RECORDS} l \
+                 JOIN (SELECT {cols}, count(*) AS n FROM {IDENTITY_RECORDS} WHERE {not_null} GROUP BY {cols}) b ON {join_b} \
+                 JOIN {IDENTITY_RECORDS} r ON {join_lr} AND l.rid < r.rid WHERE b.n <= {max}",
+                max = rule.max_block_size
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ");
+    let cases: Vec<(String, String)> = rule.comparisons.iter().map(comparison_cases).collect();
+    let score = cases.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>().join(" + ");
+    let detail = cases.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join(", ");
+    let edges = format!(
+        "SELECT rid_a, rid_b, score, detail FROM (\
+         SELECT p.rid_a, p.rid_b, CAST({score} AS DOUBLE) AS score, concat_ws(' ', {detail}) AS detail \
+         FROM ({pairs}) p JOIN {IDENTITY_RECORDS} l ON l.rid = p.rid_a JOIN {IDENTITY_RECORDS} r ON r.rid = p.rid_b \
+         WHERE {conflicts}) WHERE score >= {threshold}",
+        conflicts = conflicts_clause(&rule.unless_conflict),
+        threshold = rule.threshold
+    );
+    let skipped = rule
+        .blocking
+        .iter()
+        .map(|key| {
+            let cols = key.join(", ");
+            let not_null = key.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
+            let value = key.iter().map(|c| format!("CAST({c} AS VARCHAR)")).collect::<Vec<_>>().join(", ' | ', ");
+            format!(
+                "SELECT concat({value}) AS value, count(*) AS records, CAST(0 AS BIGINT) AS people FROM {IDENTITY_RECORDS} \
+                 WHERE {not_null} GROUP BY {cols} HAVING count(*) > {max}",
+                max = rule.max_block_size
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    (edges, skipped)
+}
+
+/// Per rule: the edge query and the query of what its guardrails left out.
+pub fn rule_queries(rule: &RuleSpec, external_ids: &[String]) -> Vec<RuleSql> {
+    match rule {
+        RuleSpec::Deterministic(r) => vec![deterministic(r)],
+        RuleSpec::ExternalId(r) => external_id(r, external_ids),
+        RuleSpec::Fuzzy(r) => {
+            let (edges, dropped) = fuzzy(r);
+            vec![RuleSql { edges, dropped }]
+        }
+    }
+}

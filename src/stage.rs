@@ -1,0 +1,191 @@
+//! Stage: every identity source mapped onto the canonical identity columns, normalised by
+//! the klantbeeld UDFs, and all sources stacked into one `identity_records` table with a
+//! dense record number (`rid`) that resolution works on.
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::ExprFunctionExt;
+use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, col, lit, nullif, trim, upper};
+
+use crate::config::{Attribute, Pipeline, SourceSpec};
+use crate::extract::raw_table;
+use crate::udf::{Function, call};
+
+/// Table with one row per identity record, all sources together.
+pub const IDENTITY_RECORDS: &str = "identity_records";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("{file}:{line}: key `sources.{source_name}.identity.{attribute}`: {message}")]
+    Mapping { file: String, line: usize, source_name: String, attribute: String, message: String },
+    #[error("staging: {0}")]
+    Engine(#[from] datafusion::error::DataFusionError),
+}
+
+/// The staged table of one source, as a view name.
+pub fn staged_table(source: &str) -> String {
+    format!("stg_{source}")
+}
+
+fn text(e: Expr) -> Expr {
+    cast(e, DataType::Utf8)
+}
+
+fn null_text() -> Expr {
+    cast(lit(ScalarValue::Null), DataType::Utf8)
+}
+
+fn blank_to_null(e: Expr) -> Expr {
+    nullif(trim(vec![e]), lit(""))
+}
+
+/// Parses each mapping expression against the raw table, so that a wrong column or bad
+/// SQL is reported with the YAML key it came from.
+fn mapping(
+    pipeline: &Pipeline,
+    raw: &DataFrame,
+    name: &str,
+    source: &SourceSpec,
+    attribute: Attribute,
+) -> Result<Option<Expr>, StageError> {
+    let Some(sql) = source.identity.get(&attribute) else { return Ok(None) };
+    raw.parse_sql_expr(sql).map(|e| Some(text(e))).map_err(|e| {
+        let line = crate::config::locate_key(&pipeline.text, &["sources", name, "identity", attribute.name()])
+            .map_or(1, |(l, _)| l);
+        StageError::Mapping {
+            file: pipeline.file.display().to_string(),
+            line,
+            source_name: name.into(),
+            attribute: attribute.name().into(),
+            message: first_line(&e.to_string()),
+        }
+    })
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_string()
+}
+
+/// Registers `stg_<source>` for one identity source and returns it.
+pub async fn stage_source(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    name: &str,
+    source: &SourceSpec,
+) -> Result<DataFrame, StageError> {
+    let raw = ctx.table(raw_table(name)).await?;
+    let region = lit(pipeline.spec.resolve.default_region.clone());
+    let get = |a: Attribute| mapping(pipeline, &raw, name, source, a);
+    let full = get(Attribute::FullName)?;
+    let first = match (get(Attribute::FirstName)?, &full) {
+        (Some(e), _) => e,
+        (None, Some(f)) => call(Function::SplitFirstName, vec![f.clone()]),
+        (None, None) => null_text(),
+    };
+    let last = match (get(Attribute::LastName)?, &full) {
+        (Some(e), _) => e,
+        (None, Some(f)) => call(Function::SplitLastName, vec![f.clone()]),
+        (None, None) => null_text(),
+    };
+    let or_null = |e: Option<Expr>| e.unwrap_or_else(null_text);
+    // Raw text per attribute first, so that each normalisation reads a plain column.
+    let mut inner = vec![
+        col("source_system"),
+        col("source_record_id"),
+        or_null(get(Attribute::Email)?).alias("email_raw"),
+        or_null(get(Attribute::Phone)?).alias("phone_raw"),
+        first.alias("first_raw"),
+        last.alias("last_raw"),
+        or_null(get(Attribute::BirthDate)?).alias("birth_raw"),
+        or_null(get(Attribute::Street)?).alias("street_raw"),
+        or_null(get(Attribute::HouseNumber)?).alias("house_raw"),
+        or_null(get(Attribute::Postcode)?).alias("postcode_raw"),
+        or_null(get(Attribute::City)?).alias("city_raw"),
+        or_null(get(Attribute::Country)?).alias("country_raw"),
+        or_null(get(Attribute::UpdatedAt)?).alias("updated_raw"),
+    ];
+    for (id, sql) in &source.external_ids {
+        let e = raw.parse_sql_expr(sql).map_err(|e| StageError::Mapping {
+            file: pipeline.file.display().to_string(),
+            line: crate::config::locate_key(&pipeline.text, &["sources", name, "external_ids", id])
+                .map_or(1, |(l, _)| l),
+            source_name: name.into(),
+            attribute: format!("external_ids.{id}"),
+            message: first_line(&e.to_string()),
+        })?;
+        inner.push(text(e).alias(format!("ext_{id}")));
+    }
+    let ext_columns: Vec<String> = external_id_names(pipeline);
+    let staged = raw.select(inner)?;
+    let mut outer = vec![
+        col("source_system"),
+        col("source_record_id"),
+        call(Function::NormalizeEmail, vec![col("email_raw")]).alias("email"),
+        call(Function::EmailLocalPart, vec![col("email_raw")]).alias("email_local"),
+        call(Function::NormalizePhone, vec![col("phone_raw"), region.clone()]).alias("phone"),
+        call(Function::PhoneKind, vec![col("phone_raw"), region]).alias("phone_kind"),
+        blank_to_null(col("first_raw")).alias("first_name"),
+        call(Function::FoldName, vec![col("first_raw")]).alias("first_name_key"),
+        call(Function::FirstNameRoot, vec![col("first_raw")]).alias("first_name_root"),
+        call(Function::NameInitial, vec![col("first_raw")]).alias("first_initial"),
+        blank_to_null(col("last_raw")).alias("last_name"),
+        call(Function::FoldName, vec![col("last_raw")]).alias("last_name_key"),
+        call(Function::StripParticles, vec![col("last_raw")]).alias("last_name_core"),
+        call(Function::DutchPhonetic, vec![col("last_raw")]).alias("last_name_phonetic"),
+        call(Function::ParseDate, vec![col("birth_raw")]).alias("birth_date"),
+        blank_to_null(col("street_raw")).alias("street"),
+        call(Function::NormalizeHouseNumber, vec![col("house_raw")]).alias("house_number"),
+        call(Function::NormalizePostcode, vec![col("postcode_raw")]).alias("postcode"),
+        blank_to_null(col("city_raw")).alias("city"),
+        upper(blank_to_null(col("country_raw"))).alias("country"),
+        call(Function::ParseTimestamp, vec![col("updated_raw")]).alias("updated_at"),
+    ];
+    for id in &ext_columns {
+        let c = format!("ext_{id}");
+        outer.push(if source.external_ids.contains_key(id) {
+            blank_to_null(col(&c)).alias(&c)
+        } else {
+            null_text().alias(&c)
+        });
+    }
+    let staged = staged.select(outer)?;
+    ctx.register_table(staged_table(name), staged.clone().into_view())?;
+    Ok(staged)
+}
+
+/// Every external id name used by any source, in file order.
+pub fn external_id_names(pipeline: &Pipeline) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (_, s) in &pipeline.spec.sources {
+        for id in s.external_ids.keys() {
+            if !names.contains(id) {
+                names.push(id.clone());
+            }
+        }
+    }
+    names
+}
+
+/// Stages all identity sources present in this run and stacks them, numbered by
+/// `(source_system, source_record_id)` so that a record's `rid` only depends on the data.
+pub async fn stage_all(ctx: &SessionContext, pipeline: &Pipeline, present: &[String]) -> Result<DataFrame, StageError> {
+    let mut all: Option<DataFrame> = None;
+    for (name, source) in pipeline.spec.identity_sources() {
+        if !present.contains(name) {
+            continue;
+        }
+        let staged = stage_source(ctx, pipeline, name, source).await?;
+        all = Some(match all {
+            None => staged,
+            Some(df) => df.union(staged)?,
+        });
+    }
+    let all = all.ok_or_else(|| datafusion::error::DataFusionError::Plan("no identity source has data".into()))?;
+    let rid = row_number()
+        .order_by(vec![col("source_system").sort(true, true), col("source_record_id").sort(true, true)])
+        .build()?;
+    let mut exprs = vec![cast(rid - lit(1u64), DataType::UInt32).alias("rid")];
+    exprs.extend(all.schema().fields().iter().map(|f| col(format!("\"{}\"", f.name()))));
+    Ok(all.select(exprs)?)
+}

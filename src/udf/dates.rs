@@ -1,0 +1,108 @@
+//! Lenient date and timestamp parsing for the formats source systems actually export.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+
+const DATE_FORMATS: &[&str] = &["%Y-%m-%d", "%d-%m-%Y", "%d/%m/%Y", "%Y/%m/%d", "%d.%m.%Y", "%Y%m%d"];
+
+/// `1980-03-07`, `07-03-1980`, `7/3/1980`, `07.03.1980`, `19800307`, or the date part of a
+/// timestamp. Day-first wins for ambiguous Dutch input. Impossible dates are `None`.
+pub fn parse_date(raw: &str) -> Option<NaiveDate> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let date_part = s.split(['T', ' ']).next().unwrap_or(s);
+    DATE_FORMATS
+        .iter()
+        .find_map(|f| NaiveDate::parse_from_str(date_part, f).ok())
+        .filter(|d| (1880..=2100).contains(&chrono::Datelike::year(d)))
+}
+
+/// ISO 8601 / RFC 3339 timestamps with or without zone (no zone means UTC), with `T` or a
+/// space, with or without fractions; a bare date is midnight UTC.
+pub fn parse_timestamp(raw: &str) -> Option<DateTime<Utc>> {
+    let s = raw.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(ts) = DateTime::parse_from_rfc3339(s) {
+        return Some(ts.with_timezone(&Utc));
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+        if let Ok(ts) = DateTime::parse_from_str(s, f) {
+            return Some(ts.with_timezone(&Utc));
+        }
+    }
+    let naive = s.trim_end_matches(['Z', 'z']);
+    for f in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+        "%d-%m-%Y %H:%M:%S",
+        "%d-%m-%Y %H:%M",
+    ] {
+        if let Ok(ts) = NaiveDateTime::parse_from_str(naive, f) {
+            return Some(Utc.from_utc_datetime(&ts));
+        }
+    }
+    parse_date(s).map(|d| Utc.from_utc_datetime(&d.and_time(NaiveTime::MIN)))
+}
+
+/// Whether two birth dates can be one person's: equal, day and month swapped, or one
+/// typed digit apart. Household members and namesakes differ by more.
+pub fn birth_dates_compatible(a: NaiveDate, b: NaiveDate) -> bool {
+    if a == b {
+        return true;
+    }
+    use chrono::Datelike;
+    if a.year() == b.year() && a.month() == b.day() && a.day() == b.month() {
+        return true;
+    }
+    let (sa, sb) = (a.format("%Y%m%d").to_string(), b.format("%Y%m%d").to_string());
+    sa.bytes().zip(sb.bytes()).filter(|(x, y)| x != y).count() == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(y: i32, m: u32, day: u32) -> Option<NaiveDate> {
+        NaiveDate::from_ymd_opt(y, m, day)
+    }
+
+    #[test]
+    fn dates_in_dutch_and_iso_order() {
+        assert_eq!(parse_date("1980-03-07"), d(1980, 3, 7));
+        assert_eq!(parse_date("07-03-1980"), d(1980, 3, 7));
+        assert_eq!(parse_date("7/3/1980"), d(1980, 3, 7));
+        assert_eq!(parse_date("07.03.1980"), d(1980, 3, 7));
+        assert_eq!(parse_date("19800307"), d(1980, 3, 7));
+        assert_eq!(parse_date("1980-03-07T00:00:00Z"), d(1980, 3, 7));
+        assert_eq!(parse_date("31-02-1980"), None);
+        assert_eq!(parse_date("0001-01-01"), None);
+        assert_eq!(parse_date("onbekend"), None);
+    }
+
+    #[test]
+    fn birth_date_typos_are_compatible_other_dates_conflict() {
+        let p = |s| parse_date(s).unwrap();
+        assert!(birth_dates_compatible(p("1980-03-07"), p("1980-07-03")));
+        assert!(birth_dates_compatible(p("1980-03-07"), p("1980-03-08")));
+        assert!(birth_dates_compatible(p("1980-03-07"), p("1981-03-07")));
+        assert!(!birth_dates_compatible(p("1980-03-07"), p("1954-11-21")));
+        assert!(!birth_dates_compatible(p("1980-03-07"), p("1980-04-08")));
+    }
+
+    #[test]
+    fn timestamps_with_and_without_zone() {
+        let want = Utc.with_ymd_and_hms(2026, 11, 22, 13, 5, 0).single();
+        assert_eq!(parse_timestamp("2026-11-22T13:05:00Z"), want);
+        assert_eq!(parse_timestamp("2026-11-22T14:05:00+01:00"), want);
+        assert_eq!(parse_timestamp("2026-11-22 13:05:00"), want);
+        assert_eq!(parse_timestamp("2026-11-22 13:05"), want);
+        assert_eq!(parse_timestamp("2026-11-22T13:05:00.000"), want);
+        assert_eq!(parse_timestamp("2026-11-22"), Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).single());
+        assert_eq!(parse_timestamp("gisteren"), None);
+    }
+}

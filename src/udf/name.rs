@@ -1,0 +1,420 @@
+//! Name folding for Dutch (and English) personal names: particles (tussenvoegsels),
+//! initials, nicknames and a phonetic key.
+
+use deunicode::deunicode;
+
+/// Name particles that precede a Dutch, Flemish or German surname.
+const PARTICLES: &[&str] = &[
+    "van", "de", "der", "den", "het", "t", "te", "ten", "ter", "op", "in", "s", "la", "le", "du", "von", "zu", "di",
+    "da", "del", "della", "dos", "das", "el", "al", "aan", "bij", "uit", "uijt", "vd", "v",
+];
+
+/// Lower-case ASCII words of a name: accents folded (`Müller` -> `muller`), punctuation
+/// dropped, abbreviated particles written out (`v.d.` -> `van der`), and a `Vries, de`
+/// written as `de Vries`.
+pub fn name_words(raw: &str) -> Vec<String> {
+    let ascii = deunicode(raw).to_lowercase();
+    let reordered = match ascii.split_once(',') {
+        Some((surname, rest)) if !rest.trim().is_empty() => format!("{} {}", rest, surname),
+        _ => ascii,
+    };
+    let expanded = reordered.replace("v.d.", " van der ").replace("v/d", " van der ").replace("i.p.v.", " ");
+    let mut words = Vec::new();
+    for word in expanded.split(|c: char| !c.is_ascii_alphanumeric()) {
+        match word {
+            "" => {}
+            "vd" | "vdr" => words.extend(["van".to_string(), "der".to_string()]),
+            w => words.push(w.to_string()),
+        }
+    }
+    words
+}
+
+fn is_particle(word: &str) -> bool {
+    PARTICLES.contains(&word)
+}
+
+/// Case, accents, punctuation and white space folded away, particles kept and moved in
+/// front: `de Vries`, `Vries, de`, `De  Vries` and `devries` all fold to `devries`.
+pub fn fold_name(raw: &str) -> Option<String> {
+    let folded: String = name_words(raw).concat();
+    (!folded.is_empty()).then_some(folded)
+}
+
+/// The surname without its particles (`van der Berg` -> `berg`), for records that drop
+/// the particle or put it in a separate field. A surname made only of particles stays.
+pub fn strip_particles(raw: &str) -> Option<String> {
+    let words = name_words(raw);
+    let core: String = words.iter().filter(|w| !is_particle(w)).map(String::as_str).collect();
+    if core.is_empty() { fold_name(raw) } else { Some(core) }
+}
+
+/// First letter of a first name, for comparing `J.` with `Jan`.
+pub fn name_initial(raw: &str) -> Option<String> {
+    name_words(raw).first().and_then(|w| w.chars().next()).map(String::from)
+}
+
+/// Whether a first name is only initials (`J.`, `J.W.`, `JW`).
+pub fn is_initials(raw: &str) -> bool {
+    let trimmed = raw.trim();
+    let letters = trimmed.chars().filter(|c| c.is_alphabetic()).count();
+    letters > 0 && (letters == 1 || (trimmed.contains('.') && letters <= 4 && !trimmed.contains(' ')))
+        || (letters <= 3 && letters > 0 && trimmed.chars().all(|c| c.is_uppercase() || c == '.'))
+}
+
+/// Splits a full name held in one field (`Jan de Vries`, `J. van der Berg`,
+/// `Vries, Jan de`) into first name and surname (with its particles).
+pub fn split_full_name(raw: &str) -> (Option<String>, Option<String>) {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return (None, None);
+    }
+    if let Some((surname, given)) = raw.split_once(',') {
+        // "Vries, Jan de": particles trail the given names.
+        let mut given_words: Vec<&str> = given.split_whitespace().collect();
+        let mut particles = Vec::new();
+        while given_words.len() > 1 && is_particle(&given_words[given_words.len() - 1].to_lowercase()) {
+            particles.insert(0, given_words.pop().unwrap_or_default());
+        }
+        particles.push(surname.trim());
+        let first = given_words.join(" ");
+        return (non_empty(first), non_empty(particles.join(" ")));
+    }
+    let mut words: Vec<&str> = raw.split_whitespace().collect();
+    // "dhr. de Vries", "mevr. Jansen": a salutation is not a first name.
+    while words.len() > 1 && SALUTATIONS.contains(&words[0].to_lowercase().trim_end_matches('.')) {
+        words.remove(0);
+        if words.len() == 1 || is_particle(&words[0].to_lowercase()) {
+            return (None, non_empty(words.join(" ")));
+        }
+    }
+    if words.len() == 1 {
+        // One word alone is a first name when it is a known one ("Hanneke"), else a surname.
+        let w = words[0].to_string();
+        return if is_known_first_name(&w) { (Some(w), None) } else { (None, Some(w)) };
+    }
+    let particle_at = words
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(i, w)| *i < words.len() - 1 && is_particle(&w.to_lowercase().replace(['.', '\''], "")))
+        .map(|(i, _)| i);
+    let split = particle_at.unwrap_or(words.len() - 1);
+    (non_empty(words[..split].join(" ")), non_empty(words[split..].join(" ")))
+}
+
+/// Forms of address that precede a surname in free-text name fields.
+const SALUTATIONS: &[&str] =
+    &["dhr", "hr", "heer", "de heer", "mevr", "mw", "mevrouw", "mr", "mrs", "ms", "fam", "familie", "dr", "ir", "drs"];
+
+/// Whether a word is a first name we know: a name of a nickname group or a common given
+/// name.
+pub fn is_known_first_name(word: &str) -> bool {
+    let w = name_words(word).concat();
+    NICKNAMES.iter().any(|g| g.contains(&w.as_str())) || COMMON_FIRST_NAMES.contains(&w.as_str())
+}
+
+/// Frequent Dutch given names outside the nickname groups.
+const COMMON_FIRST_NAMES: &[&str] = &[
+    "daan", "sem", "lucas", "levi", "finn", "milan", "bram", "ruben", "thijs", "jesse", "stijn", "lars", "tim",
+    "niels", "bas", "erik", "mark", "jeroen", "marco", "joost", "koen", "wouter", "vincent", "arjen", "mohammed",
+    "ahmed", "youssef", "kevin", "dennis", "patrick", "emma", "julia", "sophie", "lotte", "eva", "fleur", "iris",
+    "femke", "lieke", "noa", "tess", "sara", "linda", "ingrid", "monique", "esther", "wendy", "mirjam", "saskia",
+    "annemiek", "fatima", "yasmina", "nicole", "kim", "judith", "renate", "bianca", "chantal", "daphne", "ilse",
+    "marloes", "luuk", "noah", "jayden", "max", "julian", "mila", "zoe", "nina", "roos", "isa", "evi", "sarah",
+    "laura", "anouk", "marleen", "petra", "ellen", "henk", "kees", "piet", "jan", "klaas", "gerrit", "willem",
+];
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.trim().is_empty()).then_some(s)
+}
+
+/// Nickname groups: the first entry is the root every other spelling maps to. A variant
+/// that could belong to two roots is listed once, under the more common one.
+const NICKNAMES: &[&[&str]] = &[
+    &["johannes", "jan", "hans", "johan", "joop", "hannes", "jo", "john", "jean", "sjaak"],
+    &["wilhelmus", "willem", "wim", "willy", "pim", "william", "bill", "will", "billy", "liam"],
+    &["cornelis", "kees", "cor", "corne", "cees"],
+    &["hendrik", "henk", "hein", "rik", "henry", "harry", "hendrick", "henri"],
+    &["jacobus", "jaap", "koos", "jacob", "cobus", "jakob", "james", "jim", "jimmy", "jamie"],
+    &["gerardus", "gerard", "gert", "gerrit", "geert", "ger", "gerhard"],
+    &["theodorus", "theo", "dorus", "ted"],
+    &["adrianus", "adriaan", "arie", "janus", "aad", "adrie", "ad"],
+    &["antonius", "anton", "toon", "ton", "teun", "tonnie", "anthony", "tony", "antoon"],
+    &["franciscus", "frans", "frank", "francis"],
+    &["petrus", "piet", "pieter", "peter", "pete", "pier"],
+    &["nicolaas", "klaas", "niek", "nico", "nicholas", "nick", "claes"],
+    &["albertus", "albert", "bert", "lambertus", "lambert", "bertus"],
+    &["bernardus", "bernard", "ben", "barend", "berend", "benjamin"],
+    &["dirk", "dick", "dik", "diederik", "derk"],
+    &["gijsbertus", "gijs", "gijsbert"],
+    &["josephus", "jozef", "joseph", "joep", "jos", "sjef", "joe", "joey"],
+    &["martinus", "martin", "tinus", "maarten", "marten"],
+    &["leonardus", "leendert", "leo", "leon", "leen", "leonard"],
+    &["marinus", "rinus", "marijn"],
+    &["robertus", "robert", "rob", "robbie", "bob", "bobby", "robbert"],
+    &["richardus", "richard", "rick", "rich", "rik"],
+    &["alexander", "alex", "sander", "xander", "sandy"],
+    &["thomas", "tom", "thom", "tommy", "tomas"],
+    &["christiaan", "chris", "christian", "christopher", "kris"],
+    &["matthijs", "thijs", "mathijs", "matthias", "ties", "matthew", "matt"],
+    &["michael", "michiel", "mike", "maikel", "mick", "michel"],
+    &["stefanus", "stefan", "stephan", "steven", "stephen", "steve", "stef"],
+    &["daniel", "daan", "dani", "danny", "dan"],
+    &["david", "dave", "davy"],
+    &["andreas", "andre", "andries", "andrew", "andy", "dre"],
+    &["edwardus", "edward", "ed", "eddie", "eddy", "ned", "edwin"],
+    &["charles", "charlie", "karel", "chuck"],
+    &["samuel", "sam", "sammy"],
+    &[
+        "elisabeth",
+        "els",
+        "elise",
+        "lies",
+        "liesbeth",
+        "betty",
+        "bep",
+        "ellie",
+        "lisa",
+        "elizabeth",
+        "liz",
+        "beth",
+        "lizzy",
+        "eliza",
+        "elsbeth",
+        "betsy",
+    ],
+    &[
+        "catharina",
+        "tineke",
+        "toos",
+        "katrien",
+        "rina",
+        "trijntje",
+        "catherine",
+        "katherine",
+        "kate",
+        "kathy",
+        "katie",
+        "cathy",
+        "kat",
+        "katrina",
+        "karin",
+    ],
+    &["maria", "marie", "mies", "ria", "mia", "marja", "maaike", "mieke", "marieke", "mary", "mariska", "marij"],
+    &[
+        "johanna", "anneke", "hanneke", "joke", "hanna", "hannah", "annie", "jannie", "jans", "janneke", "jo-anne",
+        "joanne",
+    ],
+    &["wilhelmina", "willemien", "mien", "wil", "mina", "wilma", "willemijn", "mientje"],
+    &["geertruida", "truus", "trudy", "geertje", "truida", "gertrude", "trudie"],
+    &["cornelia", "corrie", "neeltje", "lia", "cora", "corry"],
+    &["hendrika", "riek", "rika", "henny", "rieky", "hennie"],
+    &["jacoba", "coby", "coba", "co", "jacobine", "jacqueline", "jacky", "jacqueline"],
+    &["adriana", "adrie", "jana", "adrienne"],
+    &["petronella", "nel", "nelleke", "pieternel", "petra", "nelly", "ella", "pietje"],
+    &["aleida", "alida", "ali", "lida", "alie", "aaltje"],
+    &[
+        "margaretha",
+        "greet",
+        "grietje",
+        "margriet",
+        "greta",
+        "marga",
+        "margot",
+        "margaret",
+        "maggie",
+        "meg",
+        "peggy",
+        "marge",
+        "grete",
+    ],
+    &["christina", "stien", "christien", "tina", "kristina", "christine", "tiny"],
+    &["alexandra", "sandra", "xandra", "lexa"],
+    &["susanna", "suus", "suzanne", "sanne", "susan", "sue", "suzy", "susanne"],
+    &["francisca", "cisca", "fransje", "francien", "francine"],
+    &["jennifer", "jen", "jenny", "jennie"],
+    &["patricia", "pat", "patty", "trish", "patrice"],
+    &["rebecca", "becky", "bekkie", "becca"],
+    &["victoria", "vicky", "tori", "vicki"],
+    &["jessica", "jess", "jessie"],
+    &["abigail", "abby", "abbie"],
+    &["deborah", "deb", "debbie", "debora"],
+    &["anna", "anne", "ans", "anja", "annet", "annette", "ann", "anouk"],
+    &["helena", "lenie", "leny", "heleen", "helen", "lena", "ellen", "hellen"],
+    &["gerda", "gerdien", "gerdina", "gerritje", "dina"],
+    &["geertruda", "geert-ruda"],
+];
+
+/// The root of a first name's nickname group (`Hans`, `Jan`, `Johannes` -> `johannes`),
+/// the folded first given name when it has none, and the initial for initials.
+pub fn first_name_root(raw: &str) -> Option<String> {
+    let words = name_words(raw);
+    let first = words.first()?;
+    if is_initials(raw) {
+        return first.chars().next().map(String::from);
+    }
+    let root = NICKNAMES.iter().find(|group| group.contains(&first.as_str())).map_or(first.as_str(), |group| group[0]);
+    Some(root.to_string())
+}
+
+/// A phonetic key for Dutch surnames and first names: particles dropped, then the spelling
+/// variants that sound alike folded (`ij`/`y`/`ei`, `sch`/`s`, `ch`/`g`, `dt`/`d`/`t` at the
+/// end, `ph`/`f`, `v`/`f`, `z`/`s`, `c`/`k`, double letters). `Jansen`, `Janssen` and
+/// `Janszen` share a key, as do `de Vries` and `Fries`. Written for Dutch because Soundex
+/// and Metaphone encode English pronunciation.
+pub fn dutch_phonetic(raw: &str) -> Option<String> {
+    let core = strip_particles(raw)?;
+    let mut s = core;
+    const RULES: &[(&str, &str)] = &[
+        ("sch", "s"),
+        ("ph", "f"),
+        ("th", "t"),
+        ("ch", "g"),
+        ("ck", "k"),
+        ("qu", "kw"),
+        ("ij", "y"),
+        ("ei", "y"),
+        ("ey", "y"),
+        ("ie", "i"),
+        ("oe", "u"),
+        ("ou", "au"),
+        ("ae", "a"),
+        ("aa", "a"),
+        ("ee", "e"),
+        ("oo", "o"),
+        ("uu", "u"),
+        ("dt", "t"),
+        ("ks", "x"),
+        ("cs", "x"),
+        ("tz", "s"),
+        ("sz", "s"),
+        ("z", "s"),
+        ("v", "f"),
+        ("w", "v"),
+        ("q", "k"),
+        ("x", "ks"),
+    ];
+    for (from, to) in RULES {
+        s = s.replace(from, to);
+    }
+    // `c` sounds as `s` before e/i/y and as `k` elsewhere.
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = String::with_capacity(chars.len());
+    for (i, c) in chars.iter().enumerate() {
+        let next = chars.get(i + 1);
+        let mapped = match c {
+            'c' if matches!(next, Some('e' | 'i' | 'y')) => 's',
+            'c' => 'k',
+            'd' if next.is_none() => 't',
+            'h' if i > 0 => continue,
+            other => *other,
+        };
+        if !out.ends_with(mapped) {
+            out.push(mapped);
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Whether two first names can belong to one person: same nickname root, one is an
+/// initial of the other, or a typo apart (Jaro-Winkler of the folded names >= 0.9).
+/// `None` when either is missing: absence is neither agreement nor conflict.
+pub fn first_names_compatible(a: &str, b: &str) -> Option<bool> {
+    let (ra, rb) = (first_name_root(a)?, first_name_root(b)?);
+    if ra == rb {
+        return Some(true);
+    }
+    if ra.len() == 1 || rb.len() == 1 {
+        return Some(ra.chars().next() == rb.chars().next());
+    }
+    // Two known names with different roots are two people (Johannes and Johanna); only an
+    // unknown spelling may be a typo of a known one.
+    if is_known_first_name(a) && is_known_first_name(b) {
+        return Some(false);
+    }
+    let (fa, fb) = (fold_name(a)?, fold_name(b)?);
+    let one_typo = fa.len().min(fb.len()) >= 3 && strsim::damerau_levenshtein(&fa, &fb) <= 1;
+    Some(one_typo || strsim::jaro_winkler(&fa, &fb) >= 0.88 || strsim::jaro_winkler(&ra, &rb) >= 0.88)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn particles_in_any_position_fold_alike() {
+        let forms = ["de Vries", "Vries, de", "devries", "De  Vries", "DE VRIES", "de Vriés"];
+        for f in forms {
+            assert_eq!(fold_name(f).as_deref(), Some("devries"), "{f:?}");
+        }
+        assert_eq!(fold_name("v.d. Berg"), fold_name("van der Berg"));
+        assert_eq!(fold_name("vd Berg"), fold_name("Van Der Berg"));
+        assert_eq!(fold_name("'t Hart").as_deref(), Some("thart"));
+        assert_eq!(fold_name("  "), None);
+    }
+
+    #[test]
+    fn stripping_particles() {
+        assert_eq!(strip_particles("van der Berg").as_deref(), Some("berg"));
+        assert_eq!(strip_particles("Berg, van den").as_deref(), Some("berg"));
+        assert_eq!(strip_particles("Müller-Lüdenscheidt").as_deref(), Some("mullerludenscheidt"));
+        assert_eq!(strip_particles("Van").as_deref(), Some("van"));
+    }
+
+    #[test]
+    fn splitting_one_field_names() {
+        assert_eq!(split_full_name("Jan de Vries"), (Some("Jan".into()), Some("de Vries".into())));
+        assert_eq!(split_full_name("J. van der Berg"), (Some("J.".into()), Some("van der Berg".into())));
+        assert_eq!(split_full_name("Jan Willem Bakker"), (Some("Jan Willem".into()), Some("Bakker".into())));
+        assert_eq!(split_full_name("Vries, Jan de"), (Some("Jan".into()), Some("de Vries".into())));
+        assert_eq!(split_full_name("Bakker"), (None, Some("Bakker".into())));
+        assert_eq!(split_full_name("Hanneke"), (Some("Hanneke".into()), None));
+        assert_eq!(split_full_name("dhr. de Vries"), (None, Some("de Vries".into())));
+        assert_eq!(split_full_name("Mevr. Jansen"), (None, Some("Jansen".into())));
+        assert_eq!(split_full_name("  "), (None, None));
+    }
+
+    #[test]
+    fn nicknames_and_initials() {
+        assert_eq!(first_name_root("Hans").as_deref(), Some("johannes"));
+        assert_eq!(first_name_root("JOHANNES").as_deref(), Some("johannes"));
+        assert_eq!(first_name_root("Kees").as_deref(), Some("cornelis"));
+        assert_eq!(first_name_root("Bill").as_deref(), Some("wilhelmus"));
+        assert_eq!(first_name_root("J.").as_deref(), Some("j"));
+        assert_eq!(first_name_root("J.W.").as_deref(), Some("j"));
+        assert_eq!(first_name_root("Sophie").as_deref(), Some("sophie"));
+        assert_ne!(first_name_root("Johanna"), first_name_root("Johannes"));
+        assert!(is_initials("J."));
+        assert!(is_initials("JW"));
+        assert!(!is_initials("Jan"));
+        assert!(!is_initials("Anna Maria"));
+        assert_eq!(name_initial("  émile").as_deref(), Some("e"));
+    }
+
+    #[test]
+    fn first_name_compatibility() {
+        assert_eq!(first_names_compatible("Johannes", "Hans"), Some(true));
+        assert_eq!(first_names_compatible("J.", "Jan"), Some(true));
+        assert_eq!(first_names_compatible("Jan", "Jna"), Some(true));
+        assert_eq!(first_names_compatible("Jan-Willem", "Jan"), Some(true));
+        assert_eq!(first_names_compatible("Jan", "Marie"), Some(false));
+        assert_eq!(first_names_compatible("M.", "Jan"), Some(false));
+        assert_eq!(first_names_compatible("Johannes", "Johanna"), Some(false));
+        assert_eq!(first_names_compatible("", "Jan"), None);
+    }
+
+    #[test]
+    fn phonetic_key_for_spelling_variants() {
+        let key = |s| dutch_phonetic(s).unwrap();
+        assert_eq!(key("Jansen"), key("Janssen"));
+        assert_eq!(key("Janszen"), key("Jansen"));
+        assert_eq!(key("de Vries"), key("Fries"));
+        assert_eq!(key("Meijer"), key("Meyer"));
+        assert_eq!(key("Schmidt"), key("Smit"));
+        assert_eq!(key("van der Heijden"), key("vd Heyden"));
+        assert_eq!(key("Claassen"), key("Klaasen"));
+        assert_ne!(key("Bakker"), key("Visser"));
+        assert_eq!(dutch_phonetic(""), None);
+    }
+}

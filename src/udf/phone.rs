@@ -1,0 +1,96 @@
+//! Phone normalisation to E.164 with libphonenumber's metadata (the `phonenumber` crate).
+
+use phonenumber::{Mode, PhoneNumber, country};
+
+/// Parses a phone number as typed (`06-12345678`, `+31 6 1234 5678`, `0031612345678`,
+/// `(020) 123 4567`) with `default_region` for numbers without a country prefix. Returns
+/// E.164 (`+31612345678`), or `None` when the text is not a valid number or is an obvious
+/// placeholder such as `0600000000` or `0612345678`.
+pub fn normalize_phone(raw: &str, default_region: &str) -> Option<String> {
+    parse(raw, default_region).map(|n| n.format().mode(Mode::E164).to_string())
+}
+
+/// `mobile`, `fixed_line` or `other` for a phone number; `None` when it does not parse.
+/// Households share a landline but rarely a mobile, so rules weigh the two differently.
+pub fn phone_kind(raw: &str, default_region: &str) -> Option<&'static str> {
+    let number = parse(raw, default_region)?;
+    Some(match number.number_type(&phonenumber::metadata::DATABASE) {
+        phonenumber::Type::Mobile => "mobile",
+        phonenumber::Type::FixedLine => "fixed_line",
+        phonenumber::Type::FixedLineOrMobile => "fixed_line_or_mobile",
+        _ => "other",
+    })
+}
+
+fn parse(raw: &str, default_region: &str) -> Option<PhoneNumber> {
+    let trimmed = raw.trim();
+    let digits = trimmed.chars().filter(char::is_ascii_digit).count();
+    if !(6..=17).contains(&digits) {
+        return None;
+    }
+    // "0031 6 ..." is the international prefix written out; libphonenumber handles it
+    // only for some regions, so rewrite it to "+".
+    let cleaned: String = match trimmed.strip_prefix("00") {
+        Some(rest) => format!("+{rest}"),
+        None => trimmed.to_string(),
+    };
+    let region: country::Id = default_region.trim().to_uppercase().parse().ok()?;
+    let number = phonenumber::parse(Some(region), &cleaned).ok()?;
+    if !phonenumber::is_valid(&number) || is_placeholder(&number) {
+        return None;
+    }
+    Some(number)
+}
+
+/// A number whose last seven digits are one repeated digit, or whose last eight are a
+/// plain ascending run, is a form filler's placeholder, not somebody's phone.
+fn is_placeholder(number: &PhoneNumber) -> bool {
+    let national = number.national().to_string();
+    let digits = national.as_bytes();
+    let last = |n: usize| &digits[digits.len().saturating_sub(n)..];
+    let all_same = last(7).iter().all(|b| *b == digits[digits.len() - 1]);
+    let ascending = last(8).windows(2).all(|w| w[1] == w[0] + 1);
+    all_same || ascending
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dutch_mobile_in_every_spelling() {
+        for typed in [
+            "06-12345679",
+            "0612345679",
+            "06 1234 5679",
+            "+31 6 1234 5679",
+            "+31 (0)6 12345679",
+            "0031612345679",
+            "0031-6-12345679",
+            " +31612345679 ",
+        ] {
+            assert_eq!(normalize_phone(typed, "NL").as_deref(), Some("+31612345679"), "{typed:?}");
+        }
+    }
+
+    #[test]
+    fn landlines_and_foreign_numbers() {
+        assert_eq!(normalize_phone("020-6245518", "NL").as_deref(), Some("+31206245518"));
+        assert_eq!(normalize_phone("(010) 414 2233", "NL").as_deref(), Some("+31104142233"));
+        assert_eq!(normalize_phone("+32 470 12 34 56", "NL").as_deref(), Some("+32470123456"));
+        assert_eq!(phone_kind("020-6245518", "NL"), Some("fixed_line"));
+        assert_eq!(phone_kind("06-12345679", "NL"), Some("mobile"));
+    }
+
+    #[test]
+    fn placeholders_and_garbage_are_dropped() {
+        for bad in ["", "onbekend", "0600000000", "06-00000000", "0612345678", "020-1234567", "123", "06-1234", "x"] {
+            assert_eq!(normalize_phone(bad, "NL"), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_region_is_none() {
+        assert_eq!(normalize_phone("0612345679", "XX"), None);
+    }
+}
