@@ -129,6 +129,7 @@ pub async fn stage_source(
         call(Function::FoldName, vec![col("first_raw")]).alias("first_name_key"),
         call(Function::FirstNameRoot, vec![col("first_raw")]).alias("first_name_root"),
         call(Function::NameInitial, vec![col("first_raw")]).alias("first_initial"),
+        call(Function::IsKnownFirstName, vec![col("first_raw")]).alias("first_name_known"),
         blank_to_null(col("last_raw")).alias("last_name"),
         call(Function::FoldName, vec![col("last_raw")]).alias("last_name_key"),
         call(Function::StripParticles, vec![col("last_raw")]).alias("last_name_core"),

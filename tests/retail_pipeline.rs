@@ -59,3 +59,30 @@ async fn retail_run_publishes_the_golden_tables() {
     .await;
     assert!(crm_ids > 0);
 }
+
+#[tokio::test]
+async fn matching_quality_floors_on_generated_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("data"), dir.path().join("out"));
+    generate(&input, 3000, 11, false);
+    run_retail(&input.join("dumps"), &output, &[]);
+    let ctx = datafusion::prelude::SessionContext::new();
+    let truth =
+        klantbeeld::storage::Location::parse(input.join("truth/truth.parquet").to_str().unwrap(), dir.path()).unwrap();
+    let xref =
+        klantbeeld::storage::Location::parse(output.join("customer_xref").to_str().unwrap(), dir.path()).unwrap();
+    let e = klantbeeld::eval::evaluate(&ctx, &truth, &xref).await.unwrap();
+    assert!(e.precision >= 0.99, "precision {e}");
+    assert!(e.recall >= 0.75, "recall {e}");
+    // The CLI prints the same figures.
+    let out = klantbeeld(&[
+        "eval",
+        "--truth",
+        input.join("truth/truth.parquet").to_str().unwrap(),
+        "--crosswalk",
+        output.join("customer_xref").to_str().unwrap(),
+        "--json",
+    ]);
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["correct_pairs"].as_i64().unwrap(), e.correct_pairs);
+}

@@ -289,6 +289,7 @@ fn default_rules() -> Vec<RuleSpec> {
         unless_conflict: vec!["first_name".into()],
         max_people: Some(3),
         max_group_size: Some(50),
+        filter: None,
     })]
 }
 
@@ -333,6 +334,7 @@ pub const MATCH_COLUMNS: &[&str] = &[
     "first_name_key",
     "first_name_root",
     "first_initial",
+    "first_name_known",
     "last_name",
     "last_name_key",
     "last_name_core",
@@ -346,7 +348,7 @@ pub const MATCH_COLUMNS: &[&str] = &[
 ];
 
 /// Attributes whose disagreement can block a link.
-pub const CONFLICT_ATTRIBUTES: &[&str] = &["first_name", "last_name", "birth_date", "house_number"];
+pub const CONFLICT_ATTRIBUTES: &[&str] = &["first_name", "last_name", "birth_date", "house_number", "postcode"];
 
 /// A named rule; its name is recorded on every link it makes.
 #[derive(Debug, Clone, Deserialize)]
@@ -429,6 +431,9 @@ pub struct DeterministicRule {
     /// evidence.
     #[serde(default)]
     pub max_group_size: Option<usize>,
+    /// SQL condition on a record for it to take part (`phone_kind = 'mobile'`).
+    #[serde(default, rename = "where")]
+    pub filter: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -445,6 +450,9 @@ pub struct FuzzyRule {
     /// Guardrail: blocks with more records than this are skipped (and counted).
     #[serde(default = "default_max_block")]
     pub max_block_size: usize,
+    /// SQL condition on a record for it to take part.
+    #[serde(default, rename = "where")]
+    pub filter: Option<String>,
 }
 
 fn default_max_block() -> usize {

@@ -154,7 +154,8 @@ impl World {
 
     fn unique_mobile(&mut self, rng: &mut ChaCha8Rng) -> String {
         loop {
-            let n = format!("6{:08}", rng.random_range(10_000_000..99_999_999u32));
+            // Dutch mobile numbers are 06-1.. to 06-5.. (06-6 is for pagers, 06-7 free).
+            let n = format!("6{}{:07}", rng.random_range(1..6u32), rng.random_range(0..10_000_000u32));
             if self.used_phones.insert(n.clone()) {
                 return n;
             }
@@ -212,11 +213,18 @@ impl World {
         let domain = *MAIL_DOMAINS.choose(rng).expect("domains");
         let mut candidate = format!("{base}@{domain}");
         let mut n = 1;
-        while !self.used_emails.insert(candidate.clone()) {
+        while !self.claim_mailbox(&candidate) {
             n += 1;
             candidate = format!("{base}{n}@{domain}");
         }
         candidate
+    }
+
+    /// Claims a mailbox; false when it (or a spelling the mail server treats as the same,
+    /// such as Gmail's dots) is taken.
+    fn claim_mailbox(&mut self, email: &str) -> bool {
+        let key = crate::udf::normalize_email(email).unwrap_or_else(|| email.to_string());
+        self.used_emails.insert(key)
     }
 
     /// Adds `count` people in households, with ids from `first_id`.
@@ -250,7 +258,7 @@ impl World {
                 let domain = *MAIL_DOMAINS.choose(rng).expect("domains");
                 let mut e = format!("fam.{s}@{domain}");
                 let mut n = 1;
-                while !self.used_emails.insert(e.clone()) {
+                while !self.claim_mailbox(&e) {
                     n += 1;
                     e = format!("fam.{s}{n}@{domain}");
                 }
@@ -258,9 +266,18 @@ impl World {
             });
             self.households.push(Household { address, landline, shared_email });
             let parent_year = rng.random_range(1940..2000);
+            let mut names_in_house: Vec<&str> = Vec::new();
             for member in 0..size {
                 let male = chance(rng, 0.5);
-                let (first, nicknames) = *zipf(rng, if male { MALE } else { FEMALE });
+                // Parents rarely give a child their own first name.
+                let (first, nicknames) = loop {
+                    let pick = *zipf(rng, if male { MALE } else { FEMALE });
+                    let root = crate::udf::first_name_root(pick.0);
+                    if !names_in_house.iter().any(|n| crate::udf::first_name_root(n) == root) {
+                        break pick;
+                    }
+                };
+                names_in_house.push(first);
                 let year = if member < 2 {
                     parent_year + rng.random_range(0..4)
                 } else {
@@ -275,12 +292,12 @@ impl World {
                     let f = noise::ascii_lower(first);
                     let sur = noise::ascii_lower(s).replace(['\'', ' '], "");
                     let mut e = format!("{}.{sur}@werk{}.nl", &f[..1], rng.random_range(1..400));
-                    while !self.used_emails.insert(e.clone()) {
+                    while !self.claim_mailbox(&e) {
                         e = format!("{f}.{sur}@werk{}.nl", rng.random_range(1..4000));
                     }
                     e
                 });
-                let mobile = chance(rng, 0.85).then(|| self.unique_mobile(rng));
+                let mobile = chance(rng, 0.92).then(|| self.unique_mobile(rng));
                 let old_address = chance(rng, 0.1).then(|| self.new_address(rng));
                 let id = first_id + made as u32;
                 self.persons.push(Person {
@@ -402,14 +419,24 @@ impl World {
         });
         let voornaam = self.name_for(rng, p, 0.1, 0.15);
         let achternaam = self.surname_for(rng, p, !split_particle);
+        let mut email = chance(rng, 0.88).then(|| self.email_for(rng, p));
+        let mut telefoon = self.phone_for(rng, p, 0.75);
+        // The CRM asks for a way to reach the customer; few contacts have none.
+        if email.is_none() && telefoon.is_none() && chance(rng, 0.8) {
+            if chance(rng, 0.5) {
+                email = Some(self.email_for(rng, p));
+            } else {
+                telefoon = self.phone_for(rng, p, 1.0);
+            }
+        }
         Crm {
             klant_id: format!("C{key:07}"),
             person: p.id,
             voornaam: Some(noise::case_noise(rng, &voornaam)),
             tussenvoegsel: (split_particle && !p.particle.is_empty()).then(|| p.particle.to_string()),
             achternaam: Some(noise::case_noise(rng, &achternaam)),
-            email: chance(rng, 0.85).then(|| self.email_for(rng, p)),
-            telefoon: self.phone_for(rng, p, 0.7),
+            email,
+            telefoon,
             straat: chance(rng, 0.95).then(|| a.street.to_string()),
             huisnummer: Some(noise::house_number(rng, a.number, a.addition)),
             postcode: chance(rng, 0.97).then(|| noise::postcode_format(rng, &a.postcode)),
@@ -439,7 +466,7 @@ impl World {
             let first = self.name_for(rng, p, 0.2, 0.02);
             let with_particle = chance(rng, 0.95);
             let last = self.surname_for(rng, p, with_particle);
-            let phone = self.phone_for(rng, p, 0.5);
+            let phone = self.phone_for(rng, p, 0.6);
             let created = ts(self.random_time_before(rng, 2000));
             self.accounts.push(Account {
                 account_id: format!("A{:07}", keys.account),
@@ -463,7 +490,7 @@ impl World {
                 format!("{first} {last}")
             };
             let a = self.address_for(rng, p);
-            let phone = self.phone_for(rng, p, 0.6);
+            let phone = self.phone_for(rng, p, 0.85);
             self.cards.push(Card {
                 card_number: format!("{}", 2_600_000_000u64 + keys.card as u64 * 7),
                 person: p.id,
@@ -486,8 +513,12 @@ impl World {
                     )),
                     _ => Some(format!("{} {}", self.name_for(rng, p, 0.3, 0.05), self.surname_for(rng, p, true))),
                 };
-                let email = chance(rng, 0.7).then(|| self.email_for(rng, p));
-                let phone = self.phone_for(rng, p, 0.6);
+                let mut email = chance(rng, 0.8).then(|| self.email_for(rng, p));
+                let phone = self.phone_for(rng, p, 0.7);
+                // A ticket is answered by mail or phone, so one of them is mostly there.
+                if email.is_none() && phone.is_none() && chance(rng, 0.8) {
+                    email = Some(self.email_for(rng, p));
+                }
                 let topic = *super::names::TOPICS.choose(rng).expect("topics");
                 let csat = chance(rng, 0.6).then(|| rng.random_range(1..6));
                 self.tickets.push(Ticket {

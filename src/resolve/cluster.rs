@@ -157,6 +157,38 @@ impl Clusters {
         v
     }
 
+    fn is_initial(&self, name: u32) -> bool {
+        crate::udf::first_name_root(&self.names[name as usize]).is_none_or(|r| r.len() == 1)
+    }
+
+    fn initial_of(&self, name: u32) -> Option<char> {
+        crate::udf::name_initial(&self.names[name as usize]).and_then(|s| s.chars().next())
+    }
+
+    /// Whether the first names of two clusters can be one person's. Each cluster's full
+    /// names are already linked by compatibility (Willem ~ Wim); the union stays one
+    /// person when some full name of one side is compatible with some full name of the
+    /// other (Willem ~ Willlem links the typo to the nickname). Initials carry no such
+    /// evidence: they only have to match the first letter of a full name.
+    fn names_can_be_one_person(&mut self, a: &[u32], b: &[u32]) -> bool {
+        let (a_full, a_init): (Vec<u32>, Vec<u32>) = a.iter().partition(|n| !self.is_initial(**n));
+        let (b_full, b_init): (Vec<u32>, Vec<u32>) = b.iter().partition(|n| !self.is_initial(**n));
+        if !a_full.is_empty() && !b_full.is_empty() {
+            let linked = a_full.iter().any(|x| b_full.iter().any(|y| self.names_compatible(*x, *y)));
+            if !linked {
+                return false;
+            }
+        }
+        let full: Vec<u32> = a_full.iter().chain(&b_full).copied().collect();
+        let letters: Vec<Option<char>> = full.iter().map(|n| self.initial_of(*n)).collect();
+        let initials: Vec<Option<char>> = a_init.iter().chain(&b_init).map(|n| self.initial_of(*n)).collect();
+        if letters.is_empty() {
+            initials.windows(2).all(|w| w[0] == w[1])
+        } else {
+            initials.iter().all(|i| letters.contains(i))
+        }
+    }
+
     fn check(&mut self, a: &Summary, b: &Summary) -> Option<Refusal> {
         if a.size + b.size > self.max_size {
             return Some(Refusal::ClusterSize);
@@ -166,18 +198,7 @@ impl Clusters {
                 Refusal::BirthDate => {
                     a.birth_dates.iter().any(|x| b.birth_dates.iter().any(|y| !birth_dates_compatible(*x, *y)))
                 }
-                Refusal::FirstName => {
-                    let mut clash = false;
-                    'outer: for x in &a.first_names {
-                        for y in &b.first_names {
-                            if !self.names_compatible(*x, *y) {
-                                clash = true;
-                                break 'outer;
-                            }
-                        }
-                    }
-                    clash
-                }
+                Refusal::FirstName => !self.names_can_be_one_person(&a.first_names, &b.first_names),
                 Refusal::ClusterSize => false,
             };
             if clash {
@@ -264,6 +285,23 @@ mod tests {
         assert_eq!(c.union(0, 1, 1), Decision::Merged);
         assert_eq!(c.union(1, 2, 2), Decision::Merged);
         assert_eq!(c.union(0, 2, 2), Decision::Redundant);
+    }
+
+    #[test]
+    fn a_typo_joins_through_the_name_it_is_a_typo_of() {
+        let mut c =
+            clusters(&[(Some("Willem"), None), (Some("Wim"), None), (Some("Willlem"), None), (Some("Marie"), None)]);
+        assert_eq!(c.union(0, 1, 1), Decision::Merged);
+        assert_eq!(c.union(1, 2, 1), Decision::Merged);
+        assert_eq!(c.union(2, 3, 1), Decision::Refused(Refusal::FirstName));
+    }
+
+    #[test]
+    fn an_initial_does_not_bridge_two_names() {
+        let mut c = clusters(&[(Some("Jan"), None), (Some("J."), None), (Some("Johanna"), None), (Some("M."), None)]);
+        assert_eq!(c.union(0, 1, 1), Decision::Merged);
+        assert_eq!(c.union(1, 2, 1), Decision::Refused(Refusal::FirstName));
+        assert_eq!(c.union(0, 3, 1), Decision::Refused(Refusal::FirstName));
     }
 
     #[test]

@@ -12,6 +12,7 @@ fn no_conflict(attribute: &str) -> String {
         "birth_date" => "COALESCE(birth_dates_compatible(l.birth_date, r.birth_date), true)".into(),
         "last_name" => "COALESCE(jaro_winkler(l.last_name_core, r.last_name_core) >= 0.8, true)".into(),
         "house_number" => "COALESCE(l.house_number = r.house_number, true)".into(),
+        "postcode" => "COALESCE(l.postcode = r.postcode, true)".into(),
         other => unreachable!("conflict attribute {other} passed validation"),
     }
 }
@@ -38,13 +39,23 @@ pub struct RuleSql {
 /// Records equal on all `on` columns link, unless a guardrail drops the value (too many
 /// records or people share it) or the pair conflicts. When a value is shared by more
 /// than one person (distinct first names), records without a first name do not link
-/// through it: they could be any of them.
+/// through it: they could be any of them. People are counted by known first names when
+/// the group has any, so that a typo (`Wenddy`) does not count as a second person.
 pub fn deterministic(rule: &DeterministicRule) -> RuleSql {
-    deterministic_on(&rule.on, &rule.unless_conflict, rule.max_people, rule.max_group_size)
+    deterministic_on(&rule.on, &rule.unless_conflict, rule.max_people, rule.max_group_size, rule.filter.as_deref())
 }
 
-fn deterministic_on(on: &[String], unless: &[String], max_people: Option<usize>, max_group: Option<usize>) -> RuleSql {
-    let not_null = on.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
+fn deterministic_on(
+    on: &[String],
+    unless: &[String],
+    max_people: Option<usize>,
+    max_group: Option<usize>,
+    filter: Option<&str>,
+) -> RuleSql {
+    let mut not_null = on.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
+    if let Some(f) = filter {
+        not_null = format!("{not_null} AND ({f})");
+    }
     let join_lr = on.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
     let join_g = on.iter().map(|c| format!("g.{c} = l.{c}")).collect::<Vec<_>>().join(" AND ");
     let cols = on.join(", ");
@@ -52,15 +63,19 @@ fn deterministic_on(on: &[String], unless: &[String], max_people: Option<usize>,
     let detail = on.iter().map(|c| format!("'{c}=', CAST(l.{c} AS VARCHAR)")).collect::<Vec<_>>().join(", ' ', ");
     let max_group = max_group.map_or(u64::MAX, |n| n as u64);
     let max_people = max_people.map_or(u64::MAX, |n| n as u64);
+    // Only records that carry the value (and meet the rule's condition) take part.
     let groups = format!(
-        "g AS (SELECT {cols}, count(*) AS n, \
-         count(DISTINCT CASE WHEN length(first_name_root) > 1 THEN first_name_root END) AS people \
-         FROM {IDENTITY_RECORDS} WHERE {not_null} GROUP BY {cols})"
+        "k AS (SELECT * FROM {IDENTITY_RECORDS} WHERE {not_null}), \
+         g0 AS (SELECT {cols}, count(*) AS n, \
+         count(DISTINCT CASE WHEN length(first_name_root) > 1 AND first_name_known THEN first_name_root END) AS known, \
+         count(DISTINCT CASE WHEN length(first_name_root) > 1 AND NOT first_name_known THEN first_name_root END) AS unknown \
+         FROM k GROUP BY {cols}), \
+         g AS (SELECT {cols}, n, CASE WHEN known > 0 THEN known ELSE unknown END AS people FROM g0)"
     );
     let edges = format!(
         "WITH {groups} \
          SELECT l.rid AS rid_a, r.rid AS rid_b, CAST(1.0 AS DOUBLE) AS score, concat({detail}) AS detail \
-         FROM {IDENTITY_RECORDS} l JOIN {IDENTITY_RECORDS} r ON {join_lr} AND l.rid < r.rid \
+         FROM k l JOIN k r ON {join_lr} AND l.rid < r.rid \
          JOIN g ON {join_g} \
          WHERE g.n <= {max_group} AND g.people <= {max_people} \
          AND (g.people <= 1 OR (l.first_name_root IS NOT NULL AND length(l.first_name_root) > 1 \
@@ -79,7 +94,7 @@ fn deterministic_on(on: &[String], unless: &[String], max_people: Option<usize>,
 pub fn external_id(rule: &ExternalIdRule, ids: &[String]) -> Vec<RuleSql> {
     ids.iter()
         .filter(|id| rule.id.as_ref().is_none_or(|wanted| wanted == *id))
-        .map(|id| deterministic_on(&[format!("ext_{id}")], &rule.unless_conflict, None, None))
+        .map(|id| deterministic_on(&[format!("ext_{id}")], &rule.unless_conflict, None, None, None))
         .collect()
 }
 
@@ -146,6 +161,10 @@ fn comparison_cases(c: &ComparisonSpec) -> (String, String) {
 /// Candidate pairs from the blocking keys (blocks above the size limit are skipped),
 /// scored by the comparisons; pairs at or above the threshold are edges.
 pub fn fuzzy(rule: &FuzzyRule) -> (String, String) {
+    let records = match &rule.filter {
+        Some(f) => format!("(SELECT * FROM {IDENTITY_RECORDS} WHERE {f})"),
+        None => IDENTITY_RECORDS.to_string(),
+    };
     let pairs = rule
         .blocking
         .iter()
@@ -155,9 +174,9 @@ pub fn fuzzy(rule: &FuzzyRule) -> (String, String) {
             let join_lr = key.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
             let join_b = key.iter().map(|c| format!("b.{c} = l.{c}")).collect::<Vec<_>>().join(" AND ");
             format!(
-                "SELECT l.rid AS rid_a, r.rid AS rid_b FROM {IDENTITY_RECORDS} l \
-                 JOIN (SELECT {cols}, count(*) AS n FROM {IDENTITY_RECORDS} WHERE {not_null} GROUP BY {cols}) b ON {join_b} \
-                 JOIN {IDENTITY_RECORDS} r ON {join_lr} AND l.rid < r.rid WHERE b.n <= {max}",
+                "SELECT l.rid AS rid_a, r.rid AS rid_b FROM {records} l \
+                 JOIN (SELECT {cols}, count(*) AS n FROM {records} WHERE {not_null} GROUP BY {cols}) b ON {join_b} \
+                 JOIN {records} r ON {join_lr} AND l.rid < r.rid WHERE b.n <= {max}",
                 max = rule.max_block_size
             )
         })
@@ -182,7 +201,7 @@ pub fn fuzzy(rule: &FuzzyRule) -> (String, String) {
             let not_null = key.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
             let value = key.iter().map(|c| format!("CAST({c} AS VARCHAR)")).collect::<Vec<_>>().join(", ' | ', ");
             format!(
-                "SELECT concat({value}) AS value, count(*) AS records, CAST(0 AS BIGINT) AS people FROM {IDENTITY_RECORDS} \
+                "SELECT concat({value}) AS value, count(*) AS records, CAST(0 AS BIGINT) AS people FROM {records} \
                  WHERE {not_null} GROUP BY {cols} HAVING count(*) > {max}",
                 max = rule.max_block_size
             )

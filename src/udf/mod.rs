@@ -13,8 +13,8 @@ pub use address::{is_dutch_postcode, normalize_house_number, normalize_postcode}
 pub use dates::{birth_dates_compatible, parse_date, parse_timestamp};
 pub use email::{email_local_part, normalize_email};
 pub use name::{
-    dutch_phonetic, first_name_root, first_names_compatible, fold_name, is_initials, name_initial, split_full_name,
-    strip_particles,
+    dutch_phonetic, first_name_root, first_names_compatible, fold_name, is_initials, is_known_first_name, name_initial,
+    split_full_name, strip_particles,
 };
 pub use phone::{normalize_phone, phone_kind};
 pub use similarity::{damerau_levenshtein, jaro_winkler};
@@ -56,10 +56,11 @@ pub enum Function {
     ParseTimestamp,
     FirstNamesCompatible,
     BirthDatesCompatible,
+    IsKnownFirstName,
 }
 
 impl Function {
-    pub const ALL: [Function; 20] = [
+    pub const ALL: [Function; 21] = [
         Function::NormalizeEmail,
         Function::EmailLocalPart,
         Function::NormalizePhone,
@@ -80,6 +81,7 @@ impl Function {
         Function::ParseTimestamp,
         Function::FirstNamesCompatible,
         Function::BirthDatesCompatible,
+        Function::IsKnownFirstName,
     ];
 
     pub fn sql_name(self) -> &'static str {
@@ -104,6 +106,7 @@ impl Function {
             Function::ParseTimestamp => "parse_timestamp",
             Function::FirstNamesCompatible => "first_names_compatible",
             Function::BirthDatesCompatible => "birth_dates_compatible",
+            Function::IsKnownFirstName => "is_known_first_name",
         }
     }
 
@@ -126,7 +129,10 @@ impl Function {
         match self {
             Function::JaroWinkler => DataType::Float64,
             Function::DamerauLevenshtein => DataType::Int64,
-            Function::IsInitials | Function::FirstNamesCompatible | Function::BirthDatesCompatible => DataType::Boolean,
+            Function::IsInitials
+            | Function::IsKnownFirstName
+            | Function::FirstNamesCompatible
+            | Function::BirthDatesCompatible => DataType::Boolean,
             Function::ParseDate => DataType::Date32,
             Function::ParseTimestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             _ => DataType::Utf8,
@@ -244,6 +250,10 @@ impl ScalarUDFImpl for KlantbeeldUdf {
                 Function::FirstNamesCompatible => {
                     let values: BooleanArray =
                         first.zip(texts(name, &arrays[1])?).map(|(x, y)| first_names_compatible(x?, y?)).collect();
+                    Arc::new(values)
+                }
+                Function::IsKnownFirstName => {
+                    let values: BooleanArray = first.map(|v| v.map(is_known_first_name)).collect();
                     Arc::new(values)
                 }
                 Function::IsInitials => {
