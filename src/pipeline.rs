@@ -116,7 +116,9 @@ pub async fn materialize(ctx: &SessionContext, name: &str, df: DataFrame, dir: &
     let path = dir.join(name);
     std::fs::create_dir_all(&path).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
     let url = format!("{}/", path.display());
+    let schema = df.schema().inner().clone();
     df.write_parquet(&url, Default::default(), None).await.map_err(Error::engine(format!("computing `{name}`")))?;
+    crate::publish::ensure_schema_file(&path, schema).map_err(|e| Error::Other(e.to_string()))?;
     let _ = ctx.deregister_table(name);
     ctx.register_parquet(name, &url, ParquetReadOptions::default())
         .await

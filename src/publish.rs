@@ -142,7 +142,9 @@ impl Staging {
         options.global.skip_arrow_metadata = true;
         let write = DataFrameWriteOptions::new().with_partition_by(partition_by.to_vec());
         let url = format!("{}/", dir.display());
+        let arrow_schema = df.schema().inner().clone();
         let result = df.write_parquet(&url, write, Some(options)).await.map_err(werr)?;
+        ensure_schema_file(&dir, arrow_schema).map_err(|source| PublishError::Io { path: dir.clone(), source })?;
         let rows = result
             .first()
             .and_then(|b| {
@@ -193,6 +195,25 @@ impl Staging {
     pub fn abandon(self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// An empty table still gets one Parquet file with its schema: DataFusion writes no file
+/// for zero rows, and readers cannot infer a schema from an empty folder.
+pub fn ensure_schema_file(dir: &Path, schema: datafusion::arrow::datatypes::SchemaRef) -> std::io::Result<()> {
+    let has_file = std::fs::read_dir(dir)?
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".parquet") || e.path().is_dir());
+    if has_file {
+        return Ok(());
+    }
+    let file = std::fs::File::create(dir.join("part-0.parquet"))?;
+    let props = datafusion::parquet::file::properties::WriterProperties::builder()
+        .set_compression(datafusion::parquet::basic::Compression::ZSTD(Default::default()))
+        .build();
+    let writer =
+        datafusion::parquet::arrow::ArrowWriter::try_new(file, schema, Some(props)).map_err(std::io::Error::other)?;
+    writer.close().map_err(std::io::Error::other)?;
+    Ok(())
 }
 
 fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {

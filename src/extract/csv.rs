@@ -140,7 +140,7 @@ fn check_file(reader: Box<dyn Read + Send>, checks: &Checks) -> Result<FileRepor
             },
         };
         let (line, end_line) = (row.position().map_or(0, |p| p.line()), csv.position().line());
-        let spans_lines = end_line > line + 1;
+        let spans_lines = end_line > line + 1 || row.iter().any(|f| f.contains(&b'\n'));
         let reason = if std::str::from_utf8(row.as_slice()).is_err() {
             Some("invalid UTF-8 (is the file Latin-1 or Windows-1252 encoded?)".to_string())
         } else if row.len() < width || (row.len() > width && row.iter().skip(width).any(|f| !f.is_empty())) {

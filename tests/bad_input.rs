@@ -1,0 +1,228 @@
+//! Bad input: each case gives one clear line on stderr naming the file (and line or
+//! record), a non-zero exit, no panic, and leaves the previous published output as it was.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// Generated dumps plus a published first run to protect.
+fn published(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (input, output) = (dir.join("data"), dir.join("out"));
+    generate(&input, 300, 3, false);
+    run_retail(&input.join("dumps"), &output, &[]);
+    (input.join("dumps"), output)
+}
+
+fn run_id(output: &Path) -> String {
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("_manifest.json")).unwrap()).unwrap();
+    m["run_id"].as_str().unwrap().to_string()
+}
+
+/// Runs the retail pipeline expecting failure; returns (exit code, stderr).
+fn fail(pipeline: &Path, input: &Path, output: &Path) -> (i32, String) {
+    let out = klantbeeld(&[
+        "run",
+        pipeline.to_str().unwrap(),
+        "--var",
+        &format!("input={}", input.display()),
+        "--var",
+        &format!("output={}", output.display()),
+    ]);
+    assert!(!out.status.success(), "run should fail");
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line on stderr: {err}");
+    (out.status.code().unwrap(), err)
+}
+
+fn assert_untouched(output: &Path, before: &str) {
+    assert_eq!(run_id(output), before, "previous output was replaced");
+    assert!(output.join("_SUCCESS").exists());
+    assert!(output.join("customers").is_dir());
+}
+
+#[test]
+fn malformed_yaml_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_variant(dir.path(), |t| t.replace("  crm:\n", "  crm: [\n"));
+    let out = klantbeeld(&["validate", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.starts_with(&format!("klantbeeld: {}:", p.display())), "{err}");
+}
+
+#[test]
+fn unknown_key_suggests_the_near_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_variant(dir.path(), |t| t.replacen("    key: klant_id", "    kye: klant_id", 1));
+    let out = klantbeeld(&["validate", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("unknown key `kye`") && err.contains("did you mean `key`?"), "{err}");
+    let line = std::fs::read_to_string(&p).unwrap().lines().position(|l| l.contains("kye:")).unwrap() + 1;
+    assert!(err.contains(&format!(":{line}:")), "line {line} in {err}");
+}
+
+#[test]
+fn unset_variable_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pipeline_variant(dir.path(), |t| t.replace("name: retail", "name: retail-${run_date}"));
+    let out = klantbeeld(&["validate", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--var run_date="), "{}", stderr(&out));
+    let ok = klantbeeld(&["validate", p.to_str().unwrap(), "--var", "run_date=2026-11-22"]);
+    assert!(ok.status.success());
+}
+
+#[test]
+fn missing_input_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, output) = published(dir.path());
+    let before = run_id(&output);
+    let (code, err) = fail(&retail_yaml(), &dir.path().join("nowhere"), &output);
+    assert_eq!(code, 3);
+    assert!(err.contains("no file matches") && err.contains("nowhere/crm/contacts*.csv"), "{err}");
+    assert_untouched(&output, &before);
+}
+
+fn append(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    std::fs::OpenOptions::new().append(true).open(path).unwrap().write_all(bytes).unwrap();
+}
+
+#[test]
+fn unterminated_quote_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = published(dir.path());
+    let before = run_id(&output);
+    let file = input.join("crm/contacts_1.csv");
+    let line = std::fs::read_to_string(&file).unwrap().lines().count() + 1;
+    append(&file, b"C9999999;\"Jan;;Vries;;;;;;;;\n");
+    let (code, err) = fail(&retail_yaml(), &input, &output);
+    assert_eq!(code, 3);
+    assert!(err.contains(&format!("contacts_1.csv:{line}:")) && err.contains("unterminated quote"), "{err}");
+    assert_untouched(&output, &before);
+}
+
+#[test]
+fn invalid_utf8_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = published(dir.path());
+    let before = run_id(&output);
+    let file = input.join("email/subscribers.csv");
+    let line = std::fs::read_to_string(&file).unwrap().lines().count() + 1;
+    append(&file, b"S9999999,jos@ziggo.nl,Jos\xe9,2024-01-01T00:00:00\n");
+    let (code, err) = fail(&retail_yaml(), &input, &output);
+    assert_eq!(code, 3);
+    assert!(err.contains(&format!("subscribers.csv:{line}:")) && err.contains("UTF-8"), "{err}");
+    assert_untouched(&output, &before);
+}
+
+#[test]
+fn value_of_the_wrong_type_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = published(dir.path());
+    let before = run_id(&output);
+    let file = input.join("service/tickets.jsonl");
+    let line = std::fs::read_to_string(&file).unwrap().lines().count() + 1;
+    append(&file, b"{\"ticket_id\":\"T9999999\",\"caller_name\":\"Jan\",\"csat\":\"vijf\"}\n");
+    let (code, err) = fail(&retail_yaml(), &input, &output);
+    assert_eq!(code, 3);
+    assert!(err.contains(&format!("tickets.jsonl:{line}:")) && err.contains("`vijf`"), "{err}");
+    assert_untouched(&output, &before);
+}
+
+#[test]
+fn empty_dump_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = published(dir.path());
+    let before = run_id(&output);
+    std::fs::write(input.join("pos/loyalty_cards.csv"), b"").unwrap();
+    let (code, err) = fail(&retail_yaml(), &input, &output);
+    assert_eq!(code, 3);
+    assert!(err.contains("loyalty_cards.csv: file is empty"), "{err}");
+    assert_untouched(&output, &before);
+}
+
+#[tokio::test]
+async fn quarantine_sets_bad_rows_aside_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = published(dir.path());
+    append(&input.join("crm/contacts_1.csv"), b"C9999998;Piet;;Bakker\n;Kees;;Smit;;;;;;;;\n");
+    let p = pipeline_variant(dir.path(), |t| {
+        t.replacen("    key: klant_id\n", "    key: klant_id\n    on_bad_rows: quarantine\n", 1)
+    });
+    let out = klantbeeld(&[
+        "run",
+        p.to_str().unwrap(),
+        "--var",
+        &format!("input={}", input.display()),
+        "--var",
+        &format!("output={}", output.display()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("_manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["inputs"]["crm"]["rejected_rows"], 2);
+    let rejected = query(&output, &["_rejected/crm"], "SELECT reason FROM \"_rejected/crm\" ORDER BY line").await;
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&rejected).unwrap().to_string();
+    assert!(text.contains("fields") && text.contains("empty key"), "{text}");
+    // The good rows are all there.
+    let crm =
+        scalar(&output, &["customer_xref"], "SELECT count(*) FROM customer_xref WHERE source_system = 'crm'").await;
+    let lines = std::fs::read_to_string(input.join("crm/contacts_1.csv")).unwrap().lines().count()
+        + std::fs::read_to_string(input.join("crm/contacts_2.csv")).unwrap().lines().count()
+        - 2
+        - 2;
+    assert_eq!(crm as usize, lines);
+}
+
+#[test]
+fn killed_run_leaves_the_previous_output_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("data"), dir.path().join("out"));
+    generate(&input, 20_000, 5, false);
+    run_retail(&input.join("dumps"), &output, &[]);
+    let before = run_id(&output);
+    let manifest_before = std::fs::read(output.join("_manifest.json")).unwrap();
+    for delay_ms in [300u64, 1200, 2500] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_klantbeeld"))
+            .args([
+                "-q",
+                "run",
+                retail_yaml().to_str().unwrap(),
+                "--var",
+                &format!("input={}", input.join("dumps").display()),
+                "--var",
+                &format!("output={}", output.display()),
+            ])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let finished = child.try_wait().unwrap().is_some();
+        // SIGKILL: no cleanup of any kind runs.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(output.join("_SUCCESS").exists());
+        if !finished && run_id(&output) == before {
+            assert_eq!(std::fs::read(output.join("_manifest.json")).unwrap(), manifest_before);
+        }
+        // Whatever is published is whole: the manifest's tables are all there.
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(output.join("_manifest.json")).unwrap()).unwrap();
+        for table in m["tables"].as_object().unwrap().keys() {
+            assert!(output.join(table).is_dir(), "{table} missing");
+        }
+    }
+    // The lock died with the process: the next run goes through and cleans up.
+    run_retail(&input.join("dumps"), &output, &["-q"]);
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".staging-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
