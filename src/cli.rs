@@ -38,6 +38,8 @@ pub enum Command {
     Plan(PipelineArgs),
     /// Runs a pipeline and publishes its output.
     Run(RunArgs),
+    /// Runs the pipeline's data tests against its last published output.
+    Test(PipelineArgs),
     /// Scores a crosswalk against ground truth: pairwise precision, recall and F1.
     Eval(EvalArgs),
     /// Demo data.
@@ -152,6 +154,9 @@ pub fn main() -> i32 {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => exit::OK,
         Err(e) => {
+            if let Error::DataTests(outcomes) = &e {
+                print!("{}", crate::check::report(outcomes));
+            }
             let message = e.to_string();
             // One line on stderr for schedulers; the rest of a long engine message follows
             // in the log at debug level.
@@ -184,9 +189,14 @@ async fn dispatch(command: Command) -> Result<(), Error> {
             let p = load(&args.pipeline)?;
             let memory_limit =
                 args.memory_limit.as_deref().map(crate::engine::parse_size).transpose().map_err(Error::Usage)?;
-            let options =
-                RunOptions { memory_limit, limit: args.limit, previous: args.previous, work_dir: args.work_dir };
             let run_id = crate::pipeline::new_run_id();
+            let options = RunOptions {
+                memory_limit,
+                limit: args.limit,
+                previous: args.previous,
+                work_dir: args.work_dir,
+                run_id: Some(run_id.clone()),
+            };
             let span = tracing::info_span!("run", run_id = run_id.as_str(), pipeline = p.spec.name.as_str());
             let manifest = {
                 use tracing::Instrument;
@@ -195,10 +205,22 @@ async fn dispatch(command: Command) -> Result<(), Error> {
             println!(
                 "published run {} to {}: {} customers from {} records",
                 manifest.run_id,
-                crate::storage::redact(&p.spec.output),
+                crate::storage::redact(&crate::storage::Location::parse(&p.spec.output, &p.base_dir)?.display()),
                 manifest.match_summary.customers,
                 manifest.match_summary.records
             );
+            Ok(())
+        }
+        Command::Test(args) => {
+            let p = load(&args)?;
+            let (outcomes, not_published) = crate::pipeline::test_published(&p).await?;
+            for table in not_published {
+                println!("not run: tests of `{table}` (not published; they run inside `klantbeeld run`)");
+            }
+            if outcomes.iter().any(|o| !o.passed) {
+                return Err(Error::DataTests(outcomes));
+            }
+            println!("{} data tests passed", outcomes.len());
             Ok(())
         }
         Command::Eval(args) => {
@@ -230,7 +252,7 @@ pub async fn plan(p: &Pipeline) -> Result<String, Error> {
     let mut out = String::new();
     let spec = &p.spec;
     let _ = writeln!(out, "pipeline {} ({})", spec.name, p.file.display());
-    let _ = writeln!(out, "\nstages: extract -> stage -> resolve -> golden -> publish");
+    let _ = writeln!(out, "\nstages: extract -> stage -> resolve -> golden -> enrich -> check -> publish");
     let _ = writeln!(out, "\nsources:");
     for (name, source) in &spec.sources {
         let (loc, files) = crate::extract::list_source(&ctx, p, name, source).await?;
@@ -248,13 +270,29 @@ pub async fn plan(p: &Pipeline) -> Result<String, Error> {
                 writeln!(out, "      (no files{})", if source.optional { ", optional" } else { ": the run will fail" });
         }
     }
+    let models = crate::enrich::load_models(p, &p.vars, &crate::pipeline::reserved_names(p))?;
+    if !models.is_empty() {
+        let _ = writeln!(out, "\nmodels (in run order):");
+        for m in &models {
+            let deps = if m.depends_on.is_empty() { String::new() } else { format!(" <- {}", m.depends_on.join(", ")) };
+            let _ = writeln!(out, "  {}{deps}   ({})", m.name, m.path.display());
+        }
+    }
+    let tests: usize = crate::pipeline::data_tests(p).iter().map(|(_, t)| t.len()).sum();
+    let _ = writeln!(out, "\ndata tests: {tests}");
     let _ = writeln!(out, "\nidentity rules (in order):");
     for (i, rule) in spec.resolve.rules.iter().enumerate() {
         let _ = writeln!(out, "  {}. {}", i + 1, rule.name());
     }
     let output = crate::storage::Location::parse(&spec.output, &p.base_dir)?;
     let _ = writeln!(out, "\noutput: {}", crate::storage::redact(&output.display()));
-    for table in crate::pipeline::GOLDEN_TABLES.iter().map(|t| t.to_string()).chain(spec.outputs.keys().cloned()) {
+    let mut tables: Vec<String> = spec.outputs.keys().cloned().collect();
+    for t in crate::pipeline::GOLDEN_TABLES {
+        if !tables.iter().any(|x| x == t) {
+            tables.push(t.to_string());
+        }
+    }
+    for table in tables {
         let _ = writeln!(out, "  {table}");
     }
     Ok(out)

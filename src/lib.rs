@@ -4,10 +4,12 @@
 //! [`resolve`] -> [`golden`] -> [`publish`]; [`pipeline`] runs them in order and [`cli`]
 //! is the command line.
 
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod enrich;
 pub mod eval;
 pub mod extract;
 pub mod golden;
@@ -34,6 +36,13 @@ pub enum Error {
     #[error(transparent)]
     Golden(#[from] golden::GoldenError),
     #[error(transparent)]
+    Enrich(#[from] enrich::EnrichError),
+    #[error(transparent)]
+    Check(#[from] check::CheckError),
+    /// Data tests failed; nothing was published.
+    #[error("{} of {} data tests failed ({}); nothing was published", .0.iter().filter(|o| !o.passed).count(), .0.len(), failed_names(.0))]
+    DataTests(Vec<check::TestOutcome>),
+    #[error(transparent)]
     Publish(#[from] publish::PublishError),
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
@@ -43,6 +52,12 @@ pub enum Error {
     Engine { context: String, source: datafusion::error::DataFusionError },
     #[error("{0}")]
     Other(String),
+}
+
+fn failed_names(outcomes: &[check::TestOutcome]) -> String {
+    let names: Vec<String> =
+        outcomes.iter().filter(|o| !o.passed).map(|o| format!("{}: {}", o.table, o.test)).collect();
+    names.join("; ")
 }
 
 /// Exit codes, as documented in the README.
@@ -61,6 +76,8 @@ impl Error {
             Error::Config(_) | Error::Usage(_) | Error::Golden(golden::GoldenError::UnknownAttribute { .. }) => {
                 exit::CONFIG
             }
+            Error::Enrich(_) | Error::Check(_) => exit::CONFIG,
+            Error::DataTests(_) => exit::DATA_TEST,
             Error::Stage(stage::StageError::Mapping { .. }) => exit::CONFIG,
             Error::Resolve(resolve::ResolveError::Rule { .. }) => exit::CONFIG,
             Error::Storage(storage::StorageError::BadLocation { .. }) => exit::CONFIG,

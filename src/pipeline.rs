@@ -9,8 +9,10 @@ use std::time::Instant;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use serde::Serialize;
 
-use crate::config::Pipeline;
+use crate::check;
+use crate::config::{Pipeline, TestSpec};
 use crate::engine::{self, EngineOptions};
+use crate::enrich;
 use crate::extract::{self, ExtractedSource, InputFile, Scratch};
 use crate::golden::{self, CUSTOMER_CHANGES, CUSTOMER_XREF, CUSTOMERS};
 use crate::publish::{Staging, TableInfos};
@@ -35,6 +37,8 @@ pub struct RunOptions {
     pub previous: Option<String>,
     /// Folder for scratch files and spills; the system temp folder when `None`.
     pub work_dir: Option<PathBuf>,
+    /// The run id (logs carry it too); a new one when `None`.
+    pub run_id: Option<String>,
 }
 
 /// One input source in the manifest.
@@ -69,6 +73,9 @@ pub struct Manifest {
     pub tables: TableInfos,
     #[serde(rename = "match")]
     pub match_summary: MatchSummary,
+    /// Models in the order they ran.
+    pub models: Vec<String>,
+    pub tests: Vec<check::TestOutcome>,
     pub stages: Vec<StageTiming>,
 }
 
@@ -165,7 +172,7 @@ async fn register_previous(
 /// Runs a pipeline end to end and publishes its output. Returns the manifest.
 pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Manifest, Error> {
     let started = chrono::Utc::now();
-    let run_id = new_run_id();
+    let run_id = options.run_id.clone().unwrap_or_else(new_run_id);
     let output = Location::parse(&pipeline.spec.output, &pipeline.base_dir)?;
     let staging = Staging::new(&output, &run_id)?;
     let scratch_root = options.work_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -247,6 +254,17 @@ async fn run_stages(
         .map_err(Error::engine("match edges"))?;
     ctx.register_table(MATCH_EDGES, edges.into_view()).map_err(Error::engine("match edges"))?;
 
+    timer.start("enrich");
+    let models = enrich::load_models(pipeline, &pipeline.vars, &reserved_names(pipeline))?;
+    enrich::run_models(&ctx, &models, scratch).await?;
+
+    timer.start("check");
+    let tests = data_tests(pipeline);
+    let outcomes = check::run_tests(&ctx, &tests).await?;
+    if outcomes.iter().any(|o| !o.passed) {
+        return Err(Error::DataTests(outcomes));
+    }
+
     timer.start("publish");
     let mut tables = TableInfos::new();
     let outputs: Vec<(String, Vec<String>)> = if spec.outputs.is_empty() {
@@ -283,7 +301,8 @@ async fn run_stages(
             )
         })
         .collect();
-    let sql_files: Vec<(String, String)> = Vec::new();
+    let sql_files: Vec<(String, String)> =
+        models.iter().map(|m| (m.path.display().to_string(), m.sql.clone())).collect();
     Ok(Manifest {
         run_id: run_id.to_string(),
         pipeline: spec.name.clone(),
@@ -298,8 +317,65 @@ async fn run_stages(
         inputs,
         tables,
         match_summary,
+        models: models.iter().map(|m| m.name.clone()).collect(),
+        tests: outcomes,
         stages: timer.timings,
     })
+}
+
+/// Runs the data tests against the last published output (`klantbeeld test`). Tests of
+/// tables that are not published (models that are not outputs) can only run inside `run`;
+/// they are returned apart.
+pub async fn test_published(pipeline: &Pipeline) -> Result<(Vec<check::TestOutcome>, Vec<String>), Error> {
+    let output = Location::parse(&pipeline.spec.output, &pipeline.base_dir)?;
+    let manifest = crate::publish::read_published_manifest(&output)
+        .ok_or_else(|| Error::Usage(format!("{}: no published run (no _SUCCESS)", output.display())))?;
+    let published: Vec<String> =
+        manifest["tables"].as_object().map(|t| t.keys().cloned().collect()).unwrap_or_default();
+    let scratch = tempfile::tempdir().map_err(|e| Error::Other(e.to_string()))?;
+    let ctx = engine::session(&EngineOptions::default(), scratch.path()).map_err(Error::engine("engine"))?;
+    storage::store_for(&ctx, &output, &pipeline.spec.storage)?;
+    let mut runnable = Vec::new();
+    let mut not_published = Vec::new();
+    for (table, tests) in data_tests(pipeline) {
+        if published.contains(&table) {
+            let url = format!("{}/", output.child(&table).url());
+            ctx.register_parquet(table.as_str(), &url, ParquetReadOptions::default())
+                .await
+                .map_err(Error::engine(format!("reading published `{table}`")))?;
+            runnable.push((table, tests));
+        } else {
+            not_published.push(table);
+        }
+    }
+    Ok((check::run_tests(&ctx, &runnable).await?, not_published))
+}
+
+/// Names models may not take: the tables klantbeeld makes and the sources.
+pub fn reserved_names(pipeline: &Pipeline) -> Vec<String> {
+    let mut names: Vec<String> = GOLDEN_TABLES.iter().map(|s| s.to_string()).collect();
+    names.extend(
+        [IDENTITY_RECORDS, resolve::RECORD_CLUSTERS, resolve::EDGE_DECISIONS, ids::PREVIOUS_XREF]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    for name in pipeline.spec.sources.keys() {
+        names.push(name.clone());
+        names.push(extract::raw_table(name));
+        names.push(stage::staged_table(name));
+    }
+    names
+}
+
+/// Every data test of the pipeline: those of the outputs, then those of the models.
+pub fn data_tests(pipeline: &Pipeline) -> Vec<(String, Vec<TestSpec>)> {
+    let spec = &pipeline.spec;
+    let mut tests: Vec<(String, Vec<TestSpec>)> =
+        spec.outputs.iter().filter(|(_, o)| !o.tests.is_empty()).map(|(t, o)| (t.clone(), o.tests.clone())).collect();
+    if let Some(m) = &spec.models {
+        tests.extend(m.tests.iter().map(|(t, v)| (t.clone(), v.clone())));
+    }
+    tests
 }
 
 /// Two rows with one key in one source would give one record two customers.

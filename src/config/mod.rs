@@ -40,6 +40,8 @@ pub struct Pipeline {
     pub spec: PipelineSpec,
     /// The variables that the file used, with the values they got.
     pub used_vars: Vec<(String, String)>,
+    /// The variables given (for the SQL files, which substitute the same way).
+    pub vars: Vars,
 }
 
 impl Pipeline {
@@ -59,7 +61,7 @@ impl Pipeline {
             .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        let pipeline = Pipeline { file: file.to_path_buf(), base_dir, text, spec, used_vars };
+        let pipeline = Pipeline { file: file.to_path_buf(), base_dir, text, spec, used_vars, vars: vars.clone() };
         pipeline.check_references()?;
         Ok(pipeline)
     }
@@ -141,8 +143,9 @@ impl Pipeline {
                 return Err(self.error_at(&["resolve", "rules"], format!("rule `{}`: {message}", rule.name())));
             }
         }
-        for (table, output) in &spec.outputs {
-            for test in &output.tests {
+        let model_tests = spec.models.iter().flat_map(|m| m.tests.iter());
+        for (table, tests) in spec.outputs.iter().map(|(t, o)| (t, &o.tests)).chain(model_tests) {
+            for test in tests {
                 if let Err(message) = test.check() {
                     return Err(
                         self.error_at(&["outputs", table, "tests"], format!("key `outputs.{table}.tests`: {message}"))

@@ -546,6 +546,9 @@ pub enum Survivorship {
 pub struct ModelsSpec {
     /// Folder of `*.sql` files, relative to the pipeline file.
     pub path: String,
+    /// Data tests per model (published or not), as under `outputs`.
+    #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
+    pub tests: IndexMap<String, Vec<TestSpec>>,
 }
 
 /// A published table and its data tests.

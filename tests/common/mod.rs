@@ -81,7 +81,10 @@ pub async fn scalar(output: &Path, tables: &[&str], sql: &str) -> i64 {
 /// A copy of the pipeline with its text changed, in a temporary folder next to a copy of
 /// the SQL models.
 pub fn pipeline_variant(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
-    let text = std::fs::read_to_string(retail_yaml()).unwrap();
+    // The copy lives elsewhere, so the models folder becomes absolute.
+    let text = std::fs::read_to_string(retail_yaml())
+        .unwrap()
+        .replace("  path: ../sql", &format!("  path: {}", repo().join("sql").display()));
     let path = dir.join("pipeline.yaml");
     std::fs::write(&path, edit(text)).unwrap();
     path

@@ -1,0 +1,225 @@
+//! Check: data tests declared in the YAML (dbt's vocabulary), run as SQL before anything
+//! is published. A failing test stops the run; its report shows sample offending rows.
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
+use datafusion::prelude::SessionContext;
+use serde::Serialize;
+
+use crate::config::{Bounds, TestSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("data test {test} on `{table}` cannot run: {message}")]
+    Sql { table: String, test: String, message: String },
+}
+
+/// The result of one data test.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestOutcome {
+    pub table: String,
+    pub test: String,
+    pub passed: bool,
+    /// Offending rows (or the measured value for bounds).
+    pub failures: u64,
+    /// A few offending rows, as a text table.
+    pub sample: String,
+}
+
+fn quote_list(values: &[String]) -> String {
+    values.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect::<Vec<_>>().join(", ")
+}
+
+fn bounds_text(b: &Bounds) -> String {
+    match (b.min, b.max) {
+        (Some(lo), Some(hi)) => format!("between {lo} and {hi}"),
+        (Some(lo), None) => format!(">= {lo}"),
+        (None, Some(hi)) => format!("<= {hi}"),
+        (None, None) => "unbounded".into(),
+    }
+}
+
+/// A short name for a test, as reports show it.
+pub fn describe(test: &TestSpec) -> String {
+    match test {
+        TestSpec::Unique(c) => format!("unique({})", c.list().join(", ")),
+        TestSpec::NotNull(c) => format!("not_null({})", c.list().join(", ")),
+        TestSpec::AcceptedValues { column, values } => format!("accepted_values({column}: {})", values.join(", ")),
+        TestSpec::Relationships { column, to, field } => format!("relationships({column} -> {to}.{field})"),
+        TestSpec::Expression(e) => format!("expression({e})"),
+        TestSpec::RowCount(b) => format!("row_count {}", bounds_text(b)),
+        TestSpec::MatchRate(b) => format!("match_rate {}", bounds_text(b)),
+    }
+}
+
+/// SQL selecting the offending rows of a row-level test.
+fn offending_rows_sql(table: &str, test: &TestSpec) -> Option<String> {
+    Some(match test {
+        TestSpec::Unique(c) => {
+            let cols = c.list().join(", ");
+            format!("SELECT {cols}, count(*) AS occurrences FROM {table} GROUP BY {cols} HAVING count(*) > 1")
+        }
+        TestSpec::NotNull(c) => {
+            let cond = c.list().iter().map(|x| format!("{x} IS NULL")).collect::<Vec<_>>().join(" OR ");
+            format!("SELECT * FROM {table} WHERE {cond}")
+        }
+        TestSpec::AcceptedValues { column, values } => format!(
+            "SELECT * FROM {table} WHERE {column} IS NOT NULL AND CAST({column} AS VARCHAR) NOT IN ({})",
+            quote_list(values)
+        ),
+        TestSpec::Relationships { column, to, field } => format!(
+            "SELECT t.* FROM {table} t LEFT JOIN (SELECT DISTINCT {field} AS k FROM {to}) p ON t.{column} = p.k \
+             WHERE t.{column} IS NOT NULL AND p.k IS NULL"
+        ),
+        // Like dbt: rows where the condition is false fail; null is not false.
+        TestSpec::Expression(e) => format!("SELECT * FROM {table} WHERE NOT ({e})"),
+        TestSpec::RowCount(_) | TestSpec::MatchRate(_) => return None,
+    })
+}
+
+async fn collect(ctx: &SessionContext, sql: &str) -> datafusion::error::Result<Vec<RecordBatch>> {
+    ctx.sql(sql).await?.collect().await
+}
+
+fn first_f64(batches: &[RecordBatch]) -> Option<f64> {
+    let b = batches.first()?;
+    let c = datafusion::arrow::compute::cast(b.column(0), &DataType::Float64).ok()?;
+    let a = c.as_primitive::<Float64Type>();
+    (!a.is_empty() && !a.is_null(0)).then(|| a.value(0))
+}
+
+fn within(value: f64, b: &Bounds) -> bool {
+    b.min.is_none_or(|lo| value >= lo) && b.max.is_none_or(|hi| value <= hi)
+}
+
+/// Runs one test against a registered table.
+pub async fn run_test(ctx: &SessionContext, table: &str, test: &TestSpec) -> Result<TestOutcome, CheckError> {
+    let name = describe(test);
+    let err = |e: datafusion::error::DataFusionError| CheckError::Sql {
+        table: table.into(),
+        test: name.clone(),
+        message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+    };
+    let outcome = |passed: bool, failures: u64, sample: String| TestOutcome {
+        table: table.into(),
+        test: name.clone(),
+        passed,
+        failures,
+        sample,
+    };
+    if let Some(sql) = offending_rows_sql(table, test) {
+        let count = collect(ctx, &format!("SELECT count(*) FROM ({sql})")).await.map_err(err)?;
+        let n = count.first().map(|b| b.column(0).as_primitive::<Int64Type>().value(0) as u64).unwrap_or(0);
+        if n == 0 {
+            return Ok(outcome(true, 0, String::new()));
+        }
+        let sample = collect(ctx, &format!("SELECT * FROM ({sql}) LIMIT 5")).await.map_err(err)?;
+        let text =
+            datafusion::arrow::util::pretty::pretty_format_batches(&sample).map(|t| t.to_string()).unwrap_or_default();
+        return Ok(outcome(false, n, text));
+    }
+    let (sql, bounds) = match test {
+        TestSpec::RowCount(b) => (format!("SELECT count(*) FROM {table}"), b),
+        TestSpec::MatchRate(b) => (
+            // Share of records whose customer holds more than one record.
+            format!(
+                "SELECT avg(CASE WHEN n > 1 THEN 1.0 ELSE 0.0 END) FROM \
+                 (SELECT count(*) OVER (PARTITION BY customer_id) AS n FROM {table})"
+            ),
+            b,
+        ),
+        _ => unreachable!("row-level tests handled above"),
+    };
+    let value = first_f64(&collect(ctx, &sql).await.map_err(err)?).unwrap_or(0.0);
+    let passed = within(value, bounds);
+    Ok(outcome(passed, if passed { 0 } else { 1 }, format!("measured {value}")))
+}
+
+/// Runs every test; returns all outcomes (failed ones included).
+pub async fn run_tests(
+    ctx: &SessionContext,
+    tests: &[(String, Vec<TestSpec>)],
+) -> Result<Vec<TestOutcome>, CheckError> {
+    let mut outcomes = Vec::new();
+    for (table, specs) in tests {
+        for t in specs {
+            let o = run_test(ctx, table, t).await?;
+            if o.passed {
+                tracing::info!(table = table.as_str(), test = o.test.as_str(), "data test passed");
+            } else {
+                tracing::warn!(
+                    table = table.as_str(),
+                    test = o.test.as_str(),
+                    failures = o.failures,
+                    "data test failed"
+                );
+            }
+            outcomes.push(o);
+        }
+    }
+    Ok(outcomes)
+}
+
+/// The report of failed tests, for the terminal.
+pub fn report(outcomes: &[TestOutcome]) -> String {
+    let failed: Vec<&TestOutcome> = outcomes.iter().filter(|o| !o.passed).collect();
+    let mut out = format!("{} of {} data tests failed\n", failed.len(), outcomes.len());
+    for o in failed {
+        out.push_str(&format!("\nFAIL {}: {} ({} offending)\n{}\n", o.table, o.test, o.failures, o.sample));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Columns;
+
+    async fn ctx() -> SessionContext {
+        let ctx = SessionContext::new();
+        ctx.sql("CREATE VIEW t AS SELECT * FROM (VALUES (1, 'a', 10), (2, 'b', NULL), (2, 'x', 5)) AS v(id, kind, n)")
+            .await
+            .unwrap();
+        ctx.sql("CREATE VIEW p AS SELECT * FROM (VALUES (1), (3)) AS v(id)").await.unwrap();
+        ctx
+    }
+
+    #[tokio::test]
+    async fn each_test_kind_finds_its_offenders() {
+        let ctx = ctx().await;
+        let cases = [
+            (TestSpec::Unique(Columns::One("id".into())), false, 1),
+            (TestSpec::NotNull(Columns::Many(vec!["id".into(), "n".into()])), false, 1),
+            (TestSpec::AcceptedValues { column: "kind".into(), values: vec!["a".into(), "b".into()] }, false, 1),
+            (TestSpec::Relationships { column: "id".into(), to: "p".into(), field: "id".into() }, false, 2),
+            (TestSpec::Expression("n > 0".into()), true, 0),
+            (TestSpec::Expression("n > 6".into()), false, 1),
+            (TestSpec::RowCount(Bounds { min: Some(1.0), max: Some(3.0) }), true, 0),
+            (TestSpec::RowCount(Bounds { min: Some(4.0), max: None }), false, 1),
+        ];
+        for (test, passed, failures) in cases {
+            let o = run_test(&ctx, "t", &test).await.unwrap();
+            assert_eq!((o.passed, o.failures), (passed, failures), "{}", o.test);
+            if !passed && !matches!(test, TestSpec::RowCount(_)) {
+                assert!(o.sample.contains('|'), "sample rows for {}", o.test);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn match_rate_from_a_crosswalk() {
+        let ctx = SessionContext::new();
+        ctx.sql("CREATE VIEW x AS SELECT * FROM (VALUES ('K1'), ('K1'), ('K2'), ('K3')) AS v(customer_id)")
+            .await
+            .unwrap();
+        let o = run_test(&ctx, "x", &TestSpec::MatchRate(Bounds { min: Some(0.4), max: Some(0.6) })).await.unwrap();
+        assert!(o.passed, "{}", o.sample);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_column_is_an_error_naming_table_and_test() {
+        let ctx = ctx().await;
+        let e = run_test(&ctx, "t", &TestSpec::Unique(Columns::One("idd".into()))).await.unwrap_err().to_string();
+        assert!(e.starts_with("data test unique(idd) on `t` cannot run"), "{e}");
+    }
+}
