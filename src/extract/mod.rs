@@ -119,8 +119,23 @@ async fn extract_source(
     let (location, metas) = list_source(ctx, pipeline, name, source).await?;
     if metas.is_empty() {
         if source.optional {
-            tracing::warn!(source = name, location = %location, "optional source has no files; skipped");
-            return Ok(None);
+            // An empty table with the declared columns, so that models reading it still run.
+            tracing::warn!(source = name, location = %location, "optional source has no files; it is empty");
+            let fields: Vec<datafusion::arrow::datatypes::Field> = declared_types(source)
+                .into_iter()
+                .map(|(c, t)| datafusion::arrow::datatypes::Field::new(c, t, true))
+                .collect();
+            let empty = datafusion::arrow::array::RecordBatch::new_empty(std::sync::Arc::new(Schema::new(fields)));
+            let df = ctx.read_batch(empty).map_err(|e| engine(name, e))?;
+            let df = with_record_columns(df, name, source)?;
+            ctx.register_table(raw_table(name), df.into_view()).map_err(|e| engine(name, e))?;
+            return Ok(Some(ExtractedSource {
+                name: name.into(),
+                location,
+                files: Vec::new(),
+                rejected: RejectedRows::default(),
+                columns: Vec::new(),
+            }));
         }
         return Err(ExtractError::NoFiles { source_name: name.into(), location: location.display() });
     }
