@@ -23,7 +23,7 @@ fn identity_only(dir: &Path) -> std::path::PathBuf {
                 out.push_str("    optional: true\n");
             }
         }
-        out.replace("  path: ", "  path: ").replace("      - match_rate: { min: 0.2, max: 0.95 }\n", "")
+        out.replace("      - match_rate: { min: 0.2, max: 0.95 }\n", "")
     })
 }
 
