@@ -38,6 +38,9 @@ pub enum Command {
     Plan(PipelineArgs),
     /// Runs a pipeline and publishes its output.
     Run(RunArgs),
+    /// Why two records are one customer, or why not; with one record, how its customer
+    /// was built.
+    Explain(ExplainArgs),
     /// Runs the pipeline's data tests against its last published output.
     Test(PipelineArgs),
     /// Scores a crosswalk against ground truth: pairwise precision, recall and F1.
@@ -76,6 +79,15 @@ pub struct RunArgs {
     /// Folder for temporary files and spills (default: the system temp folder).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// A record as SYSTEM:ID (the source's name and its key), once or twice.
+    #[arg(long = "record", value_name = "SYSTEM:ID", required = true, num_args = 1)]
+    pub records: Vec<crate::explain::RecordRef>,
 }
 
 #[derive(Debug, Args)]
@@ -209,6 +221,14 @@ async fn dispatch(command: Command) -> Result<(), Error> {
                 manifest.match_summary.customers,
                 manifest.match_summary.records
             );
+            Ok(())
+        }
+        Command::Explain(args) => {
+            let p = load(&args.pipeline)?;
+            if args.records.len() > 2 {
+                return Err(Error::Usage("explain takes one or two --record".into()));
+            }
+            print!("{}", crate::explain::explain(&p, &args.records).await?);
             Ok(())
         }
         Command::Test(args) => {

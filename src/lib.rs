@@ -11,6 +11,7 @@ pub mod demo;
 pub mod engine;
 pub mod enrich;
 pub mod eval;
+pub mod explain;
 pub mod extract;
 pub mod golden;
 pub mod pipeline;

@@ -205,17 +205,7 @@ async fn run_stages(
     scratch: &Path,
 ) -> Result<Manifest, Error> {
     let spec = &pipeline.spec;
-    let engine_options = EngineOptions {
-        memory_limit: match options.memory_limit {
-            Some(n) => Some(n),
-            None => spec.engine.memory_limit.as_deref().map(engine::parse_size).transpose().map_err(Error::Usage)?,
-        },
-        target_partitions: spec.engine.target_partitions,
-        batch_size: spec.engine.batch_size,
-    };
-    let spill = scratch.join("spill");
-    std::fs::create_dir_all(&spill).map_err(|e| Error::Other(format!("{}: {e}", spill.display())))?;
-    let ctx = engine::session(&engine_options, &spill).map_err(Error::engine("starting the engine"))?;
+    let ctx = start_session(pipeline, options, scratch)?;
     let mut timer = Timer { timings: Vec::new(), current: None };
 
     timer.start("extract");
@@ -224,9 +214,7 @@ async fn run_stages(
     let present: Vec<String> = extracted.iter().map(|e| e.name.clone()).collect();
 
     timer.start("stage");
-    let records = stage::stage_all(&ctx, pipeline, &present).await?;
-    materialize(&ctx, IDENTITY_RECORDS, records, scratch).await?;
-    check_unique_keys(&ctx).await?;
+    stage_records(&ctx, pipeline, &present, scratch).await?;
 
     timer.start("resolve");
     let previous = previous_location(pipeline, options, output)?;
@@ -376,6 +364,45 @@ pub fn data_tests(pipeline: &Pipeline) -> Vec<(String, Vec<TestSpec>)> {
         tests.extend(m.tests.iter().map(|(t, v)| (t.clone(), v.clone())));
     }
     tests
+}
+
+/// The engine session of a run, spilling under `scratch`.
+pub fn start_session(pipeline: &Pipeline, options: &RunOptions, scratch: &Path) -> Result<SessionContext, Error> {
+    let spec = &pipeline.spec;
+    let engine_options = EngineOptions {
+        memory_limit: match options.memory_limit {
+            Some(n) => Some(n),
+            None => spec.engine.memory_limit.as_deref().map(engine::parse_size).transpose().map_err(Error::Usage)?,
+        },
+        target_partitions: spec.engine.target_partitions,
+        batch_size: spec.engine.batch_size,
+    };
+    let spill = scratch.join("spill");
+    std::fs::create_dir_all(&spill).map_err(|e| Error::Other(format!("{}: {e}", spill.display())))?;
+    engine::session(&engine_options, &spill).map_err(Error::engine("starting the engine"))
+}
+
+/// Stages the identity sources present into `identity_records` (materialised).
+pub async fn stage_records(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    present: &[String],
+    scratch: &Path,
+) -> Result<(), Error> {
+    let records = stage::stage_all(ctx, pipeline, present).await?;
+    materialize(ctx, IDENTITY_RECORDS, records, scratch).await?;
+    check_unique_keys(ctx).await
+}
+
+/// Extracts and stages a pipeline's inputs without resolving or publishing: what
+/// `explain` needs to compare two records.
+pub async fn staged_session(pipeline: &Pipeline, scratch: &Path) -> Result<SessionContext, Error> {
+    let options = RunOptions::default();
+    let ctx = start_session(pipeline, &options, scratch)?;
+    let extracted = extract::extract_all(&ctx, pipeline, &Scratch { dir: scratch.to_path_buf() }, None).await?;
+    let present: Vec<String> = extracted.iter().map(|e| e.name.clone()).collect();
+    stage_records(&ctx, pipeline, &present, scratch).await?;
+    Ok(ctx)
 }
 
 /// Two rows with one key in one source would give one record two customers.

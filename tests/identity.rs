@@ -112,6 +112,35 @@ async fn traps_do_not_merge_different_people() {
     assert_eq!(rules[0]["rule"], "same_email");
     assert!(rules.iter().any(|r| r["merged"].as_u64().unwrap() > 0));
     assert!(m["match"]["cluster_sizes"].as_object().unwrap().contains_key("1"));
+    // Explain: the chain that joins Marie's account to her CRM record...
+    let explain = |records: &[&str]| {
+        let mut args = vec!["explain".to_string(), p.display().to_string()];
+        for v in [format!("input={}", input.display()), format!("output={}", output.display())] {
+            args.extend(["--var".to_string(), v]);
+        }
+        for r in records {
+            args.extend(["--record".to_string(), r.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = klantbeeld(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let joined = explain(&["webshop:A1", "crm:C2"]);
+    assert!(joined.contains("are one customer through 1 merge(s)") && joined.contains("same_email"), "{joined}");
+    // ...and why Jan and Marie, on one mailbox and one landline, are not one customer.
+    let apart = explain(&["crm:C1", "crm:C2"]);
+    assert!(apart.contains("are not joined"), "{apart}");
+    assert!(
+        apart.contains("same_email: equal (email=fam.devries@ziggo.nl") && apart.contains("conflict on first_name"),
+        "{apart}"
+    );
+    assert!(
+        apart.contains("name_and_postcode: candidate pair, but they conflict on first_name, birth_date"),
+        "{apart}"
+    );
+    let one = explain(&["crm:C5"]);
+    assert!(one.contains("records of") && one.contains("webshop:A2"), "{one}");
     // Every edge is explained in match_edges, with its decision.
     let edges = scalar(&output, &["match_edges"], "SELECT count(*) FROM match_edges WHERE decision = 'merged'").await;
     assert!(edges >= 4);

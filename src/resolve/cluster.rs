@@ -165,6 +165,13 @@ impl Clusters {
         crate::udf::name_initial(&self.names[name as usize]).and_then(|s| s.chars().next())
     }
 
+    /// Letters an initial may stand for: the name's own and its root's (`K.` or `C.` for
+    /// Kees, whose root is Cornelis).
+    fn letters_of(&self, name: u32) -> [Option<char>; 2] {
+        let root = crate::udf::first_name_root(&self.names[name as usize]).and_then(|r| r.chars().next());
+        [self.initial_of(name), root]
+    }
+
     /// Whether the first names of two clusters can be one person's. Each cluster's full
     /// names are already linked by compatibility (Willem ~ Wim); the union stays one
     /// person when some full name of one side is compatible with some full name of the
@@ -180,7 +187,7 @@ impl Clusters {
             }
         }
         let full: Vec<u32> = a_full.iter().chain(&b_full).copied().collect();
-        let letters: Vec<Option<char>> = full.iter().map(|n| self.initial_of(*n)).collect();
+        let letters: Vec<Option<char>> = full.iter().flat_map(|n| self.letters_of(*n)).collect();
         let initials: Vec<Option<char>> = a_init.iter().chain(&b_init).map(|n| self.initial_of(*n)).collect();
         if letters.is_empty() {
             initials.windows(2).all(|w| w[0] == w[1])
@@ -294,6 +301,12 @@ mod tests {
         assert_eq!(c.union(0, 1, 1), Decision::Merged);
         assert_eq!(c.union(1, 2, 1), Decision::Merged);
         assert_eq!(c.union(2, 3, 1), Decision::Refused(Refusal::FirstName));
+    }
+
+    #[test]
+    fn an_initial_stands_for_the_nickname_root_too() {
+        let mut c = clusters(&[(Some("C."), None), (Some("Kees"), None)]);
+        assert_eq!(c.union(0, 1, 1), Decision::Merged);
     }
 
     #[test]

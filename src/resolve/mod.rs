@@ -4,7 +4,7 @@
 
 mod cluster;
 pub mod ids;
-mod rules;
+pub(crate) mod rules;
 
 pub use cluster::{Clusters, Decision, RecordAttrs, Refusal};
 

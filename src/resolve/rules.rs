@@ -6,7 +6,7 @@ use crate::stage::IDENTITY_RECORDS;
 
 /// SQL that must hold for a pair not to conflict on an attribute; pairs with a missing
 /// value on either side do not conflict.
-fn no_conflict(attribute: &str) -> String {
+pub(crate) fn no_conflict(attribute: &str) -> String {
     match attribute {
         "first_name" => "COALESCE(first_names_compatible(l.first_name, r.first_name), true)".into(),
         "birth_date" => "COALESCE(birth_dates_compatible(l.birth_date, r.birth_date), true)".into(),
@@ -142,7 +142,7 @@ fn level_label(level: &LevelSpec) -> String {
 }
 
 /// `CASE` over a comparison's levels giving its weight, and one giving its label.
-fn comparison_cases(c: &ComparisonSpec) -> (String, String) {
+pub(crate) fn comparison_cases(c: &ComparisonSpec) -> (String, String) {
     let mut weight = String::from("CASE");
     let mut label = String::from("CASE");
     for level in &c.levels {
