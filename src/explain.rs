@@ -80,16 +80,16 @@ struct Edge {
 /// Explains one record (its customer and how it was built) or two records.
 pub async fn explain(pipeline: &Pipeline, records: &[RecordRef]) -> Result<String, Error> {
     let output = Location::parse(&pipeline.spec.output, &pipeline.base_dir)?;
-    crate::publish::read_published_manifest(&output).ok_or_else(|| {
-        Error::Usage(format!("{}: no published run to explain (run the pipeline first)", output.display()))
-    })?;
     let scratch = tempfile::tempdir().map_err(|e| Error::Other(e.to_string()))?;
     let ctx = if records.len() == 2 {
         crate::pipeline::staged_session(pipeline, scratch.path()).await?
     } else {
         crate::engine::session(&Default::default(), scratch.path()).map_err(Error::engine("engine"))?
     };
-    crate::storage::store_for(&ctx, &output, &pipeline.spec.storage)?;
+    let store = crate::storage::store_for(&ctx, &output, &pipeline.spec.storage)?;
+    crate::publish::published_manifest(store.as_ref(), &output).await.ok_or_else(|| {
+        Error::Usage(format!("{}: no published run to explain (run the pipeline first)", output.display()))
+    })?;
     for table in [CUSTOMER_XREF, MATCH_EDGES] {
         ctx.register_parquet(table, &format!("{}/", output.child(table).url()), ParquetReadOptions::default())
             .await

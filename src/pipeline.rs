@@ -125,7 +125,7 @@ pub async fn materialize(ctx: &SessionContext, name: &str, df: DataFrame, dir: &
     let url = format!("{}/", path.display());
     let schema = df.schema().inner().clone();
     df.write_parquet(&url, Default::default(), None).await.map_err(Error::engine(format!("computing `{name}`")))?;
-    crate::publish::ensure_schema_file(&path, schema).map_err(|e| Error::Other(e.to_string()))?;
+    crate::publish::ensure_local_schema_file(&path, schema).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
     let _ = ctx.deregister_table(name);
     ctx.register_parquet(name, &url, ParquetReadOptions::default())
         .await
@@ -134,13 +134,20 @@ pub async fn materialize(ctx: &SessionContext, name: &str, df: DataFrame, dir: &
 }
 
 /// Where the previous crosswalk comes from: the option, the YAML, or the published output.
-fn previous_location(pipeline: &Pipeline, options: &RunOptions, output: &Location) -> Result<Option<Location>, Error> {
+async fn previous_location(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    output: &Location,
+) -> Result<(Option<Location>, Option<serde_json::Value>), Error> {
+    let store = storage::store_for(ctx, output, &pipeline.spec.storage)?;
+    let manifest = crate::publish::published_manifest(store.as_ref(), output).await;
     let explicit = options.previous.as_deref().or(pipeline.spec.previous.as_deref());
     if let Some(p) = explicit {
-        return Ok(Some(Location::parse(p, &pipeline.base_dir)?));
+        return Ok((Some(Location::parse(p, &pipeline.base_dir)?), manifest));
     }
-    let published = output.local_path().is_some_and(|d| d.join("_SUCCESS").exists());
-    Ok(published.then(|| output.child(CUSTOMER_XREF)))
+    let previous = manifest.is_some().then(|| output.child(CUSTOMER_XREF));
+    Ok((previous, manifest))
 }
 
 /// Registers the previous crosswalk and returns the highest id sequence used so far.
@@ -148,7 +155,7 @@ async fn register_previous(
     ctx: &SessionContext,
     pipeline: &Pipeline,
     previous: Option<&Location>,
-    output: &Location,
+    manifest: Option<&serde_json::Value>,
 ) -> Result<u64, Error> {
     let Some(loc) = previous else {
         ids::register_empty_previous(ctx).await.map_err(Error::engine("previous crosswalk"))?;
@@ -163,9 +170,7 @@ async fn register_previous(
     let from_table = ids::previous_high_water(ctx)
         .await
         .map_err(|e| resolve::ResolveError::Previous { location: loc.display(), message: e.to_string() })?;
-    let from_manifest = crate::publish::read_published_manifest(output)
-        .and_then(|m| m.get("customer_id_high_water").and_then(|v| v.as_u64()))
-        .unwrap_or(0);
+    let from_manifest = manifest.and_then(|m| m.get("customer_id_high_water").and_then(|v| v.as_u64())).unwrap_or(0);
     Ok(from_table.max(from_manifest))
 }
 
@@ -174,28 +179,31 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Manifest, 
     let started = chrono::Utc::now();
     let run_id = options.run_id.clone().unwrap_or_else(new_run_id);
     let output = Location::parse(&pipeline.spec.output, &pipeline.base_dir)?;
-    let staging = Staging::new(&output, &run_id)?;
     let scratch_root = options.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&scratch_root).map_err(|e| Error::Other(format!("{}: {e}", scratch_root.display())))?;
     let scratch_dir = tempfile::Builder::new()
         .prefix("klantbeeld-")
         .tempdir_in(&scratch_root)
         .map_err(|e| Error::Other(format!("{}: {e}", scratch_root.display())))?;
-    let result = run_stages(pipeline, options, &run_id, started, &output, &staging, scratch_dir.path()).await;
+    let ctx = start_session(pipeline, options, scratch_dir.path())?;
+    let staging = Staging::new(&ctx, &output, &pipeline.spec.storage, &run_id).await?;
+    let result = run_stages(&ctx, pipeline, options, &run_id, started, &output, &staging, scratch_dir.path()).await;
     match result {
         Ok(manifest) => {
-            staging.commit(&manifest)?;
+            staging.commit(&manifest).await?;
             tracing::info!(run_id = run_id.as_str(), output = %output, "published");
             Ok(manifest)
         }
         Err(e) => {
-            staging.abandon();
+            staging.abandon().await;
             Err(e)
         }
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_stages(
+    ctx: &SessionContext,
     pipeline: &Pipeline,
     options: &RunOptions,
     run_id: &str,
@@ -205,7 +213,7 @@ async fn run_stages(
     scratch: &Path,
 ) -> Result<Manifest, Error> {
     let spec = &pipeline.spec;
-    let ctx = start_session(pipeline, options, scratch)?;
+    let ctx = ctx.clone();
     let mut timer = Timer { timings: Vec::new(), current: None };
 
     timer.start("extract");
@@ -217,8 +225,8 @@ async fn run_stages(
     stage_records(&ctx, pipeline, &present, scratch).await?;
 
     timer.start("resolve");
-    let previous = previous_location(pipeline, options, output)?;
-    let high_water = register_previous(&ctx, pipeline, previous.as_ref(), output).await?;
+    let (previous, published) = previous_location(&ctx, pipeline, options, output).await?;
+    let high_water = register_previous(&ctx, pipeline, previous.as_ref(), published.as_ref()).await?;
     let match_summary = resolve::resolve(&ctx, pipeline, scratch).await?;
     let xref = ctx.sql(&ids::xref_sql(high_water)).await.map_err(Error::engine("assigning customer ids"))?;
     materialize(&ctx, CUSTOMER_XREF, xref, scratch).await?;
@@ -316,13 +324,14 @@ async fn run_stages(
 /// they are returned apart.
 pub async fn test_published(pipeline: &Pipeline) -> Result<(Vec<check::TestOutcome>, Vec<String>), Error> {
     let output = Location::parse(&pipeline.spec.output, &pipeline.base_dir)?;
-    let manifest = crate::publish::read_published_manifest(&output)
+    let scratch = tempfile::tempdir().map_err(|e| Error::Other(e.to_string()))?;
+    let ctx = engine::session(&EngineOptions::default(), scratch.path()).map_err(Error::engine("engine"))?;
+    let store = storage::store_for(&ctx, &output, &pipeline.spec.storage)?;
+    let manifest = crate::publish::published_manifest(store.as_ref(), &output)
+        .await
         .ok_or_else(|| Error::Usage(format!("{}: no published run (no _SUCCESS)", output.display())))?;
     let published: Vec<String> =
         manifest["tables"].as_object().map(|t| t.keys().cloned().collect()).unwrap_or_default();
-    let scratch = tempfile::tempdir().map_err(|e| Error::Other(e.to_string()))?;
-    let ctx = engine::session(&EngineOptions::default(), scratch.path()).map_err(Error::engine("engine"))?;
-    storage::store_for(&ctx, &output, &pipeline.spec.storage)?;
     let mut runnable = Vec::new();
     let mut not_published = Vec::new();
     for (table, tests) in data_tests(pipeline) {

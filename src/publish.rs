@@ -1,27 +1,45 @@
 //! Publish: tables written as Parquet under a staging location, then the manifest, then
-//! `_SUCCESS`, then the whole folder swapped into place. On a local disk the swap is one
-//! atomic `rename(2)` exchange, so readers see the old output or the new one, never a mix,
-//! and a killed run leaves the old output as it was.
+//! `_SUCCESS`, then the staging swapped into place.
+//!
+//! - On a local disk the swap is one atomic `rename(2)` exchange of two folders: readers
+//!   see the old output or the new one, and a killed run leaves the old one as it was.
+//! - On an object store there is no atomic rename of many objects. The run writes under
+//!   `${output}/_staging/<run_id>/`, then writes a commit record there (the commit point),
+//!   removes `_SUCCESS`, copies the new objects into place, deletes the old ones, and
+//!   writes `_manifest.json` and `_SUCCESS` last. Before the commit point a failure leaves
+//!   the old output untouched; after it, the next run (or `klantbeeld run` of any date)
+//!   finishes the swap before doing anything else. Readers trust only `_SUCCESS`.
+//!
+//! One run at a time per output: a lock file held with `flock` locally (freed by the
+//! kernel if the process dies), a `_lock` object created with a conditional put on object
+//! stores (taken over when older than `storage.lock_timeout_s`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::common::config::TableParquetOptions;
 use datafusion::dataframe::DataFrameWriteOptions;
-use datafusion::prelude::{DataFrame, Expr, cast, col};
+use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, col};
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::Serialize;
 
-use crate::storage::Location;
+use crate::config::StorageSpec;
+use crate::storage::{self, Location, StoreKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("{location}: output must be a local folder for now (object stores land with the operations work)")]
-    Unsupported { location: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: another klantbeeld run is publishing to this output")]
-    Locked { path: PathBuf },
+    #[error("{location}: {source}")]
+    Store { location: String, source: object_store::Error },
+    #[error(transparent)]
+    Storage(#[from] storage::StorageError),
+    #[error("{location}: another klantbeeld run is publishing to this output{holder}")]
+    Locked { location: String, holder: String },
     #[error("writing table `{table}`: {source}")]
     Write { table: String, source: datafusion::error::DataFusionError },
 }
@@ -46,6 +64,9 @@ pub struct TableInfo {
     pub path: String,
     pub schema: Vec<ColumnInfo>,
 }
+
+/// Per-table facts for the manifest, by table name.
+pub type TableInfos = BTreeMap<String, TableInfo>;
 
 /// Casts every column to a type all warehouses read without help: text as `Utf8` (not
 /// views), timestamps in microseconds UTC, unsigned integers as signed.
@@ -77,63 +98,122 @@ pub fn portable(df: DataFrame) -> datafusion::error::Result<DataFrame> {
     df.select(exprs)
 }
 
-/// Where a run writes before it is published. Holds an exclusive lock on the output for
-/// the whole run: a second run on the same output fails at once instead of racing, and
-/// the kernel drops the lock when a process dies, so a killed run never blocks the next.
-pub struct Staging {
-    pub output: Location,
-    pub output_dir: PathBuf,
-    pub dir: PathBuf,
-    _lock: std::fs::File,
+/// An empty Parquet file with a schema: DataFusion writes no file for zero rows, and
+/// readers cannot infer a schema from an empty folder.
+fn empty_parquet(schema: SchemaRef) -> Result<Vec<u8>, datafusion::parquet::errors::ParquetError> {
+    let mut buf = Vec::new();
+    let props = datafusion::parquet::file::properties::WriterProperties::builder()
+        .set_compression(datafusion::parquet::basic::Compression::ZSTD(Default::default()))
+        .build();
+    let writer = datafusion::parquet::arrow::ArrowWriter::try_new(&mut buf, schema, Some(props))?;
+    writer.close()?;
+    Ok(buf)
 }
 
+/// Gives a table folder on a store one schema-only file when it holds none.
+pub async fn ensure_schema_file(store: &dyn ObjectStore, dir: &ObjectPath, schema: SchemaRef) -> object_store::Result<()> {
+    let mut listing = store.list(Some(dir));
+    if listing.try_next().await?.is_some() {
+        return Ok(());
+    }
+    let bytes = empty_parquet(schema).map_err(|e| object_store::Error::Generic { store: "parquet", source: Box::new(e) })?;
+    store.put(&dir.clone().join("part-0.parquet"), PutPayload::from(bytes)).await?;
+    Ok(())
+}
+
+/// The same for a local folder.
+pub fn ensure_local_schema_file(dir: &Path, schema: SchemaRef) -> std::io::Result<()> {
+    let has_file = std::fs::read_dir(dir)?.flatten().next().is_some();
+    if has_file {
+        return Ok(());
+    }
+    let bytes = empty_parquet(schema).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("part-0.parquet"), bytes)
+}
+
+/// How the staging location of a run is swapped into place.
+enum Swap {
+    /// A hidden sibling folder, exchanged with the output folder by one rename.
+    Local { output_dir: PathBuf, dir: PathBuf, _lock: std::fs::File },
+    /// A prefix under the output on an object store, copied into place.
+    Remote { lock: ObjectPath },
+}
+
+/// Where a run writes before it is published.
+pub struct Staging {
+    output: Location,
+    /// The staging location (a local folder, or `${output}/_staging/<run_id>`).
+    root: Location,
+    store: Arc<dyn ObjectStore>,
+    run_id: String,
+    swap: Swap,
+}
+
+const STAGING: &str = "_staging";
+const LOCK: &str = "_lock";
+const COMMIT: &str = "_COMMIT";
+
 impl Staging {
-    /// A hidden sibling of the output folder, so the final rename stays on one filesystem.
-    pub fn new(output: &Location, run_id: &str) -> Result<Staging, PublishError> {
-        let output_dir = output.local_path().ok_or_else(|| PublishError::Unsupported { location: output.display() })?;
-        let parent = output_dir.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let name = output_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
-        std::fs::create_dir_all(&parent).map_err(io(&parent))?;
-        let lock_path = parent.join(format!(".{name}.lock"));
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io(&lock_path))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            .map_err(|_| PublishError::Locked { path: output_dir.clone() })?;
-        clean_leftovers(&parent, &name);
-        let dir = parent.join(format!(".{name}.staging-{run_id}"));
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        Ok(Staging { output: output.clone(), output_dir, dir, _lock: lock })
+    /// Takes the output's lock, finishes or cleans up what earlier runs left, and makes a
+    /// fresh staging location.
+    pub async fn new(ctx: &SessionContext, output: &Location, spec: &StorageSpec, run_id: &str) -> Result<Staging, PublishError> {
+        let store = storage::store_for(ctx, output, spec)?;
+        if output.kind == StoreKind::Local {
+            let output_dir = output.local_path().expect("local output has a path");
+            let parent = output_dir.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let name = output_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
+            std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+            let lock_path = parent.join(format!(".{name}.lock"));
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(io(&lock_path))?;
+            rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                .map_err(|_| PublishError::Locked { location: output.display(), holder: String::new() })?;
+            clean_local_leftovers(&parent, &name);
+            let dir = parent.join(format!(".{name}.staging-{run_id}"));
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            let root = Location::parse(&dir.to_string_lossy(), Path::new("/"))?;
+            return Ok(Staging {
+                output: output.clone(),
+                root,
+                store,
+                run_id: run_id.into(),
+                swap: Swap::Local { output_dir, dir, _lock: lock },
+            });
+        }
+        let lock = output.child(LOCK).prefix;
+        acquire_remote_lock(store.as_ref(), output, &lock, run_id, spec.lock_timeout_s).await?;
+        let staging = Staging {
+            output: output.clone(),
+            root: output.child(&format!("{STAGING}/{run_id}")),
+            store,
+            run_id: run_id.into(),
+            swap: Swap::Remote { lock },
+        };
+        if let Err(e) = staging.recover_remote().await {
+            staging.release().await;
+            return Err(e);
+        }
+        Ok(staging)
     }
 
-    fn table_dir(&self, table: &str) -> PathBuf {
-        self.dir.join(table)
+    fn store_err(&self, e: object_store::Error) -> PublishError {
+        PublishError::Store { location: self.output.display(), source: e }
     }
 
     /// Writes one table as zstd Parquet; returns rows written and its schema.
-    pub async fn write_table(
-        &self,
-        table: &str,
-        df: DataFrame,
-        partition_by: &[String],
-    ) -> Result<TableInfo, PublishError> {
+    pub async fn write_table(&self, table: &str, df: DataFrame, partition_by: &[String]) -> Result<TableInfo, PublishError> {
         let werr = |source| PublishError::Write { table: table.into(), source };
         let df = portable(df).map_err(werr)?;
         let schema = df
             .schema()
             .fields()
             .iter()
-            .map(|f| ColumnInfo {
-                name: f.name().clone(),
-                data_type: f.data_type().to_string(),
-                nullable: f.is_nullable(),
-            })
+            .map(|f| ColumnInfo { name: f.name().clone(), data_type: f.data_type().to_string(), nullable: f.is_nullable() })
             .collect();
-        let dir = self.table_dir(table);
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let mut options = TableParquetOptions::default();
         options.global.compression = Some("zstd(3)".into());
         options.global.max_row_group_size = 1 << 20;
@@ -141,10 +221,19 @@ impl Staging {
         // carry view types.
         options.global.skip_arrow_metadata = true;
         let write = DataFrameWriteOptions::new().with_partition_by(partition_by.to_vec());
-        let url = format!("{}/", dir.display());
+        let target = self.root.child(table);
+        if let Some(dir) = target.local_path() {
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        }
+        let url = format!("{}/", target.url().trim_end_matches('/'));
         let arrow_schema = df.schema().inner().clone();
         let result = df.write_parquet(&url, write, Some(options)).await.map_err(werr)?;
-        ensure_schema_file(&dir, arrow_schema).map_err(|source| PublishError::Io { path: dir.clone(), source })?;
+        match target.local_path() {
+            Some(dir) => ensure_local_schema_file(&dir, arrow_schema).map_err(io(&dir))?,
+            None => ensure_schema_file(self.store.as_ref(), &target.prefix, arrow_schema)
+                .await
+                .map_err(|e| self.store_err(e))?,
+        }
         let rows = result
             .first()
             .and_then(|b| {
@@ -155,64 +244,194 @@ impl Staging {
         Ok(TableInfo { rows, path: self.output.child(table).url(), schema })
     }
 
-    /// A file inside the staging folder (rejected rows, the manifest).
-    pub fn path(&self, rel: &str) -> PathBuf {
-        self.dir.join(rel)
+    /// Writes the manifest and `_SUCCESS`, then swaps the staging location into place.
+    pub async fn commit(self, manifest: &impl Serialize) -> Result<(), PublishError> {
+        let text = serde_json::to_string_pretty(manifest).map_err(|e| PublishError::Io {
+            path: PathBuf::from("_manifest.json"),
+            source: std::io::Error::other(e),
+        })?;
+        match &self.swap {
+            Swap::Local { output_dir, dir, .. } => {
+                write_durable(&dir.join("_manifest.json"), text.as_bytes())?;
+                write_durable(&dir.join("_SUCCESS"), b"")?;
+                sync_dir(dir)?;
+                swap_local(dir, output_dir)?;
+                Ok(())
+            }
+            Swap::Remote { .. } => {
+                let result = self.commit_remote(text).await;
+                self.release().await;
+                result
+            }
+        }
     }
 
-    /// Writes the manifest and `_SUCCESS`, then swaps the staging folder into place.
-    pub fn commit(self, manifest: &impl Serialize) -> Result<(), PublishError> {
-        let manifest_path = self.dir.join("_manifest.json");
-        let text = serde_json::to_string_pretty(manifest)
-            .map_err(|e| PublishError::Io { path: manifest_path.clone(), source: std::io::Error::other(e) })?;
-        write_durable(&manifest_path, text.as_bytes())?;
-        write_durable(&self.dir.join("_SUCCESS"), b"")?;
-        sync_dir(&self.dir)?;
-        if self.output_dir.exists() {
-            // One atomic step: old and new trade places; the old one is then removed.
-            rustix::fs::renameat_with(
-                rustix::fs::CWD,
-                &self.dir,
-                rustix::fs::CWD,
-                &self.output_dir,
-                rustix::fs::RenameFlags::EXCHANGE,
-            )
-            .map_err(|e| PublishError::Io { path: self.output_dir.clone(), source: e.into() })?;
-            if let Some(parent) = self.output_dir.parent() {
-                sync_dir(parent)?;
+    async fn commit_remote(&self, manifest: String) -> Result<(), PublishError> {
+        let put = |p: ObjectPath, bytes: Vec<u8>| async move { self.store.put(&p, PutPayload::from(bytes)).await };
+        put(self.root.child("_manifest.json").prefix, manifest.into_bytes()).await.map_err(|e| self.store_err(e))?;
+        let staged = self.list(&self.root.prefix).await?;
+        let record = CommitRecord { run_id: self.run_id.clone(), objects: staged };
+        let json = serde_json::to_vec(&record).expect("commit record serialises");
+        // The commit point: from here on the new output will be completed.
+        put(self.root.child(COMMIT).prefix, json).await.map_err(|e| self.store_err(e))?;
+        self.finish_commit(&record).await
+    }
+
+    /// Copies a committed run's objects into place, removes the old ones, and writes
+    /// `_manifest.json` and `_SUCCESS`. Safe to repeat.
+    async fn finish_commit(&self, record: &CommitRecord) -> Result<(), PublishError> {
+        let staging = self.output.child(&format!("{STAGING}/{}", record.run_id));
+        let store = self.store.as_ref();
+        let err = |e| self.store_err(e);
+        match store.delete(&self.output.child("_SUCCESS").prefix).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(err(e)),
+        }
+        let new: BTreeSet<String> = record.objects.iter().filter(|o| *o != "_manifest.json").cloned().collect();
+        for rel in &new {
+            let from = staging.child(rel).prefix;
+            let to = self.output.child(rel).prefix;
+            match store.copy(&from, &to).await {
+                Ok(()) => {}
+                // Already copied by an earlier attempt at this commit.
+                Err(object_store::Error::NotFound { .. }) if store.head(&to).await.is_ok() => {}
+                Err(e) => return Err(err(e)),
             }
-            let _ = std::fs::remove_dir_all(&self.dir);
-        } else {
-            std::fs::rename(&self.dir, &self.output_dir).map_err(io(&self.output_dir))?;
-            if let Some(parent) = self.output_dir.parent() {
-                sync_dir(parent)?;
+        }
+        // Old table files: everything of the output that is not the new run's, not
+        // staging, not the lock, and not the markers.
+        for rel in self.list(&self.output.prefix).await? {
+            let top = rel.split('/').next().unwrap_or_default();
+            let keep = new.contains(&rel) || [STAGING, LOCK, "_manifest.json", "_SUCCESS"].contains(&top);
+            if !keep {
+                store.delete(&self.output.child(&rel).prefix).await.map_err(err)?;
             }
+        }
+        let manifest = store.get(&staging.child("_manifest.json").prefix).await.map_err(err)?.bytes().await.map_err(err)?;
+        store.put(&self.output.child("_manifest.json").prefix, PutPayload::from(manifest)).await.map_err(err)?;
+        store.put(&self.output.child("_SUCCESS").prefix, PutPayload::from_static(b"")).await.map_err(err)?;
+        for rel in self.list(&staging.prefix).await? {
+            let _ = store.delete(&staging.child(&rel).prefix).await;
         }
         Ok(())
     }
 
-    /// Removes the staging folder of a failed run.
-    pub fn abandon(self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+    /// Objects under a prefix, as paths relative to it.
+    async fn list(&self, prefix: &ObjectPath) -> Result<Vec<String>, PublishError> {
+        let metas: Vec<_> = self.store.list(Some(prefix)).try_collect().await.map_err(|e| self.store_err(e))?;
+        let n = prefix.as_ref().len();
+        let mut rels: Vec<String> =
+            metas.iter().map(|m| m.location.as_ref()[n..].trim_start_matches('/').to_string()).collect();
+        rels.sort();
+        Ok(rels)
+    }
+
+    /// Finishes a committed swap an earlier run did not complete; removes abandoned staging.
+    async fn recover_remote(&self) -> Result<(), PublishError> {
+        let staging_root = self.output.child(STAGING).prefix;
+        for rel in self.list(&staging_root).await? {
+            let Some(run) = rel.strip_suffix(&format!("/{COMMIT}")) else { continue };
+            let path = self.output.child(&format!("{STAGING}/{rel}")).prefix;
+            let bytes = self.store.get(&path).await.map_err(|e| self.store_err(e))?.bytes().await.map_err(|e| self.store_err(e))?;
+            if let Ok(record) = serde_json::from_slice::<CommitRecord>(&bytes) {
+                tracing::warn!(run_id = run, "finishing the publish of an earlier run that stopped half-way");
+                self.finish_commit(&record).await?;
+            }
+        }
+        for rel in self.list(&staging_root).await? {
+            let _ = self.store.delete(&self.output.child(&format!("{STAGING}/{rel}")).prefix).await;
+        }
+        Ok(())
+    }
+
+    async fn release(&self) {
+        if let Swap::Remote { lock } = &self.swap {
+            let _ = self.store.delete(lock).await;
+        }
+    }
+
+    /// Removes the staging location of a failed run and frees the output.
+    pub async fn abandon(self) {
+        match &self.swap {
+            Swap::Local { dir, .. } => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Swap::Remote { .. } => {
+                if let Ok(rels) = self.list(&self.root.prefix).await {
+                    for rel in rels {
+                        let _ = self.store.delete(&self.root.child(&rel).prefix).await;
+                    }
+                }
+                self.release().await;
+            }
+        }
     }
 }
 
-/// An empty table still gets one Parquet file with its schema: DataFusion writes no file
-/// for zero rows, and readers cannot infer a schema from an empty folder.
-pub fn ensure_schema_file(dir: &Path, schema: datafusion::arrow::datatypes::SchemaRef) -> std::io::Result<()> {
-    let has_file = std::fs::read_dir(dir)?
-        .flatten()
-        .any(|e| e.file_name().to_string_lossy().ends_with(".parquet") || e.path().is_dir());
-    if has_file {
-        return Ok(());
+/// What a committed run published, written at the commit point.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct CommitRecord {
+    run_id: String,
+    objects: Vec<String>,
+}
+
+/// The lock object's content.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct LockInfo {
+    run_id: String,
+    since: chrono::DateTime<chrono::Utc>,
+}
+
+async fn acquire_remote_lock(
+    store: &dyn ObjectStore,
+    output: &Location,
+    lock: &ObjectPath,
+    run_id: &str,
+    timeout_s: u64,
+) -> Result<(), PublishError> {
+    let info = LockInfo { run_id: run_id.into(), since: chrono::Utc::now() };
+    let body = serde_json::to_vec(&info).expect("lock info serialises");
+    let create = PutOptions { mode: PutMode::Create, ..Default::default() };
+    for _ in 0..2 {
+        match store.put_opts(lock, PutPayload::from(body.clone()), create.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                let held = match store.get(lock).await {
+                    Ok(r) => r.bytes().await.ok().and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok()),
+                    Err(_) => None,
+                };
+                let stale = held.as_ref().is_none_or(|h| (chrono::Utc::now() - h.since).num_seconds() > timeout_s as i64);
+                if !stale {
+                    let h = held.expect("not stale means held");
+                    return Err(PublishError::Locked {
+                        location: output.display(),
+                        holder: format!(" (run {} since {}; the lock expires after {timeout_s}s)", h.run_id, h.since.to_rfc3339()),
+                    });
+                }
+                tracing::warn!(output = %output, "taking over a stale lock");
+                let _ = store.delete(lock).await;
+            }
+            Err(e) => return Err(PublishError::Store { location: output.display(), source: e }),
+        }
     }
-    let file = std::fs::File::create(dir.join("part-0.parquet"))?;
-    let props = datafusion::parquet::file::properties::WriterProperties::builder()
-        .set_compression(datafusion::parquet::basic::Compression::ZSTD(Default::default()))
-        .build();
-    let writer =
-        datafusion::parquet::arrow::ArrowWriter::try_new(file, schema, Some(props)).map_err(std::io::Error::other)?;
-    writer.close().map_err(std::io::Error::other)?;
+    Err(PublishError::Locked { location: output.display(), holder: String::new() })
+}
+
+fn swap_local(dir: &Path, output_dir: &Path) -> Result<(), PublishError> {
+    if output_dir.exists() {
+        // One atomic step: old and new trade places; the old one is then removed.
+        rustix::fs::renameat_with(rustix::fs::CWD, dir, rustix::fs::CWD, output_dir, rustix::fs::RenameFlags::EXCHANGE)
+            .map_err(|e| PublishError::Io { path: output_dir.to_path_buf(), source: e.into() })?;
+        if let Some(parent) = output_dir.parent() {
+            sync_dir(parent)?;
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    } else {
+        std::fs::rename(dir, output_dir).map_err(io(output_dir))?;
+        if let Some(parent) = output_dir.parent() {
+            sync_dir(parent)?;
+        }
+    }
     Ok(())
 }
 
@@ -228,7 +447,7 @@ fn sync_dir(dir: &Path) -> Result<(), PublishError> {
 }
 
 /// Staging folders of runs that were killed are invisible to readers; remove them.
-fn clean_leftovers(parent: &Path, name: &str) {
+fn clean_local_leftovers(parent: &Path, name: &str) {
     let prefix = format!(".{name}.staging-");
     let Ok(entries) = std::fs::read_dir(parent) else { return };
     for e in entries.flatten() {
@@ -238,15 +457,9 @@ fn clean_leftovers(parent: &Path, name: &str) {
     }
 }
 
-/// Reads a published manifest, if the output holds a published run.
-pub fn read_published_manifest(output: &Location) -> Option<serde_json::Value> {
-    let dir = output.local_path()?;
-    if !dir.join("_SUCCESS").exists() {
-        return None;
-    }
-    let text = std::fs::read_to_string(dir.join("_manifest.json")).ok()?;
-    serde_json::from_str(&text).ok()
+/// The manifest of the run published at `output`, if there is one (`_SUCCESS` present).
+pub async fn published_manifest(store: &dyn ObjectStore, output: &Location) -> Option<serde_json::Value> {
+    store.head(&output.child("_SUCCESS").prefix).await.ok()?;
+    let bytes = store.get(&output.child("_manifest.json").prefix).await.ok()?.bytes().await.ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
-
-/// Per-table facts for the manifest, by table name.
-pub type TableInfos = BTreeMap<String, TableInfo>;

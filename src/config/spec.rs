@@ -70,6 +70,13 @@ pub struct StorageSpec {
     /// Per-request timeout.
     #[serde(default = "default_request_timeout_s")]
     pub request_timeout_s: u64,
+    /// An object-store output lock older than this is taken over (its run died).
+    #[serde(default = "default_lock_timeout_s")]
+    pub lock_timeout_s: u64,
+}
+
+fn default_lock_timeout_s() -> u64 {
+    7200
 }
 
 fn default_retries() -> usize {
@@ -96,6 +103,7 @@ impl Default for StorageSpec {
             max_backoff_ms: default_max_backoff_ms(),
             retry_timeout_s: default_retry_timeout_s(),
             request_timeout_s: default_request_timeout_s(),
+            lock_timeout_s: default_lock_timeout_s(),
         }
     }
 }
