@@ -79,6 +79,9 @@ pub struct RunArgs {
     /// Folder for temporary files and spills (default: the system temp folder).
     #[arg(long, value_name = "DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Take over the output's lock object (object stores) left by a run you know is dead.
+    #[arg(long)]
+    pub break_lock: bool,
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +211,7 @@ async fn dispatch(command: Command) -> Result<(), Error> {
                 previous: args.previous,
                 work_dir: args.work_dir,
                 run_id: Some(run_id.clone()),
+                break_lock: args.break_lock,
             };
             let span = tracing::info_span!("run", run_id = run_id.as_str(), pipeline = p.spec.name.as_str());
             let manifest = {

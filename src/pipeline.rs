@@ -39,6 +39,8 @@ pub struct RunOptions {
     pub work_dir: Option<PathBuf>,
     /// The run id (logs carry it too); a new one when `None`.
     pub run_id: Option<String>,
+    /// Take over an object-store output lock whatever its age.
+    pub break_lock: bool,
 }
 
 /// One input source in the manifest.
@@ -125,7 +127,8 @@ pub async fn materialize(ctx: &SessionContext, name: &str, df: DataFrame, dir: &
     let url = format!("{}/", path.display());
     let schema = df.schema().inner().clone();
     df.write_parquet(&url, Default::default(), None).await.map_err(Error::engine(format!("computing `{name}`")))?;
-    crate::publish::ensure_local_schema_file(&path, schema).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+    crate::publish::ensure_local_schema_file(&path, schema)
+        .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
     let _ = ctx.deregister_table(name);
     ctx.register_parquet(name, &url, ParquetReadOptions::default())
         .await
@@ -186,7 +189,11 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Manifest, 
         .tempdir_in(&scratch_root)
         .map_err(|e| Error::Other(format!("{}: {e}", scratch_root.display())))?;
     let ctx = start_session(pipeline, options, scratch_dir.path())?;
-    let staging = Staging::new(&ctx, &output, &pipeline.spec.storage, &run_id).await?;
+    let mut storage_spec = pipeline.spec.storage.clone();
+    if options.break_lock {
+        storage_spec.lock_timeout_s = 0;
+    }
+    let staging = Staging::new(&ctx, &output, &storage_spec, &run_id).await?;
     let result = run_stages(&ctx, pipeline, options, &run_id, started, &output, &staging, scratch_dir.path()).await;
     match result {
         Ok(manifest) => {

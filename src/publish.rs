@@ -111,12 +111,17 @@ fn empty_parquet(schema: SchemaRef) -> Result<Vec<u8>, datafusion::parquet::erro
 }
 
 /// Gives a table folder on a store one schema-only file when it holds none.
-pub async fn ensure_schema_file(store: &dyn ObjectStore, dir: &ObjectPath, schema: SchemaRef) -> object_store::Result<()> {
+pub async fn ensure_schema_file(
+    store: &dyn ObjectStore,
+    dir: &ObjectPath,
+    schema: SchemaRef,
+) -> object_store::Result<()> {
     let mut listing = store.list(Some(dir));
     if listing.try_next().await?.is_some() {
         return Ok(());
     }
-    let bytes = empty_parquet(schema).map_err(|e| object_store::Error::Generic { store: "parquet", source: Box::new(e) })?;
+    let bytes =
+        empty_parquet(schema).map_err(|e| object_store::Error::Generic { store: "parquet", source: Box::new(e) })?;
     store.put(&dir.clone().join("part-0.parquet"), PutPayload::from(bytes)).await?;
     Ok(())
 }
@@ -156,7 +161,12 @@ const COMMIT: &str = "_COMMIT";
 impl Staging {
     /// Takes the output's lock, finishes or cleans up what earlier runs left, and makes a
     /// fresh staging location.
-    pub async fn new(ctx: &SessionContext, output: &Location, spec: &StorageSpec, run_id: &str) -> Result<Staging, PublishError> {
+    pub async fn new(
+        ctx: &SessionContext,
+        output: &Location,
+        spec: &StorageSpec,
+        run_id: &str,
+    ) -> Result<Staging, PublishError> {
         let store = storage::store_for(ctx, output, spec)?;
         if output.kind == StoreKind::Local {
             let output_dir = output.local_path().expect("local output has a path");
@@ -205,14 +215,23 @@ impl Staging {
     }
 
     /// Writes one table as zstd Parquet; returns rows written and its schema.
-    pub async fn write_table(&self, table: &str, df: DataFrame, partition_by: &[String]) -> Result<TableInfo, PublishError> {
+    pub async fn write_table(
+        &self,
+        table: &str,
+        df: DataFrame,
+        partition_by: &[String],
+    ) -> Result<TableInfo, PublishError> {
         let werr = |source| PublishError::Write { table: table.into(), source };
         let df = portable(df).map_err(werr)?;
         let schema = df
             .schema()
             .fields()
             .iter()
-            .map(|f| ColumnInfo { name: f.name().clone(), data_type: f.data_type().to_string(), nullable: f.is_nullable() })
+            .map(|f| ColumnInfo {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                nullable: f.is_nullable(),
+            })
             .collect();
         let mut options = TableParquetOptions::default();
         options.global.compression = Some("zstd(3)".into());
@@ -307,7 +326,8 @@ impl Staging {
                 store.delete(&self.output.child(&rel).prefix).await.map_err(err)?;
             }
         }
-        let manifest = store.get(&staging.child("_manifest.json").prefix).await.map_err(err)?.bytes().await.map_err(err)?;
+        let manifest =
+            store.get(&staging.child("_manifest.json").prefix).await.map_err(err)?.bytes().await.map_err(err)?;
         store.put(&self.output.child("_manifest.json").prefix, PutPayload::from(manifest)).await.map_err(err)?;
         store.put(&self.output.child("_SUCCESS").prefix, PutPayload::from_static(b"")).await.map_err(err)?;
         for rel in self.list(&staging.prefix).await? {
@@ -332,7 +352,14 @@ impl Staging {
         for rel in self.list(&staging_root).await? {
             let Some(run) = rel.strip_suffix(&format!("/{COMMIT}")) else { continue };
             let path = self.output.child(&format!("{STAGING}/{rel}")).prefix;
-            let bytes = self.store.get(&path).await.map_err(|e| self.store_err(e))?.bytes().await.map_err(|e| self.store_err(e))?;
+            let bytes = self
+                .store
+                .get(&path)
+                .await
+                .map_err(|e| self.store_err(e))?
+                .bytes()
+                .await
+                .map_err(|e| self.store_err(e))?;
             if let Ok(record) = serde_json::from_slice::<CommitRecord>(&bytes) {
                 tracing::warn!(run_id = run, "finishing the publish of an earlier run that stopped half-way");
                 self.finish_commit(&record).await?;
@@ -400,12 +427,17 @@ async fn acquire_remote_lock(
                     Ok(r) => r.bytes().await.ok().and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok()),
                     Err(_) => None,
                 };
-                let stale = held.as_ref().is_none_or(|h| (chrono::Utc::now() - h.since).num_seconds() > timeout_s as i64);
+                let stale =
+                    held.as_ref().is_none_or(|h| (chrono::Utc::now() - h.since).num_seconds() >= timeout_s as i64);
                 if !stale {
                     let h = held.expect("not stale means held");
                     return Err(PublishError::Locked {
                         location: output.display(),
-                        holder: format!(" (run {} since {}; the lock expires after {timeout_s}s)", h.run_id, h.since.to_rfc3339()),
+                        holder: format!(
+                            " (run {} since {}; the lock expires after {timeout_s}s, or pass --break-lock if that run is dead)",
+                            h.run_id,
+                            h.since.to_rfc3339()
+                        ),
                     });
                 }
                 tracing::warn!(output = %output, "taking over a stale lock");

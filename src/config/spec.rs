@@ -80,10 +80,10 @@ fn default_lock_timeout_s() -> u64 {
 }
 
 fn default_retries() -> usize {
-    5
+    10
 }
 fn default_backoff_ms() -> u64 {
-    100
+    250
 }
 fn default_max_backoff_ms() -> u64 {
     15_000

@@ -1,0 +1,256 @@
+//! The retail pipeline on a real S3-compatible server (moto, started by the test): dumps
+//! read from one bucket, output published to another, read back; day two finds day one's
+//! crosswalk there; faults are retried or reported, never half-published.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::*;
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+
+fn run_s3(server_endpoint: &str, input: &str, output: &str, extra: &[&str]) -> std::process::Output {
+    let yaml = retail_yaml();
+    let mut args = vec!["run", yaml.to_str().unwrap(), "--var", input, "--var", output, "--var", "run_date=2026-11-22"];
+    args.extend_from_slice(extra);
+    klantbeeld_env(&args, &S3Server::env(server_endpoint))
+}
+
+async fn count(server: &S3Server, bucket: &str, sql: &str, tables: &[&str]) -> i64 {
+    let ctx = SessionContext::new();
+    let url = url::Url::parse(&format!("s3://{bucket}")).unwrap();
+    ctx.register_object_store(&url, server.bucket(bucket));
+    for t in tables {
+        ctx.register_parquet(*t, &format!("s3://{bucket}/retail/{t}/"), ParquetReadOptions::default()).await.unwrap();
+    }
+    let b = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    datafusion::arrow::util::display::array_value_to_string(b[0].column(0), 0).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn retail_pipeline_reads_and_publishes_on_s3() {
+    let server = S3Server::start();
+    server.create_buckets(&["dumps", "golden"]);
+    let dir = tempfile::tempdir().unwrap();
+    generate(&dir.path().join("data"), 600, 8, true);
+    server.upload("dumps", "2026-11-22", &dir.path().join("data/dumps")).await;
+    server.upload("dumps", "2026-11-23", &dir.path().join("data/day2/dumps")).await;
+
+    let out = run_s3(&server.endpoint(), "input=s3://dumps/2026-11-22", "output=s3://golden/retail", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(server.get_text("golden", "retail/_SUCCESS").await.is_some());
+    let manifest: serde_json::Value =
+        serde_json::from_str(&server.get_text("golden", "retail/_manifest.json").await.unwrap()).unwrap();
+    assert_eq!(manifest["inputs"]["crm"]["files"][0]["url"], "s3://dumps/2026-11-22/crm/contacts_1.csv");
+    let customers = count(&server, "golden", "SELECT count(*) FROM customers", &["customers"]).await;
+    assert_eq!(manifest["tables"]["customers"]["rows"].as_i64().unwrap(), customers);
+    let enriched = count(&server, "golden", "SELECT count(*) FROM customers_enriched", &["customers_enriched"]).await;
+    assert_eq!(enriched, customers);
+    // Nothing is left in staging, and no lock.
+    let day1_ids =
+        count(&server, "golden", "SELECT count(DISTINCT customer_id) FROM customer_xref", &["customer_xref"]).await;
+    assert!(server.get_text("golden", "retail/_lock").await.is_none());
+
+    // Day two finds day one's crosswalk at the output and keeps ids.
+    let out = run_s3(&server.endpoint(), "input=s3://dumps/2026-11-23", "output=s3://golden/retail", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&server.get_text("golden", "retail/_manifest.json").await.unwrap()).unwrap();
+    assert_eq!(manifest["previous_crosswalk"], "s3://golden/retail/customer_xref");
+    let kept = count(
+        &server,
+        "golden",
+        "SELECT count(*) FROM customer_changes WHERE change IN ('new', 'merged_into', 'split_from')",
+        &["customer_changes"],
+    )
+    .await;
+    assert!(kept < day1_ids / 5, "day two changed {kept} of {day1_ids} ids");
+    // No file of day one's tables is left beside day two's.
+    let files = count(&server, "golden", "SELECT count(*) FROM customers", &["customers"]).await;
+    assert_eq!(manifest["tables"]["customers"]["rows"].as_i64().unwrap(), files);
+}
+
+/// A TCP proxy in front of the S3 server that can be switched to answer 503 and to cut
+/// open connections, like a load balancer in trouble.
+struct FaultyProxy {
+    port: u16,
+    failing: Arc<AtomicBool>,
+}
+
+impl FaultyProxy {
+    fn start(upstream: u16) -> FaultyProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let failing = Arc::new(AtomicBool::new(false));
+        let flag = failing.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let flag = flag.clone();
+                std::thread::spawn(move || serve(client, upstream, flag));
+            }
+        });
+        FaultyProxy { port, failing }
+    }
+
+    fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+}
+
+fn serve(mut client: TcpStream, upstream: u16, failing: Arc<AtomicBool>) {
+    if failing.load(Ordering::SeqCst) {
+        let mut buf = [0u8; 4096];
+        let _ = client.read(&mut buf);
+        let _ = client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    }
+    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { return };
+    let pipe = |mut from: TcpStream, mut to: TcpStream, failing: Arc<AtomicBool>| {
+        let mut buf = [0u8; 65536];
+        loop {
+            // A connection that was open when trouble started is cut.
+            if failing.load(Ordering::SeqCst) {
+                let _ = to.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                    return;
+                }
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    let f2 = failing.clone();
+    let up = std::thread::spawn(move || pipe(c2, s2, f2));
+    pipe(server, client, failing);
+    let _ = up.join();
+}
+
+#[tokio::test]
+async fn transient_faults_are_retried_and_a_dead_server_fails_cleanly() {
+    let server = S3Server::start();
+    server.create_buckets(&["dumps", "golden"]);
+    let dir = tempfile::tempdir().unwrap();
+    generate(&dir.path().join("data"), 4000, 9, false);
+    server.upload("dumps", "d", &dir.path().join("data/dumps")).await;
+    // A first run publishes through a healthy path.
+    let out = run_s3(&server.endpoint(), "input=s3://dumps/d", "output=s3://golden/retail", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before = server.get_text("golden", "retail/_manifest.json").await.unwrap();
+
+    // Trouble for two seconds in the middle of a run: retries carry it through.
+    let proxy = FaultyProxy::start(server.port);
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let yaml = retail_yaml();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_klantbeeld"))
+        .args([
+            "-q",
+            "run",
+            yaml.to_str().unwrap(),
+            "--var",
+            "input=s3://dumps/d",
+            "--var",
+            "output=s3://golden/retail",
+        ])
+        .envs(S3Server::env(&endpoint))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    proxy.set_failing(true);
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    proxy.set_failing(false);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "a two-second outage must be retried: {}", stderr(&out));
+    let after = server.get_text("golden", "retail/_manifest.json").await.unwrap();
+    assert_ne!(before, after);
+    assert!(server.get_text("golden", "retail/_SUCCESS").await.is_some());
+
+    // The server dies for good: the run fails with a clear message, the output stays.
+    let p = pipeline_variant(dir.path(), |t| {
+        t.replace("engine:\n", "storage:\n  max_retries: 2\n  initial_backoff_ms: 50\n  retry_timeout_s: 3\n  request_timeout_s: 5\nengine:\n")
+    });
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_klantbeeld"))
+        .args(["run", p.to_str().unwrap(), "--var", "input=s3://dumps/d", "--var", "output=s3://golden/retail"])
+        .env("KLANTBEELD_LOG", "error")
+        .envs(S3Server::env(&endpoint))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    proxy.set_failing(true);
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("503") || err.contains("retries") || err.contains("error sending request"), "{err}");
+    // Through the healthy endpoint: the last published output is whole.
+    let now = server.get_text("golden", "retail/_manifest.json").await.unwrap();
+    let success = server.get_text("golden", "retail/_SUCCESS").await;
+    let lock = server.get_text("golden", "retail/_lock").await;
+    if success.is_some() {
+        assert_eq!(now, after, "a failed run replaced the output");
+    } else {
+        // It died after its commit point: the next run finishes that publish first.
+        assert!(server.get_text("golden", "retail/_staging").await.is_none() || lock.is_some());
+    }
+    // The failed run could not remove its lock from a dead server: the next run says so,
+    // and an operator who knows that run is dead takes the lock over.
+    if lock.is_some() {
+        let out = run_s3(&server.endpoint(), "input=s3://dumps/d", "output=s3://golden/retail", &[]);
+        assert!(stderr(&out).contains("another klantbeeld run is publishing") && stderr(&out).contains("--break-lock"));
+    }
+    let out = run_s3(&server.endpoint(), "input=s3://dumps/d", "output=s3://golden/retail", &["--break-lock"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(server.get_text("golden", "retail/_SUCCESS").await.is_some());
+}
+
+#[tokio::test]
+async fn two_runs_on_one_output_cannot_mix() {
+    let server = S3Server::start();
+    server.create_buckets(&["dumps", "golden"]);
+    let dir = tempfile::tempdir().unwrap();
+    generate(&dir.path().join("data"), 3000, 10, false);
+    server.upload("dumps", "d", &dir.path().join("data/dumps")).await;
+    let yaml = retail_yaml();
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_klantbeeld"))
+            .args([
+                "-q",
+                "run",
+                yaml.to_str().unwrap(),
+                "--var",
+                "input=s3://dumps/d",
+                "--var",
+                "output=s3://golden/retail",
+            ])
+            .envs(S3Server::env(&server.endpoint()))
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let ok = [a.status.success(), b.status.success()];
+    assert!(ok.iter().any(|x| *x), "one of the two runs publishes: {} / {}", stderr(&a), stderr(&b));
+    if !ok.iter().all(|x| *x) {
+        let loser = if ok[0] { &b } else { &a };
+        assert!(stderr(loser).contains("another klantbeeld run is publishing to this output"), "{}", stderr(loser));
+    }
+    // Whatever won, the output is one run's: the manifest's row counts match the tables.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&server.get_text("golden", "retail/_manifest.json").await.unwrap()).unwrap();
+    let xref = count(&server, "golden", "SELECT count(*) FROM customer_xref", &["customer_xref"]).await;
+    assert_eq!(manifest["tables"]["customer_xref"]["rows"].as_i64().unwrap(), xref);
+}
