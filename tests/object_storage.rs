@@ -152,7 +152,7 @@ async fn transient_faults_are_retried_and_a_dead_server_fails_cleanly() {
     let proxy = FaultyProxy::start(server.port);
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
     let yaml = retail_yaml();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_klantbeeld"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_klantbeeld"))
         .args([
             "-q",
             "run",
@@ -180,7 +180,7 @@ async fn transient_faults_are_retried_and_a_dead_server_fails_cleanly() {
     let p = pipeline_variant(dir.path(), |t| {
         t.replace("engine:\n", "storage:\n  max_retries: 2\n  initial_backoff_ms: 50\n  retry_timeout_s: 3\n  request_timeout_s: 5\nengine:\n")
     });
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_klantbeeld"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_klantbeeld"))
         .args(["run", p.to_str().unwrap(), "--var", "input=s3://dumps/d", "--var", "output=s3://golden/retail"])
         .env("KLANTBEELD_LOG", "error")
         .envs(S3Server::env(&endpoint))
