@@ -144,21 +144,76 @@ fn load(args: &PipelineArgs) -> Result<Pipeline, Error> {
     Ok(Pipeline::load(&args.pipeline, &vars)?)
 }
 
-fn init_logging(format: LogFormat, quiet: bool) {
+/// Writes log lines to stderr; in JSON mode each line gets the run id as a top-level
+/// field, also the lines the engine logs from its own worker threads.
+struct StampedStderr {
+    run_id: Option<std::sync::Arc<str>>,
+}
+
+struct StampedLine {
+    run_id: Option<std::sync::Arc<str>>,
+    buf: Vec<u8>,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for StampedStderr {
+    type Writer = StampedLine;
+    fn make_writer(&'a self) -> StampedLine {
+        StampedLine { run_id: self.run_id.clone(), buf: Vec::new() }
+    }
+}
+
+impl std::io::Write for StampedLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for StampedLine {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let text = String::from_utf8_lossy(&self.buf);
+        let mut out = String::with_capacity(text.len() + 48);
+        for line in text.split_inclusive('\n') {
+            let body = line.trim_end_matches('\n');
+            match (&self.run_id, body.starts_with('{') && body.ends_with('}')) {
+                (Some(id), true) => {
+                    out.push_str(&body[..body.len() - 1]);
+                    out.push_str(&format!(",\"run_id\":{}}}", serde_json::Value::String(id.to_string())));
+                    out.push_str(&line[body.len()..]);
+                }
+                _ => out.push_str(line),
+            }
+        }
+        let _ = std::io::stderr().lock().write_all(out.as_bytes());
+    }
+}
+
+fn init_logging(format: LogFormat, quiet: bool, run_id: Option<&str>) {
     use tracing_subscriber::EnvFilter;
     let default = if quiet { "warn" } else { "info" };
     let filter = EnvFilter::try_from_env("KLANTBEELD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     let _ = match format {
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(StampedStderr { run_id: run_id.map(std::sync::Arc::from) })
+            .try_init(),
+        LogFormat::Text => builder.with_writer(std::io::stderr).try_init(),
     };
 }
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    init_logging(cli.log_format, cli.quiet);
+    // The run id exists before the first log line, so that every line can carry it.
+    let run_id = matches!(cli.command, Command::Run(_)).then(crate::pipeline::new_run_id);
+    init_logging(cli.log_format, cli.quiet, run_id.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -166,7 +221,9 @@ pub fn main() -> i32 {
             return exit::OTHER;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    // A live progress line only for a person at a terminal reading text logs.
+    let live = std::io::IsTerminal::is_terminal(&std::io::stderr()) && cli.log_format == LogFormat::Text && !cli.quiet;
+    match runtime.block_on(dispatch(cli.command, live, run_id)) {
         Ok(()) => exit::OK,
         Err(e) => {
             if let Error::DataTests(outcomes) = &e {
@@ -183,7 +240,7 @@ pub fn main() -> i32 {
     }
 }
 
-async fn dispatch(command: Command) -> Result<(), Error> {
+async fn dispatch(command: Command, live_progress: bool, run_id: Option<String>) -> Result<(), Error> {
     match command {
         Command::Validate(args) => {
             let p = load(&args)?;
@@ -204,7 +261,7 @@ async fn dispatch(command: Command) -> Result<(), Error> {
             let p = load(&args.pipeline)?;
             let memory_limit =
                 args.memory_limit.as_deref().map(crate::engine::parse_size).transpose().map_err(Error::Usage)?;
-            let run_id = crate::pipeline::new_run_id();
+            let run_id = run_id.unwrap_or_else(crate::pipeline::new_run_id);
             let options = RunOptions {
                 memory_limit,
                 limit: args.limit,
@@ -212,6 +269,7 @@ async fn dispatch(command: Command) -> Result<(), Error> {
                 work_dir: args.work_dir,
                 run_id: Some(run_id.clone()),
                 break_lock: args.break_lock,
+                progress: live_progress,
             };
             let span = tracing::info_span!("run", run_id = run_id.as_str(), pipeline = p.spec.name.as_str());
             let manifest = {

@@ -15,6 +15,7 @@ pub mod explain;
 pub mod extract;
 pub mod golden;
 pub mod pipeline;
+pub mod progress;
 pub mod publish;
 pub mod resolve;
 pub mod stage;

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use serde::Serialize;
@@ -15,6 +14,7 @@ use crate::engine::{self, EngineOptions};
 use crate::enrich;
 use crate::extract::{self, ExtractedSource, InputFile, Scratch};
 use crate::golden::{self, CUSTOMER_CHANGES, CUSTOMER_XREF, CUSTOMERS};
+use crate::progress::{Progress, StageTiming, thousands};
 use crate::publish::{Staging, TableInfos};
 use crate::resolve::{self, MatchSummary, ids};
 use crate::stage::{self, IDENTITY_RECORDS};
@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub run_id: Option<String>,
     /// Take over an object-store output lock whatever its age.
     pub break_lock: bool,
+    /// Draw progress on the terminal (plain log lines are written either way).
+    pub progress: bool,
 }
 
 /// One input source in the manifest.
@@ -49,13 +51,6 @@ pub struct InputInfo {
     pub location: String,
     pub files: Vec<InputFile>,
     pub rejected_rows: usize,
-}
-
-/// Time spent per stage.
-#[derive(Debug, Clone, Serialize)]
-pub struct StageTiming {
-    pub stage: String,
-    pub seconds: f64,
 }
 
 /// `_manifest.json`: what a published run read, did and wrote.
@@ -96,27 +91,6 @@ fn redact_vars(vars: &[(String, String)]) -> BTreeMap<String, String> {
             (k.clone(), if secret { "***".into() } else { redact(v) })
         })
         .collect()
-}
-
-struct Timer {
-    timings: Vec<StageTiming>,
-    current: Option<(String, Instant)>,
-}
-
-impl Timer {
-    fn start(&mut self, stage: &str) {
-        self.stop();
-        tracing::info!(stage, "stage started");
-        self.current = Some((stage.to_string(), Instant::now()));
-    }
-
-    fn stop(&mut self) {
-        if let Some((stage, t)) = self.current.take() {
-            let seconds = t.elapsed().as_secs_f64();
-            tracing::info!(stage = stage.as_str(), seconds, "stage finished");
-            self.timings.push(StageTiming { stage, seconds });
-        }
-    }
 }
 
 /// Writes a frame to a scratch Parquet folder and registers it under `name`, so later
@@ -221,27 +195,36 @@ async fn run_stages(
 ) -> Result<Manifest, Error> {
     let spec = &pipeline.spec;
     let ctx = ctx.clone();
-    let mut timer = Timer { timings: Vec::new(), current: None };
+    let mut timer = Progress::new(options.progress);
 
-    timer.start("extract");
+    timer.stage("extract");
     let extracted =
         extract::extract_all(&ctx, pipeline, &Scratch { dir: scratch.to_path_buf() }, options.limit).await?;
     let present: Vec<String> = extracted.iter().map(|e| e.name.clone()).collect();
+    let files: usize = extracted.iter().map(|e| e.files.len()).sum();
+    let bytes: u64 = extracted.iter().flat_map(|e| &e.files).map(|f| f.size).sum();
+    timer.note(&format!("{} sources, {files} files, {} bytes", extracted.len(), thousands(bytes)));
 
-    timer.start("stage");
+    timer.stage("stage");
     stage_records(&ctx, pipeline, &present, scratch).await?;
 
-    timer.start("resolve");
+    timer.stage("resolve");
     let (previous, published) = previous_location(&ctx, pipeline, options, output).await?;
     let high_water = register_previous(&ctx, pipeline, previous.as_ref(), published.as_ref()).await?;
+    timer.note(&format!("{} identity records", thousands(count_rows(&ctx, IDENTITY_RECORDS).await?)));
     let match_summary = resolve::resolve(&ctx, pipeline, scratch).await?;
+    timer.note(&format!(
+        "{} records into {} customers",
+        thousands(match_summary.records),
+        thousands(match_summary.customers)
+    ));
     let xref = ctx.sql(&ids::xref_sql(high_water)).await.map_err(Error::engine("assigning customer ids"))?;
     materialize(&ctx, CUSTOMER_XREF, xref, scratch).await?;
     let changes = ctx.sql(&ids::changes_sql(high_water)).await.map_err(Error::engine("customer changes"))?;
     materialize(&ctx, CUSTOMER_CHANGES, changes, scratch).await?;
     let new_high_water = high_water.max(max_assigned(&ctx).await?);
 
-    timer.start("golden");
+    timer.stage("golden");
     let customers = ctx.sql(&golden::customers_sql(pipeline)?).await.map_err(Error::engine("golden customers"))?;
     materialize(&ctx, CUSTOMERS, customers, scratch).await?;
     golden::register_source_views(&ctx, pipeline, &present).await?;
@@ -257,18 +240,19 @@ async fn run_stages(
         .map_err(Error::engine("match edges"))?;
     ctx.register_table(MATCH_EDGES, edges.into_view()).map_err(Error::engine("match edges"))?;
 
-    timer.start("enrich");
+    timer.stage("enrich");
     let models = enrich::load_models(pipeline, &pipeline.vars, &reserved_names(pipeline))?;
     enrich::run_models(&ctx, &models, scratch).await?;
+    timer.note(&format!("{} models", models.len()));
 
-    timer.start("check");
+    timer.stage("check");
     let tests = data_tests(pipeline);
     let outcomes = check::run_tests(&ctx, &tests).await?;
     if outcomes.iter().any(|o| !o.passed) {
         return Err(Error::DataTests(outcomes));
     }
 
-    timer.start("publish");
+    timer.stage("publish");
     let mut tables = TableInfos::new();
     let outputs: Vec<(String, Vec<String>)> = if spec.outputs.is_empty() {
         GOLDEN_TABLES.iter().map(|t| (t.to_string(), Vec::new())).collect()
@@ -285,11 +269,11 @@ async fn run_stages(
     for (table, partition_by) in outputs {
         let df = ctx.table(table.as_str()).await.map_err(Error::engine(format!("output `{table}`")))?;
         let info = staging.write_table(&table, df, &partition_by).await?;
-        tracing::info!(table = table.as_str(), rows = info.rows, "table written");
+        timer.note(&format!("{table}: {} rows", thousands(info.rows)));
         tables.insert(table, info);
     }
     write_rejected(&ctx, staging, &extracted).await?;
-    timer.stop();
+    timer.finish();
 
     let inputs = extracted
         .iter()
@@ -322,7 +306,7 @@ async fn run_stages(
         match_summary,
         models: models.iter().map(|m| m.name.clone()).collect(),
         tests: outcomes,
-        stages: timer.timings,
+        stages: std::mem::take(&mut timer.timings),
     })
 }
 
@@ -353,6 +337,12 @@ pub async fn test_published(pipeline: &Pipeline) -> Result<(Vec<check::TestOutco
         }
     }
     Ok((check::run_tests(&ctx, &runnable).await?, not_published))
+}
+
+/// Rows of a registered table.
+async fn count_rows(ctx: &SessionContext, table: &str) -> Result<u64, Error> {
+    let df = ctx.table(table).await.map_err(Error::engine(format!("counting `{table}`")))?;
+    Ok(df.count().await.map_err(Error::engine(format!("counting `{table}`")))? as u64)
 }
 
 /// Names models may not take: the tables klantbeeld makes and the sources.

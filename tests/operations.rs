@@ -1,0 +1,105 @@
+//! What a scheduler relies on: JSON logs carrying the run id, no secret in logs or the
+//! manifest, documented exit codes, idempotent re-runs of one date.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn json_logs_carry_the_run_id_and_no_secret_leaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("data"), dir.path().join("out"));
+    generate(&input, 200, 2, false);
+    let p =
+        pipeline_variant(dir.path(), |t| t.replace("description: Golden", "description: token ${api_token} Golden"));
+    let secret_key = "verysecret-key-0123456789";
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_klantbeeld"))
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            p.to_str().unwrap(),
+            "--var",
+            &format!("input={}", input.join("dumps").display()),
+            "--var",
+            &format!("output={}", output.display()),
+            "--var",
+            "api_token=hush-hush-42",
+        ])
+        .env("KLANTBEELD_LOG", "debug")
+        .env("AWS_SECRET_ACCESS_KEY", secret_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest_text = std::fs::read_to_string(output.join("_manifest.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&manifest_text).unwrap();
+    let run_id = manifest["run_id"].as_str().unwrap();
+    let log = stderr(&out);
+    let mut ours = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        // Every line names the run, the engine's own lines included.
+        assert_eq!(v["run_id"], run_id, "{line}");
+        if v["span"]["run_id"] == run_id {
+            ours += 1;
+        }
+    }
+    assert!(ours > 5, "{log}");
+    for secret in [secret_key, "hush-hush-42"] {
+        assert!(!log.contains(secret), "secret in the log");
+        assert!(!manifest_text.contains(secret), "secret in the manifest");
+    }
+    assert_eq!(manifest["vars"]["api_token"], "***");
+}
+
+#[test]
+fn exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("data"), dir.path().join("out"));
+    generate(&input, 150, 6, false);
+    let run = |output: &std::path::Path| {
+        klantbeeld(&[
+            "run",
+            retail_yaml().to_str().unwrap(),
+            "--var",
+            &format!("input={}", input.join("dumps").display()),
+            "--var",
+            &format!("output={}", output.display()),
+        ])
+    };
+    assert_eq!(run(&output).status.code(), Some(0));
+    // 1: anything else, here an output that cannot be written (a file is in the way).
+    let blocker = dir.path().join("blocked");
+    std::fs::write(&blocker, b"not a folder").unwrap();
+    let out = run(&blocker.join("out"));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("blocked"), "{}", stderr(&out));
+    // 2: configuration.
+    assert_eq!(klantbeeld(&["validate", "/nonexistent/pipeline.yaml"]).status.code(), Some(2));
+    assert_eq!(klantbeeld(&["run", retail_yaml().to_str().unwrap(), "--var", "broken"]).status.code(), Some(2));
+    // 3: input.
+    let out = klantbeeld(&[
+        "run",
+        retail_yaml().to_str().unwrap(),
+        "--var",
+        "input=/nonexistent",
+        "--var",
+        &format!("output={}", output.display()),
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[tokio::test]
+async fn rerunning_a_date_gives_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("data"), dir.path().join("out"));
+    generate(&input, 400, 12, false);
+    let args = ["--var", "run_date=2026-11-22"];
+    run_retail(&input.join("dumps"), &output, &args);
+    let first = query(&output, &["customers_enriched"], "SELECT * FROM customers_enriched ORDER BY customer_id").await;
+    run_retail(&input.join("dumps"), &output, &args);
+    let second = query(&output, &["customers_enriched"], "SELECT * FROM customers_enriched ORDER BY customer_id").await;
+    let text = |b| datafusion::arrow::util::pretty::pretty_format_batches(b).unwrap().to_string();
+    assert_eq!(text(&first), text(&second));
+    assert_eq!(scalar(&output, &["customer_changes"], "SELECT count(*) FROM customer_changes").await, 0);
+}
