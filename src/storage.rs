@@ -342,6 +342,38 @@ mod tests {
         assert_eq!(list_files(store.as_ref(), &single).await.unwrap().len(), 1);
     }
 
+    /// Environment variables are process-wide: this one test owns the GCS and Azure ones.
+    #[test]
+    fn gcs_and_azure_stores_come_from_their_standard_environment() {
+        let spec = StorageSpec::default();
+        let az = Location::parse("az://container/golden", Path::new("/")).unwrap();
+        let gs = Location::parse("gs://bucket/golden", Path::new("/")).unwrap();
+        // SAFETY: no other test reads or writes these variables.
+        unsafe {
+            std::env::remove_var("AZURE_STORAGE_ACCOUNT_NAME");
+            std::env::remove_var("AZURE_STORAGE_ACCOUNT_KEY");
+        }
+        let err = build_store(&az, &spec).err().expect("azure needs an account").to_string();
+        assert!(err.starts_with("az://container/golden: cannot configure the azure store"), "{err}");
+        unsafe {
+            std::env::set_var("AZURE_STORAGE_ACCOUNT_NAME", "klantbeeldacct");
+            std::env::set_var("AZURE_STORAGE_ACCOUNT_KEY", "a2xhbnRiZWVsZA==");
+        }
+        assert!(build_store(&az, &spec).is_ok());
+        unsafe {
+            std::env::set_var("GOOGLE_SERVICE_ACCOUNT_KEY", "{not json");
+        }
+        let err = build_store(&gs, &spec).err().expect("a broken key is refused").to_string();
+        assert!(err.starts_with("gs://bucket/golden: cannot configure the gcs store"), "{err}");
+        unsafe {
+            std::env::remove_var("GOOGLE_SERVICE_ACCOUNT_KEY");
+            std::env::remove_var("AZURE_STORAGE_ACCOUNT_NAME");
+            std::env::remove_var("AZURE_STORAGE_ACCOUNT_KEY");
+        }
+        // Without explicit credentials GCS falls back to the metadata server, lazily.
+        assert!(build_store(&gs, &spec).is_ok());
+    }
+
     #[test]
     fn s3_store_reads_standard_environment() {
         // Building must not need network or credentials up front.
