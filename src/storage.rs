@@ -353,7 +353,7 @@ mod tests {
             std::env::remove_var("AZURE_STORAGE_ACCOUNT_NAME");
             std::env::remove_var("AZURE_STORAGE_ACCOUNT_KEY");
         }
-        let err = build_store(&az, &spec).err().expect("azure needs an account").to_string();
+        let err = build_store(&az, &spec).expect_err("azure needs an account").to_string();
         assert!(err.starts_with("az://container/golden: cannot configure the azure store"), "{err}");
         unsafe {
             std::env::set_var("AZURE_STORAGE_ACCOUNT_NAME", "klantbeeldacct");
@@ -363,7 +363,7 @@ mod tests {
         unsafe {
             std::env::set_var("GOOGLE_SERVICE_ACCOUNT_KEY", "{not json");
         }
-        let err = build_store(&gs, &spec).err().expect("a broken key is refused").to_string();
+        let err = build_store(&gs, &spec).expect_err("a broken key is refused").to_string();
         assert!(err.starts_with("gs://bucket/golden: cannot configure the gcs store"), "{err}");
         unsafe {
             std::env::remove_var("GOOGLE_SERVICE_ACCOUNT_KEY");
