@@ -93,11 +93,35 @@ pub fn customers_sql(pipeline: &Pipeline) -> Result<String, GoldenError> {
             .collect();
         format!("CASE r.source_system{whens} ELSE {} END", golden.source_priority.len())
     };
-    let freq: String = GOLDEN_ATTRIBUTES
+    // Frequencies by aggregation and join rather than a window per attribute: windows
+    // sort the whole table, which a tight memory pool cannot hold at millions of rows.
+    let frequent: Vec<&str> = GOLDEN_ATTRIBUTES
         .iter()
-        .filter(|a| strategy(a) == Survivorship::MostFrequent && (!ADDRESS_PARTS.contains(*a) || **a == "postcode"))
-        .map(|a| format!(", count(r.{a}) OVER (PARTITION BY x.customer_id, r.{a}) AS freq_{a}"))
+        .copied()
+        .filter(|a| strategy(a) == Survivorship::MostFrequent && (!ADDRESS_PARTS.contains(a) || *a == "postcode"))
         .collect();
+    let freq_ctes: String = frequent
+        .iter()
+        .map(|a| {
+            format!(
+                ", f_{a} AS (SELECT customer_id, {a} AS v, count(*) AS n FROM base0 WHERE {a} IS NOT NULL GROUP BY customer_id, {a})"
+            )
+        })
+        .collect();
+    let freq_columns: String = frequent.iter().map(|a| format!(", COALESCE(f_{a}.n, 0) AS freq_{a}")).collect();
+    let freq_joins: String = frequent
+        .iter()
+        .map(|a| format!(" LEFT JOIN f_{a} ON f_{a}.customer_id = b.customer_id AND f_{a}.v = b.{a}"))
+        .collect();
+    let identity: Vec<&String> = pipeline.spec.identity_sources().map(|(n, _)| n).collect();
+    let systems = identity
+        .iter()
+        .map(|n| {
+            let n = n.replace('\'', "''");
+            format!("CASE WHEN bool_or(source_system = '{n}') THEN '{n}' END")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut picks = Vec::new();
     let mut lineage = Vec::new();
     for a in GOLDEN_ATTRIBUTES {
@@ -114,13 +138,16 @@ pub fn customers_sql(pipeline: &Pipeline) -> Result<String, GoldenError> {
         ));
     }
     let columns = GOLDEN_ATTRIBUTES.join(", ");
+    let columns_r = GOLDEN_ATTRIBUTES.iter().map(|a| format!("r.{a}")).collect::<Vec<_>>().join(", ");
     Ok(format!(
-        "WITH base AS (SELECT x.customer_id, r.*, {priority} AS priority{freq} \
-                       FROM {CUSTOMER_XREF} x JOIN {IDENTITY_RECORDS} r \
-                       ON r.source_system = x.source_system AND r.source_record_id = x.source_record_id), \
+        "WITH base0 AS (SELECT x.customer_id, r.source_system, r.source_record_id, r.updated_at, {columns_r}, \
+                        {priority} AS priority \
+                        FROM {CUSTOMER_XREF} x JOIN {IDENTITY_RECORDS} r \
+                        ON r.source_system = x.source_system AND r.source_record_id = x.source_record_id){freq_ctes}, \
+         base AS (SELECT b.*{freq_columns} FROM base0 b{freq_joins}), \
          picked AS (SELECT customer_id, {picks}, \
                     CAST(count(*) AS BIGINT) AS record_count, \
-                    array_to_string(array_sort(array_distinct(array_agg(source_system))), ',') AS source_systems, \
+                    concat_ws(',', {systems}) AS source_systems, \
                     min(updated_at) AS first_seen_at, max(updated_at) AS last_updated_at \
                     FROM base GROUP BY customer_id) \
          SELECT customer_id, {columns}, record_count, source_systems, first_seen_at, last_updated_at, \

@@ -157,11 +157,8 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Manifest, 
     let run_id = options.run_id.clone().unwrap_or_else(new_run_id);
     let output = Location::parse(&pipeline.spec.output, &pipeline.base_dir)?;
     let scratch_root = options.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    std::fs::create_dir_all(&scratch_root).map_err(|e| Error::Other(format!("{}: {e}", scratch_root.display())))?;
-    let scratch_dir = tempfile::Builder::new()
-        .prefix("klantbeeld-")
-        .tempdir_in(&scratch_root)
-        .map_err(|e| Error::Other(format!("{}: {e}", scratch_root.display())))?;
+    let scratch_dir =
+        Scratch::create(&scratch_root).map_err(|e| Error::Other(format!("{}: {e}", scratch_root.display())))?;
     let ctx = start_session(pipeline, options, scratch_dir.path())?;
     let mut storage_spec = pipeline.spec.storage.clone();
     if options.break_lock {

@@ -188,11 +188,14 @@ fn killed_run_leaves_the_previous_output_as_it_was() {
     run_retail(&input.join("dumps"), &output, &[]);
     let before = run_id(&output);
     let manifest_before = std::fs::read(output.join("_manifest.json")).unwrap();
+    let work = dir.path().join("work");
     for delay_ms in [300u64, 1200, 2500] {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_klantbeeld"))
             .args([
                 "-q",
                 "run",
+                "--work-dir",
+                work.to_str().unwrap(),
                 retail_yaml().to_str().unwrap(),
                 "--var",
                 &format!("input={}", input.join("dumps").display()),
@@ -217,8 +220,11 @@ fn killed_run_leaves_the_previous_output_as_it_was() {
             assert!(output.join(table).is_dir(), "{table} missing");
         }
     }
-    // The lock died with the process: the next run goes through and cleans up.
-    run_retail(&input.join("dumps"), &output, &["-q"]);
+    // The lock died with the process: the next run goes through and cleans up, the
+    // killed runs' scratch folders included.
+    run_retail(&input.join("dumps"), &output, &["-q", "--work-dir", work.to_str().unwrap()]);
+    let scratch: Vec<_> = std::fs::read_dir(&work).unwrap().flatten().collect();
+    assert!(scratch.is_empty(), "{scratch:?}");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .flatten()

@@ -78,6 +78,47 @@ pub struct Scratch {
     pub dir: PathBuf,
 }
 
+/// A run's scratch folder under the temp root, removed when dropped. It holds a lock for
+/// as long as the run lives, so that the next run can remove the scratch of runs that
+/// were killed (their lock is free) without touching those still running.
+pub struct ScratchDir {
+    dir: tempfile::TempDir,
+    _lock: std::fs::File,
+}
+
+impl ScratchDir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Scratch {
+    pub fn create(root: &Path) -> std::io::Result<ScratchDir> {
+        std::fs::create_dir_all(root)?;
+        remove_abandoned_scratch(root);
+        let dir = tempfile::Builder::new().prefix(SCRATCH_PREFIX).tempdir_in(root)?;
+        let lock = std::fs::File::create(dir.path().join(".lock"))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(std::io::Error::from)?;
+        Ok(ScratchDir { dir, _lock: lock })
+    }
+}
+
+const SCRATCH_PREFIX: &str = "klantbeeld-";
+
+fn remove_abandoned_scratch(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(SCRATCH_PREFIX) || !e.path().is_dir() {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(e.path().join(".lock")) else { continue };
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+            tracing::info!(path = %e.path().display(), "removing the scratch folder of a run that was killed");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Lists the files of one source, without reading them: what `plan` shows.
 pub async fn list_source(
     ctx: &SessionContext,

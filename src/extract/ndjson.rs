@@ -46,6 +46,19 @@ fn column_type(kinds: u8) -> DataType {
     }
 }
 
+/// The type a declared column is read as: its own JSON-native type when every value has
+/// the matching JSON kind (numbers for numbers, booleans for booleans), else text, which
+/// the declared type's parser then reads.
+fn declared_read_type(declared: &DataType, kinds: u8) -> DataType {
+    let native = match declared {
+        DataType::Int64 => DataType::Int64,
+        DataType::Float64 | DataType::Decimal128(_, _) => DataType::Float64,
+        DataType::Boolean => DataType::Boolean,
+        _ => DataType::Utf8,
+    };
+    if readable(kinds, &native) { native } else { DataType::Utf8 }
+}
+
 /// Whether DataFusion reads these kinds into the type without help.
 fn readable(kinds: u8, t: &DataType) -> bool {
     let allowed = match t {
@@ -217,7 +230,10 @@ pub(super) async fn read(
     let types: IndexMap<String, DataType> = kinds
         .iter()
         .map(|(k, v)| {
-            let t = if declared.iter().any(|(c, _)| c == k) { DataType::Utf8 } else { column_type(*v) };
+            let t = match declared.iter().find(|(c, _)| c == k) {
+                Some((_, d)) => declared_read_type(d, *v),
+                None => column_type(*v),
+            };
             (k.clone(), t)
         })
         .collect();
@@ -277,6 +293,15 @@ mod tests {
         assert!(r.bad[0].reason.starts_with("invalid JSON"));
         assert_eq!(r.bad[1].reason, "missing key `id`");
         assert!(r.bad[2].reason.contains("`vijf` is not a valid"));
+    }
+
+    #[test]
+    fn declared_columns_read_natively_when_they_can() {
+        assert_eq!(declared_read_type(&DataType::Int64, INT), DataType::Int64);
+        assert_eq!(declared_read_type(&DataType::Int64, INT | STR), DataType::Utf8);
+        assert_eq!(declared_read_type(&DataType::Decimal128(18, 2), INT | FLOAT), DataType::Float64);
+        assert_eq!(declared_read_type(&DataType::Boolean, BOOL), DataType::Boolean);
+        assert_eq!(declared_read_type(&DataType::Date32, STR), DataType::Utf8);
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub(crate) fn no_conflict(attribute: &str) -> String {
     }
 }
 
+/// Columns the conflict checks read.
+const CONFLICT_COLUMNS: &[&str] = &["first_name", "birth_date", "last_name_core", "house_number", "postcode"];
+
 fn conflicts_clause(attributes: &[String]) -> String {
     if attributes.is_empty() {
         "true".into()
@@ -57,28 +60,42 @@ fn deterministic_on(
         not_null = format!("{not_null} AND ({f})");
     }
     let join_lr = on.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
-    let join_g = on.iter().map(|c| format!("g.{c} = l.{c}")).collect::<Vec<_>>().join(" AND ");
+    let join_g = on.iter().map(|c| format!("g.{c} = k.{c}")).collect::<Vec<_>>().join(" AND ");
+    // Only the columns the rule reads: the keys, the people count, the conflict checks.
+    let mut needed: Vec<&str> = vec!["rid", "first_name", "first_name_root", "first_name_known"];
+    needed.extend(on.iter().map(String::as_str));
+    needed.extend(CONFLICT_COLUMNS.iter().copied());
+    needed.sort();
+    needed.dedup();
+    let projection = needed.join(", ");
+    let k_columns = needed.iter().map(|c| format!("k.{c}")).collect::<Vec<_>>().join(", ");
     let cols = on.join(", ");
     let value = on.iter().map(|c| format!("CAST(g.{c} AS VARCHAR)")).collect::<Vec<_>>().join(", ' | ', ");
     let detail = on.iter().map(|c| format!("'{c}=', CAST(l.{c} AS VARCHAR)")).collect::<Vec<_>>().join(", ' ', ");
     let max_group = max_group.map_or(u64::MAX, |n| n as u64);
     let max_people = max_people.map_or(u64::MAX, |n| n as u64);
-    // Only records that carry the value (and meet the rule's condition) take part.
+    // Only records that carry the value (and meet the rule's condition) take part. People
+    // are counted in two plain aggregations rather than with COUNT(DISTINCT), whose
+    // per-group sets take gigabytes over millions of values.
     let groups = format!(
-        "k AS (SELECT * FROM {IDENTITY_RECORDS} WHERE {not_null}), \
-         g0 AS (SELECT {cols}, count(*) AS n, \
-         count(DISTINCT CASE WHEN length(first_name_root) > 1 AND first_name_known THEN first_name_root END) AS known, \
-         count(DISTINCT CASE WHEN length(first_name_root) > 1 AND NOT first_name_known THEN first_name_root END) AS unknown \
-         FROM k GROUP BY {cols}), \
+        "k AS (SELECT {projection} FROM {IDENTITY_RECORDS} WHERE {not_null}), \
+         r0 AS (SELECT {cols}, CASE WHEN length(first_name_root) > 1 THEN first_name_root END AS root, \
+                first_name_known AS known_name, count(*) AS c FROM k GROUP BY {cols}, root, known_name), \
+         g0 AS (SELECT {cols}, sum(c) AS n, \
+                sum(CASE WHEN root IS NOT NULL AND known_name THEN 1 ELSE 0 END) AS known, \
+                sum(CASE WHEN root IS NOT NULL AND NOT known_name THEN 1 ELSE 0 END) AS unknown \
+                FROM r0 GROUP BY {cols}), \
          g AS (SELECT {cols}, n, CASE WHEN known > 0 THEN known ELSE unknown END AS people FROM g0)"
     );
+    // Groups that break a guardrail are removed before the self-join, so that a value on
+    // thousands of records (`info@`) never makes millions of pairs.
     let edges = format!(
-        "WITH {groups} \
+        "WITH {groups}, \
+         ok AS (SELECT {k_columns}, g.people AS group_people FROM k JOIN g ON {join_g} \
+                WHERE g.n <= {max_group} AND g.people <= {max_people}) \
          SELECT l.rid AS rid_a, r.rid AS rid_b, CAST(1.0 AS DOUBLE) AS score, concat({detail}) AS detail \
-         FROM k l JOIN k r ON {join_lr} AND l.rid < r.rid \
-         JOIN g ON {join_g} \
-         WHERE g.n <= {max_group} AND g.people <= {max_people} \
-         AND (g.people <= 1 OR (l.first_name_root IS NOT NULL AND length(l.first_name_root) > 1 \
+         FROM ok l JOIN ok r ON {join_lr} AND l.rid < r.rid \
+         WHERE (l.group_people <= 1 OR (l.first_name_root IS NOT NULL AND length(l.first_name_root) > 1 \
               AND r.first_name_root IS NOT NULL AND length(r.first_name_root) > 1)) \
          AND {conflicts}",
         conflicts = conflicts_clause(unless)
