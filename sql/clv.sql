@@ -6,15 +6,13 @@
 --   sum over years t >= 1 of (r / (1 + d))^t = q / (1 - q) with q = r / (1 + d).
 -- Purchases per year use the customer's tenure (at least 90 days, so that a new
 -- customer's first week does not extrapolate to a year).
-WITH bounds AS (
-    SELECT TIMESTAMP '${run_date}T00:00:00Z' + INTERVAL '1 day' AS as_of
-),
-buyers AS (
-    SELECT p.customer_id,
-           bool_or(p.ts >= b.as_of - INTERVAL '365 days') AS bought_this_year,
-           bool_or(p.ts >= b.as_of - INTERVAL '730 days' AND p.ts < b.as_of - INTERVAL '365 days') AS bought_last_year
-    FROM purchases p CROSS JOIN bounds b
-    GROUP BY p.customer_id
+WITH buyers AS (
+    SELECT customer_id,
+           bool_or(ts >= TIMESTAMP '${run_date}T00:00:00Z' + INTERVAL '1 day' - INTERVAL '365 days') AS bought_this_year,
+           bool_or(ts >= TIMESTAMP '${run_date}T00:00:00Z' + INTERVAL '1 day' - INTERVAL '730 days'
+                   AND ts < TIMESTAMP '${run_date}T00:00:00Z' + INTERVAL '1 day' - INTERVAL '365 days') AS bought_last_year
+    FROM purchases
+    GROUP BY customer_id
 ),
 retention AS (
     SELECT COALESCE(
@@ -27,9 +25,10 @@ factors AS (
     SELECT r.customer_id,
            r.monetary_eur,
            CAST(r.monetary_eur AS DOUBLE) / r.frequency AS average_order_value,
-           r.frequency / (greatest((to_unixtime(b.as_of) - to_unixtime(r.first_purchase_at)) / 86400.0, 90.0) / 365.0) AS purchases_per_year,
+           r.frequency / (greatest((to_unixtime(TIMESTAMP '${run_date}T00:00:00Z' + INTERVAL '1 day') - to_unixtime(r.first_purchase_at)) / 86400.0, 90.0) / 365.0) AS purchases_per_year,
            least(t.yearly_retention, 0.95) / (1.0 + ${clv_discount_rate:-0.10}) AS q
-    FROM rfm r CROSS JOIN bounds b CROSS JOIN retention t
+    -- retention is one row: the small side of the join.
+    FROM retention t CROSS JOIN rfm r
 )
 SELECT customer_id,
        CAST(monetary_eur AS DECIMAL(18, 2)) AS historical_revenue_eur,
