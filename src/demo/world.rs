@@ -419,8 +419,8 @@ impl World {
         });
         let voornaam = self.name_for(rng, p, 0.1, 0.15);
         let achternaam = self.surname_for(rng, p, !split_particle);
-        let mut email = chance(rng, 0.88).then(|| self.email_for(rng, p));
-        let mut telefoon = self.phone_for(rng, p, 0.75);
+        let mut email = chance(rng, 0.92).then(|| self.email_for(rng, p));
+        let mut telefoon = self.phone_for(rng, p, 0.85);
         // The CRM asks for a way to reach the customer; few contacts have none.
         if email.is_none() && telefoon.is_none() && chance(rng, 0.8) {
             if chance(rng, 0.5) {
@@ -448,7 +448,8 @@ impl World {
 
     /// The systems' records for one person.
     pub fn add_records(&mut self, rng: &mut ChaCha8Rng, p: &Person, keys: &mut Keys) {
-        if chance(rng, 0.55) {
+        // The CRM is the hub most customers end up in.
+        if chance(rng, 0.7) {
             keys.crm += 1;
             let r = self.crm_record(rng, p, keys.crm);
             self.crm.push(r);
@@ -466,7 +467,7 @@ impl World {
             let first = self.name_for(rng, p, 0.2, 0.02);
             let with_particle = chance(rng, 0.95);
             let last = self.surname_for(rng, p, with_particle);
-            let phone = self.phone_for(rng, p, 0.6);
+            let phone = self.phone_for(rng, p, 0.7);
             let created = ts(self.random_time_before(rng, 2000));
             self.accounts.push(Account {
                 account_id: format!("A{:07}", keys.account),
@@ -481,7 +482,7 @@ impl World {
         }
         if chance(rng, 0.35) {
             keys.card += 1;
-            let first = self.name_for(rng, p, 0.1, 0.4);
+            let first = self.name_for(rng, p, 0.1, 0.25);
             let last = self.surname_for(rng, p, true);
             let full = if chance(rng, 0.03) {
                 let (particle, core) = (p.particle, self.surname_for(rng, p, false));
@@ -490,7 +491,7 @@ impl World {
                 format!("{first} {last}")
             };
             let a = self.address_for(rng, p);
-            let phone = self.phone_for(rng, p, 0.85);
+            let phone = self.phone_for(rng, p, 0.9);
             self.cards.push(Card {
                 card_number: format!("{}", 2_600_000_000u64 + keys.card as u64 * 7),
                 person: p.id,
@@ -561,15 +562,17 @@ impl World {
             w.add_records(rng, p, keys);
         }
         let today = ts(w.as_of.and_hms_opt(6, 0, 0).expect("time"));
-        // Changes: a new phone or e-mail in the CRM, a new address after a move.
-        for r in w.crm.iter_mut() {
+        // Changes: a new phone or e-mail in the CRM, a new address after a move. Records of
+        // today's newcomers are left as they were made.
+        let (persons, households) = (w.persons.clone(), w.households.clone());
+        for r in w.crm.iter_mut().filter(|r| (r.person as usize) <= self.persons.len()) {
             if chance(rng, 0.02) {
-                let p = &self.persons[r.person as usize - 1];
+                let p = &persons[r.person as usize - 1];
                 match rng.random_range(0..3) {
                     0 => r.telefoon = p.mobile.as_ref().map(|m| noise::phone_format(rng, m)),
                     1 => r.email = Some(noise::email_variant(rng, &p.email)),
                     _ => {
-                        let a = &self.households[p.household].address;
+                        let a = &households[p.household].address;
                         r.straat = Some(a.street.to_string());
                         r.huisnummer = Some(noise::house_number(rng, a.number, a.addition));
                         r.postcode = Some(noise::postcode_format(rng, &a.postcode));
@@ -579,9 +582,9 @@ impl World {
                 r.gewijzigd_op = today.clone();
             }
         }
-        for a in w.accounts.iter_mut() {
+        for a in w.accounts.iter_mut().filter(|a| (a.person as usize) <= self.persons.len()) {
             if chance(rng, 0.01) {
-                let p = &self.persons[a.person as usize - 1];
+                let p = &persons[a.person as usize - 1];
                 a.phone = p.mobile.as_ref().map(|m| noise::phone_format(rng, m));
             }
         }

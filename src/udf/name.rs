@@ -210,7 +210,7 @@ const NICKNAMES: &[&[&str]] = &[
     ],
     &["wilhelmina", "willemien", "mien", "wil", "mina", "wilma", "willemijn", "mientje"],
     &["geertruida", "truus", "trudy", "geertje", "truida", "gertrude", "trudie"],
-    &["cornelia", "corrie", "neeltje", "lia", "cora", "corry"],
+    &["cornelia", "corrie", "neeltje", "lia", "cora", "corry", "nel", "nelly"],
     &["hendrika", "riek", "rika", "henny", "rieky", "hennie"],
     &["jacoba", "coby", "coba", "co", "jacobine", "jacqueline", "jacky", "jacqueline"],
     &["adriana", "adrie", "jana", "adrienne"],
@@ -248,16 +248,81 @@ const NICKNAMES: &[&[&str]] = &[
     &["geertruda", "geert-ruda"],
 ];
 
+/// Every known given name (nickname groups and common names), and each of their one-letter
+/// deletions, for typo correction in the way of SymSpell: two words one edit apart share a
+/// deletion (or one is a deletion of the other).
+fn deletion_index() -> &'static std::collections::HashMap<String, Vec<&'static str>> {
+    static INDEX: std::sync::OnceLock<std::collections::HashMap<String, Vec<&'static str>>> =
+        std::sync::OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut index: std::collections::HashMap<String, Vec<&'static str>> = std::collections::HashMap::new();
+        let names = NICKNAMES.iter().flat_map(|g| g.iter().copied()).chain(COMMON_FIRST_NAMES.iter().copied());
+        for name in names.filter(|n| n.len() >= 4) {
+            for key in deletions(name).into_iter().chain([name.to_string()]) {
+                let entry = index.entry(key).or_default();
+                if !entry.contains(&name) {
+                    entry.push(name);
+                }
+            }
+        }
+        index
+    })
+}
+
+fn deletions(word: &str) -> Vec<String> {
+    let chars: Vec<char> = word.chars().collect();
+    (0..chars.len()).map(|i| chars.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| *c).collect()).collect()
+}
+
+/// The known names a spelling stands for: itself when known, else those a single typing
+/// error away (`Hasn` -> `hans`, `Mikee` -> `mieke` or `mike`).
+fn corrections(word: &str) -> Vec<&'static str> {
+    let index = deletion_index();
+    if let Some(exact) = index.get(word).and_then(|c| c.iter().find(|n| **n == word)) {
+        return vec![exact];
+    }
+    if let Some(known) = NICKNAMES.iter().flat_map(|g| g.iter()).chain(COMMON_FIRST_NAMES).find(|n| **n == word) {
+        return vec![known];
+    }
+    if word.len() < 4 {
+        return Vec::new();
+    }
+    let mut found: Vec<&'static str> = Vec::new();
+    for key in deletions(word).iter().map(String::as_str).chain([word]) {
+        for name in index.get(key).into_iter().flatten() {
+            if strsim::damerau_levenshtein(name, word) <= 1 && !found.contains(name) {
+                found.push(name);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The one known name a spelling stands for, when there is exactly one.
+fn corrected(word: &str) -> Option<&'static str> {
+    let found = corrections(word);
+    (found.len() == 1).then(|| found[0])
+}
+
+/// Roots of the nickname groups a name belongs to (Nel is short for Cornelia and for
+/// Petronella); the name itself when it is in none.
+fn name_roots(word: &str) -> Vec<String> {
+    let roots: Vec<String> = NICKNAMES.iter().filter(|g| g.contains(&word)).map(|g| g[0].to_string()).collect();
+    if roots.is_empty() { vec![word.to_string()] } else { roots }
+}
+
 /// The root of a first name's nickname group (`Hans`, `Jan`, `Johannes` -> `johannes`),
-/// the folded first given name when it has none, and the initial for initials.
+/// after correcting a single typing error against the known names; the folded first given
+/// name when it has none, and the initial for initials.
 pub fn first_name_root(raw: &str) -> Option<String> {
     let words = name_words(raw);
     let first = words.first()?;
     if is_initials(raw) {
         return first.chars().next().map(String::from);
     }
-    let root = NICKNAMES.iter().find(|group| group.contains(&first.as_str())).map_or(first.as_str(), |group| group[0]);
-    Some(root.to_string())
+    let spelled = corrected(first).unwrap_or(first.as_str());
+    name_roots(spelled).into_iter().next()
 }
 
 /// A phonetic key for Dutch surnames and first names: particles dropped, then the spelling
@@ -323,21 +388,38 @@ pub fn dutch_phonetic(raw: &str) -> Option<String> {
 /// initial of the other, or a typo apart (Jaro-Winkler of the folded names >= 0.9).
 /// `None` when either is missing: absence is neither agreement nor conflict.
 pub fn first_names_compatible(a: &str, b: &str) -> Option<bool> {
-    let (ra, rb) = (first_name_root(a)?, first_name_root(b)?);
-    if ra == rb {
+    let (wa, wb) = (name_words(a), name_words(b));
+    let (fa, fb) = (wa.first()?, wb.first()?);
+    let (ia, ib) = (is_initials(a), is_initials(b));
+    let roots_of = |w: &str| -> Vec<String> {
+        let found = corrections(w);
+        if found.is_empty() { name_roots(w) } else { found.iter().flat_map(|n| name_roots(n)).collect() }
+    };
+    match (ia, ib) {
+        (true, true) => return Some(fa.chars().next() == fb.chars().next()),
+        (true, false) | (false, true) => {
+            // An initial stands for the name or for its root (`C.` for Kees = Cornelis).
+            let (initial, full) = if ia { (fa, fb) } else { (fb, fa) };
+            let letter = initial.chars().next();
+            let letters: Vec<Option<char>> =
+                std::iter::once(full.chars().next()).chain(roots_of(full).iter().map(|r| r.chars().next())).collect();
+            return Some(letters.contains(&letter));
+        }
+        (false, false) => {}
+    }
+    let (ra, rb) = (roots_of(fa), roots_of(fb));
+    if ra.iter().any(|r| rb.contains(r)) {
         return Some(true);
     }
-    if ra.len() == 1 || rb.len() == 1 {
-        return Some(ra.chars().next() == rb.chars().next());
-    }
-    // Two known names with different roots are two people (Johannes and Johanna); only an
-    // unknown spelling may be a typo of a known one.
-    if is_known_first_name(a) && is_known_first_name(b) {
+    // Two known names (or typos of known names) with no root in common are two people
+    // (Johannes and Johanna); only an unknown spelling may still be a variant.
+    let (ka, kb) = (!corrections(fa).is_empty(), !corrections(fb).is_empty());
+    if ka && kb {
         return Some(false);
     }
-    let (fa, fb) = (fold_name(a)?, fold_name(b)?);
-    let one_typo = fa.len().min(fb.len()) >= 3 && strsim::damerau_levenshtein(&fa, &fb) <= 1;
-    Some(one_typo || strsim::jaro_winkler(&fa, &fb) >= 0.88 || strsim::jaro_winkler(&ra, &rb) >= 0.88)
+    let (xa, xb) = (fold_name(a)?, fold_name(b)?);
+    let one_typo = xa.len().min(xb.len()) >= 3 && strsim::damerau_levenshtein(&xa, &xb) <= 1;
+    Some(one_typo || strsim::jaro_winkler(&xa, &xb) >= 0.88)
 }
 
 #[cfg(test)]
@@ -386,6 +468,7 @@ mod tests {
         assert_eq!(first_name_root("J.").as_deref(), Some("j"));
         assert_eq!(first_name_root("J.W.").as_deref(), Some("j"));
         assert_eq!(first_name_root("Sophie").as_deref(), Some("sophie"));
+        assert_eq!(first_name_root("Hasn").as_deref(), Some("johannes"));
         assert_ne!(first_name_root("Johanna"), first_name_root("Johannes"));
         assert!(is_initials("J."));
         assert!(is_initials("JW"));
@@ -404,6 +487,14 @@ mod tests {
         assert_eq!(first_names_compatible("M.", "Jan"), Some(false));
         assert_eq!(first_names_compatible("Johannes", "Johanna"), Some(false));
         assert_eq!(first_names_compatible("", "Jan"), None);
+        // Typos of nicknames, and nicknames of two names.
+        assert_eq!(first_names_compatible("Hasn", "Johannes"), Some(true));
+        assert_eq!(first_names_compatible("Mikee", "Maria"), Some(true));
+        assert_eq!(first_names_compatible("Nel", "Cornelia"), Some(true));
+        assert_eq!(first_names_compatible("Nel", "Petronella"), Some(true));
+        assert_eq!(first_names_compatible("Cornelia", "Petronella"), Some(false));
+        assert_eq!(first_names_compatible("C.", "Kees"), Some(true));
+        assert_eq!(first_names_compatible("Wimla", "Wilhelmina"), Some(true));
     }
 
     #[test]
