@@ -146,6 +146,93 @@ async fn traps_do_not_merge_different_people() {
     assert!(edges >= 4);
 }
 
+/// A previous crosswalk that this run's clusters merge, split, keep and drop.
+#[tokio::test]
+async fn ids_survive_merges_and_splits_as_documented() {
+    use datafusion::arrow::array::{RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let input = traps(dir.path());
+    let output = dir.path().join("out");
+    let previous = dir.path().join("previous.parquet");
+    let rows = [
+        ("K0000000001", "crm", "C1"),
+        ("K0000000002", "service", "T1"), // Jan's ticket was a customer of its own
+        ("K0000000003", "crm", "C3"),     // two different Jans were wrongly one customer
+        ("K0000000003", "webshop", "A3"),
+        ("K0000000003", "crm", "C4"),
+        ("K0000000005", "crm", "C2"),
+        ("K0000000005", "webshop", "A1"),
+        ("K0000000009", "crm", "C99"), // gone today
+    ];
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("customer_id", DataType::Utf8, false),
+        Field::new("source_system", DataType::Utf8, false),
+        Field::new("source_record_id", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+        ],
+    )
+    .unwrap();
+    let mut w =
+        datafusion::parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&previous).unwrap(), schema, None)
+            .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let p = identity_only(dir.path());
+    let out = klantbeeld(&[
+        "run",
+        p.to_str().unwrap(),
+        "--var",
+        &format!("input={}", input.display()),
+        "--var",
+        &format!("output={}", output.display()),
+        "--previous",
+        previous.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = |system: &'static str, rec: &'static str| {
+        let output = output.clone();
+        async move {
+            let sql = format!(
+                "SELECT customer_id FROM customer_xref WHERE source_system = '{system}' AND source_record_id = '{rec}'"
+            );
+            let rows = query(&output, &["customer_xref"], &sql).await;
+            datafusion::arrow::util::display::array_value_to_string(rows[0].column(0), 0).unwrap()
+        }
+    };
+    // Unchanged: Marie keeps her id.
+    assert_eq!(id("crm", "C2").await, "K0000000005");
+    // Merge: Jan's CRM record and ticket are one now; the older id survives.
+    assert_eq!(id("crm", "C1").await, "K0000000001");
+    assert_eq!(id("service", "T1").await, "K0000000001");
+    // Split: the larger part keeps the id, the other part gets a new one.
+    assert_eq!(id("crm", "C3").await, "K0000000003");
+    let split = id("crm", "C4").await;
+    assert!(split.as_str() > "K0000000009", "{split}");
+    let changes = query(
+        &output,
+        &["customer_changes"],
+        "SELECT customer_id, change, COALESCE(related_customer_id, '') FROM customer_changes ORDER BY customer_id, change",
+    )
+    .await;
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&changes).unwrap().to_string();
+    assert!(text.contains("| K0000000002 | merged_into | K0000000001"), "{text}");
+    assert!(text.contains(&format!("| {split} | split_from  | K0000000003")), "{text}");
+    assert!(text.contains("| K0000000009 | deleted"), "{text}");
+    assert!(text.contains("| new "), "{text}");
+    // Ids never come back: new ones start above the highest id ever issued.
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("_manifest.json")).unwrap()).unwrap();
+    assert!(m["customer_id_high_water"].as_u64().unwrap() > 9);
+}
+
 #[tokio::test]
 async fn day_two_keeps_the_ids_of_unchanged_people() {
     let dir = tempfile::tempdir().unwrap();
@@ -207,4 +294,39 @@ fn copy_dir(from: &Path, to: &Path) {
     for e in std::fs::read_dir(from).unwrap().flatten() {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
+}
+
+/// External ids: the CRM stores the webshop account a contact belongs to, and that links
+/// the two records even without any shared e-mail or phone.
+#[tokio::test]
+async fn external_ids_link_records_across_systems() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("crm.csv"), "id;naam;account\nC1;Jan Bakker;A7\nC2;Piet Smit;\n");
+    write(&d.join("shop.csv"), "account_id,name,email\nA7,J. Bakker,jb@ziggo.nl\nA8,P. Smit,ps@ziggo.nl\n");
+    let yaml = d.join("p.yaml");
+    write(
+        &yaml,
+        "name: ext\noutput: out\nsources:\n  crm:\n    location: crm.csv\n    format: {type: csv, delimiter: \";\"}\n    key: id\n    identity: {full_name: naam}\n    external_ids: {webshop_account: account}\n  shop:\n    location: shop.csv\n    format: {type: csv}\n    key: account_id\n    identity: {full_name: name, email: email}\n    external_ids: {webshop_account: account_id}\nresolve:\n  rules:\n    - name: shop_account\n      type: external_id\n      id: webshop_account\n      unless_conflict: [first_name]\n",
+    );
+    let out = klantbeeld(&["run", yaml.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let output = d.join("out");
+    let joined = scalar(
+        &output,
+        &["customer_xref"],
+        "SELECT count(DISTINCT customer_id) FROM customer_xref WHERE source_record_id IN ('C1', 'A7')",
+    )
+    .await;
+    assert_eq!(joined, 1);
+    let rule =
+        query(&output, &["customer_xref"], "SELECT matched_by FROM customer_xref WHERE source_record_id = 'C1'").await;
+    assert_eq!(datafusion::arrow::util::display::array_value_to_string(rule[0].column(0), 0).unwrap(), "shop_account");
+    let apart = scalar(
+        &output,
+        &["customer_xref"],
+        "SELECT count(DISTINCT customer_id) FROM customer_xref WHERE source_record_id IN ('C2', 'A8')",
+    )
+    .await;
+    assert_eq!(apart, 2);
 }
