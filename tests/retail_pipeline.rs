@@ -86,3 +86,33 @@ async fn matching_quality_floors_on_generated_data() {
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed["correct_pairs"].as_i64().unwrap(), e.correct_pairs);
 }
+
+#[test]
+fn plan_shows_sources_with_their_files_models_in_order_and_outputs() {
+    let sample = repo().join("examples/retail/dumps");
+    let out = klantbeeld(&["plan", retail_yaml().to_str().unwrap(), "--var", &format!("input={}", sample.display())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(plan.contains("stages: extract -> stage -> resolve -> golden -> enrich -> check -> publish"), "{plan}");
+    assert!(plan.contains(&format!("file://{}/crm/contacts*.csv -> 2 file(s)", sample.display())), "{plan}");
+    assert!(plan.contains("crm/contacts_1.csv") && plan.contains("crm/contacts_2.csv"), "{plan}");
+    assert!(plan.contains("orders: facts of webshop via account_id"), "{plan}");
+    // Models come after the models they read.
+    let at = |m: &str| plan.find(&format!("\n  {m}")).unwrap_or_else(|| panic!("{m} missing in\n{plan}"));
+    assert!(at("purchases") < at("rfm") && at("rfm") < at("clv") && at("clv") < at("customers_enriched"));
+    assert!(plan.contains("customers_enriched <- clv, email_engagement"), "{plan}");
+    assert!(plan.contains("1. same_email"), "{plan}");
+}
+
+#[tokio::test]
+async fn a_limited_run_reads_a_sample_of_every_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out");
+    let sample = repo().join("examples/retail/dumps");
+    run_retail(&sample, &output, &["--limit", "40", "--var", "run_date=2026-11-22"]);
+    let records = scalar(&output, &["customer_xref"], "SELECT count(*) FROM customer_xref").await;
+    // Five identity sources, the CRM in two files: at most 6 x 40 records.
+    assert!(records > 0 && records <= 240, "{records}");
+    let enriched = scalar(&output, &["customers_enriched"], "SELECT count(*) FROM customers_enriched").await;
+    assert!(enriched > 0);
+}
