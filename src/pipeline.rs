@@ -51,6 +51,8 @@ pub struct InputInfo {
     pub location: String,
     pub files: Vec<InputFile>,
     pub rejected_rows: usize,
+    /// Rows dropped because their record key was repeated (the most recent row is kept).
+    pub repeated_keys: u64,
 }
 
 /// `_manifest.json`: what a published run read, did and wrote.
@@ -203,7 +205,7 @@ async fn run_stages(
     timer.note(&format!("{} sources, {files} files, {} bytes", extracted.len(), thousands(bytes)));
 
     timer.stage("stage");
-    stage_records(&ctx, pipeline, &present, scratch).await?;
+    let repeated = stage_records(&ctx, pipeline, &present, scratch).await?;
 
     timer.stage("resolve");
     let (previous, published) = previous_location(&ctx, pipeline, options, output).await?;
@@ -281,6 +283,7 @@ async fn run_stages(
                     location: redact(&e.location.display()),
                     files: e.files.clone(),
                     rejected_rows: e.rejected.len(),
+                    repeated_keys: repeated.get(&e.name).copied().unwrap_or(0),
                 },
             )
         })
@@ -385,16 +388,55 @@ pub fn start_session(pipeline: &Pipeline, options: &RunOptions, scratch: &Path) 
     engine::session(&engine_options, &spill).map_err(Error::engine("starting the engine"))
 }
 
-/// Stages the identity sources present into `identity_records` (materialised).
+/// Stages the identity sources present into `identity_records` (materialised). Returns,
+/// per source, how many rows were dropped as repeated keys.
 pub async fn stage_records(
     ctx: &SessionContext,
     pipeline: &Pipeline,
     present: &[String],
     scratch: &Path,
-) -> Result<(), Error> {
-    let records = stage::stage_all(ctx, pipeline, present).await?;
-    materialize(ctx, IDENTITY_RECORDS, records, scratch).await?;
-    check_unique_keys(ctx).await
+) -> Result<BTreeMap<String, u64>, Error> {
+    const STAGED: &str = "staged_records";
+    let staged = stage::stage_all(ctx, pipeline, present).await?;
+    materialize(ctx, STAGED, staged, scratch).await?;
+    let repeated = repeated_keys(ctx, STAGED).await?;
+    let mut records = ctx.table(STAGED).await.map_err(Error::engine("staged records"))?;
+    if !repeated.is_empty() {
+        for (source, n) in &repeated {
+            tracing::warn!(
+                source = source.as_str(),
+                rows = n,
+                "keys repeated in the dump; the most recent row of each is kept"
+            );
+        }
+        records = stage::latest_per_key(records)?;
+    }
+    materialize(ctx, IDENTITY_RECORDS, stage::with_record_numbers(records)?, scratch).await?;
+    Ok(repeated)
+}
+
+/// Rows beyond the first of each repeated record key, per source.
+async fn repeated_keys(ctx: &SessionContext, table: &str) -> Result<BTreeMap<String, u64>, Error> {
+    let batches = ctx
+        .sql(&format!(
+            "SELECT source_system, CAST(sum(n - 1) AS BIGINT) FROM \
+             (SELECT source_system, source_record_id, count(*) AS n FROM {table} GROUP BY source_system, source_record_id \
+              HAVING count(*) > 1) GROUP BY source_system"
+        ))
+        .await
+        .map_err(Error::engine("checking keys"))?
+        .collect()
+        .await
+        .map_err(Error::engine("checking keys"))?;
+    let mut out = BTreeMap::new();
+    for b in &batches {
+        for i in 0..b.num_rows() {
+            let source = datafusion::arrow::util::display::array_value_to_string(b.column(0), i).unwrap_or_default();
+            let n = datafusion::arrow::util::display::array_value_to_string(b.column(1), i).unwrap_or_default();
+            out.insert(source, n.parse().unwrap_or(0));
+        }
+    }
+    Ok(out)
 }
 
 /// Extracts and stages a pipeline's inputs without resolving or publishing: what
@@ -406,36 +448,6 @@ pub async fn staged_session(pipeline: &Pipeline, scratch: &Path) -> Result<Sessi
     let present: Vec<String> = extracted.iter().map(|e| e.name.clone()).collect();
     stage_records(&ctx, pipeline, &present, scratch).await?;
     Ok(ctx)
-}
-
-/// Two rows with one key in one source would give one record two customers.
-async fn check_unique_keys(ctx: &SessionContext) -> Result<(), Error> {
-    let dupes = ctx
-        .sql(&format!(
-            "SELECT source_system, source_record_id, count(*) AS n FROM {IDENTITY_RECORDS} \
-             GROUP BY source_system, source_record_id HAVING count(*) > 1 ORDER BY n DESC, source_record_id LIMIT 3"
-        ))
-        .await
-        .map_err(Error::engine("checking keys"))?
-        .collect()
-        .await
-        .map_err(Error::engine("checking keys"))?;
-    let text =
-        datafusion::arrow::util::pretty::pretty_format_batches(&dupes).map(|t| t.to_string()).unwrap_or_default();
-    if dupes.iter().any(|b| b.num_rows() > 0) {
-        use datafusion::arrow::array::AsArray;
-        let b = dupes.iter().find(|b| b.num_rows() > 0).expect("checked above");
-        let cast =
-            |i: usize| datafusion::arrow::compute::cast(b.column(i), &datafusion::arrow::datatypes::DataType::Utf8);
-        let (s, k) =
-            (cast(0).map_err(|e| Error::Other(e.to_string()))?, cast(1).map_err(|e| Error::Other(e.to_string()))?);
-        let (s, k) = (s.as_string::<i32>().value(0).to_string(), k.as_string::<i32>().value(0).to_string());
-        return Err(Error::Extract(extract::ExtractError::Source {
-            source_name: s,
-            message: format!("key value `{k}` appears on more than one row; a record key must be unique\n{text}"),
-        }));
-    }
-    Ok(())
 }
 
 async fn max_assigned(ctx: &SessionContext) -> Result<u64, Error> {

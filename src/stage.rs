@@ -168,8 +168,7 @@ pub fn external_id_names(pipeline: &Pipeline) -> Vec<String> {
     names
 }
 
-/// Stages all identity sources present in this run and stacks them, numbered by
-/// `(source_system, source_record_id)` so that a record's `rid` only depends on the data.
+/// Stages all identity sources present in this run and stacks them.
 pub async fn stage_all(ctx: &SessionContext, pipeline: &Pipeline, present: &[String]) -> Result<DataFrame, StageError> {
     let mut all: Option<DataFrame> = None;
     for (name, source) in pipeline.spec.identity_sources() {
@@ -182,7 +181,30 @@ pub async fn stage_all(ctx: &SessionContext, pipeline: &Pipeline, present: &[Str
             Some(df) => df.union(staged)?,
         });
     }
-    let all = all.ok_or_else(|| datafusion::error::DataFusionError::Plan("no identity source has data".into()))?;
+    Ok(all.ok_or_else(|| datafusion::error::DataFusionError::Plan("no identity source has data".into()))?)
+}
+
+/// Keeps one row per record key, the most recently updated: a dump that holds a record
+/// twice (an export artefact) must not give one record two customers.
+pub fn latest_per_key(all: DataFrame) -> Result<DataFrame, StageError> {
+    let rank = row_number()
+        .partition_by(vec![col("source_system"), col("source_record_id")])
+        .order_by(vec![
+            col("updated_at").sort(false, false),
+            col("email").sort(true, false),
+            col("phone").sort(true, false),
+            col("last_name_key").sort(true, false),
+        ])
+        .build()?;
+    let names: Vec<Expr> = all.schema().fields().iter().map(|f| col(format!("\"{}\"", f.name()))).collect();
+    let mut with_rank = names.clone();
+    with_rank.push(rank.alias("key_rank"));
+    Ok(all.select(with_rank)?.filter(col("key_rank").eq(lit(1u64)))?.select(names)?)
+}
+
+/// Numbers the records by `(source_system, source_record_id)`, so that a record's `rid`
+/// only depends on the data.
+pub fn with_record_numbers(all: DataFrame) -> Result<DataFrame, StageError> {
     let rid = row_number()
         .order_by(vec![col("source_system").sort(true, true), col("source_record_id").sort(true, true)])
         .build()?;

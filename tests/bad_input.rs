@@ -232,3 +232,38 @@ fn killed_run_leaves_the_previous_output_as_it_was() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[tokio::test]
+async fn a_record_twice_in_the_dump_keeps_its_latest_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = published(dir.path());
+    let file = input.join("crm/contacts_1.csv");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(';').collect();
+    let row: Vec<String> = text.lines().nth(1).unwrap().split(';').map(String::from).collect();
+    let key = row[header.iter().position(|h| *h == "klant_id").unwrap()].clone();
+    // The same contact again, changed later, with a new e-mail address.
+    let mut newer = row.clone();
+    newer[header.iter().position(|h| *h == "email").unwrap()] = "nieuw.adres@ziggo.nl".into();
+    newer[header.iter().position(|h| *h == "gewijzigd_op").unwrap()] = "2026-11-21T09:00:00".into();
+    append(&file, format!("{}\n", newer.join(";")).as_bytes());
+    run_retail(&input, &output, &[]);
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("_manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["inputs"]["crm"]["repeated_keys"], 1);
+    let n = scalar(
+        &output,
+        &["customer_xref"],
+        &format!("SELECT count(*) FROM customer_xref WHERE source_record_id = '{key}'"),
+    )
+    .await;
+    assert_eq!(n, 1);
+    let email = query(
+        &output,
+        &["customers", "customer_xref"],
+        &format!("SELECT c.email FROM customers c JOIN customer_xref x ON x.customer_id = c.customer_id WHERE x.source_record_id = '{key}'"),
+    )
+    .await;
+    let email = datafusion::arrow::util::display::array_value_to_string(email[0].column(0), 0).unwrap();
+    assert_eq!(email, "nieuw.adres@ziggo.nl");
+}
