@@ -193,7 +193,9 @@ async fn run_stages(
     scratch: &Path,
 ) -> Result<Manifest, Error> {
     let spec = &pipeline.spec;
-    let ctx = ctx.clone();
+    // Models and outputs are checked before any data is read: a typo fails in a second.
+    let models = enrich::load_models(pipeline, &pipeline.vars, &reserved_names(pipeline))?;
+    check_outputs(pipeline, &models)?;
     let mut timer = Progress::new(options.progress);
 
     timer.stage("extract");
@@ -240,8 +242,7 @@ async fn run_stages(
     ctx.register_table(MATCH_EDGES, edges.into_view()).map_err(Error::engine("match edges"))?;
 
     timer.stage("enrich");
-    let models = enrich::load_models(pipeline, &pipeline.vars, &reserved_names(pipeline))?;
-    enrich::run_models(&ctx, &models, scratch).await?;
+    enrich::run_models(ctx, &models, scratch).await?;
     timer.note(&format!("{} models", models.len()));
 
     timer.stage("check");
@@ -253,18 +254,12 @@ async fn run_stages(
 
     timer.stage("publish");
     let mut tables = TableInfos::new();
-    let outputs: Vec<(String, Vec<String>)> = if spec.outputs.is_empty() {
-        GOLDEN_TABLES.iter().map(|t| (t.to_string(), Vec::new())).collect()
-    } else {
-        let mut list: Vec<(String, Vec<String>)> =
-            spec.outputs.iter().map(|(t, o)| (t.clone(), o.partition_by.clone())).collect();
-        for t in GOLDEN_TABLES {
-            if !spec.outputs.contains_key(*t) {
-                list.push((t.to_string(), Vec::new()));
-            }
-        }
-        list
-    };
+    // The declared outputs, then the golden tables every run publishes.
+    let mut outputs: Vec<(String, Vec<String>)> =
+        spec.outputs.iter().map(|(t, o)| (t.clone(), o.partition_by.clone())).collect();
+    for t in GOLDEN_TABLES.iter().filter(|t| !spec.outputs.contains_key(**t)) {
+        outputs.push((t.to_string(), Vec::new()));
+    }
     for (table, partition_by) in outputs {
         let df = ctx.table(table.as_str()).await.map_err(Error::engine(format!("output `{table}`")))?;
         let info = staging.write_table(&table, df, &partition_by).await?;
@@ -337,6 +332,25 @@ pub async fn test_published(pipeline: &Pipeline) -> Result<(Vec<check::TestOutco
         }
     }
     Ok((check::run_tests(&ctx, &runnable).await?, not_published))
+}
+
+/// Every declared output must be a golden table or a model.
+fn check_outputs(pipeline: &Pipeline, models: &[enrich::Model]) -> Result<(), Error> {
+    let known: Vec<&str> = GOLDEN_TABLES.iter().copied().chain(models.iter().map(|m| m.name.as_str())).collect();
+    for table in pipeline.spec.outputs.keys() {
+        if !known.contains(&table.as_str()) {
+            let at = crate::config::locate_key(&pipeline.text, &["outputs", table]).unwrap_or((1, 1));
+            return Err(Error::Config(crate::config::ConfigError::at(
+                &pipeline.file,
+                at,
+                format!(
+                    "key `outputs.{table}`: no golden table or model is called `{table}`{}",
+                    crate::config::suggest(table, known.iter().copied())
+                ),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Rows of a registered table.
