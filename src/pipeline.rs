@@ -200,35 +200,35 @@ async fn run_stages(
 
     timer.stage("extract");
     let extracted =
-        extract::extract_all(&ctx, pipeline, &Scratch { dir: scratch.to_path_buf() }, options.limit).await?;
+        extract::extract_all(ctx, pipeline, &Scratch { dir: scratch.to_path_buf() }, options.limit).await?;
     let present: Vec<String> = extracted.iter().map(|e| e.name.clone()).collect();
     let files: usize = extracted.iter().map(|e| e.files.len()).sum();
     let bytes: u64 = extracted.iter().flat_map(|e| &e.files).map(|f| f.size).sum();
     timer.note(&format!("{} sources, {files} files, {} bytes", extracted.len(), thousands(bytes)));
 
     timer.stage("stage");
-    let repeated = stage_records(&ctx, pipeline, &present, scratch).await?;
+    let repeated = stage_records(ctx, pipeline, &present, scratch).await?;
 
     timer.stage("resolve");
-    let (previous, published) = previous_location(&ctx, pipeline, options, output).await?;
-    let high_water = register_previous(&ctx, pipeline, previous.as_ref(), published.as_ref()).await?;
-    timer.note(&format!("{} identity records", thousands(count_rows(&ctx, IDENTITY_RECORDS).await?)));
-    let match_summary = resolve::resolve(&ctx, pipeline, scratch).await?;
+    let (previous, published) = previous_location(ctx, pipeline, options, output).await?;
+    let high_water = register_previous(ctx, pipeline, previous.as_ref(), published.as_ref()).await?;
+    timer.note(&format!("{} identity records", thousands(count_rows(ctx, IDENTITY_RECORDS).await?)));
+    let match_summary = resolve::resolve(ctx, pipeline, scratch).await?;
     timer.note(&format!(
         "{} records into {} customers",
         thousands(match_summary.records),
         thousands(match_summary.customers)
     ));
     let xref = ctx.sql(&ids::xref_sql(high_water)).await.map_err(Error::engine("assigning customer ids"))?;
-    materialize(&ctx, CUSTOMER_XREF, xref, scratch).await?;
+    materialize(ctx, CUSTOMER_XREF, xref, scratch).await?;
     let changes = ctx.sql(&ids::changes_sql(high_water)).await.map_err(Error::engine("customer changes"))?;
-    materialize(&ctx, CUSTOMER_CHANGES, changes, scratch).await?;
-    let new_high_water = high_water.max(max_assigned(&ctx).await?);
+    materialize(ctx, CUSTOMER_CHANGES, changes, scratch).await?;
+    let new_high_water = high_water.max(max_assigned(ctx).await?);
 
     timer.stage("golden");
     let customers = ctx.sql(&golden::customers_sql(pipeline)?).await.map_err(Error::engine("golden customers"))?;
-    materialize(&ctx, CUSTOMERS, customers, scratch).await?;
-    golden::register_source_views(&ctx, pipeline, &present).await?;
+    materialize(ctx, CUSTOMERS, customers, scratch).await?;
+    golden::register_source_views(ctx, pipeline, &present).await?;
     let edges = ctx
         .sql(&format!(
             "SELECT a.source_system AS source_system_a, a.source_record_id AS source_record_id_a, \
@@ -247,7 +247,7 @@ async fn run_stages(
 
     timer.stage("check");
     let tests = data_tests(pipeline);
-    let outcomes = check::run_tests(&ctx, &tests).await?;
+    let outcomes = check::run_tests(ctx, &tests).await?;
     if outcomes.iter().any(|o| !o.passed) {
         return Err(Error::DataTests(outcomes));
     }
@@ -266,7 +266,7 @@ async fn run_stages(
         timer.note(&format!("{table}: {} rows", thousands(info.rows)));
         tables.insert(table, info);
     }
-    write_rejected(&ctx, staging, &extracted).await?;
+    write_rejected(ctx, staging, &extracted).await?;
     timer.finish();
 
     let inputs = extracted
@@ -312,7 +312,7 @@ pub async fn test_published(pipeline: &Pipeline) -> Result<(Vec<check::TestOutco
     let output = Location::parse(&pipeline.spec.output, &pipeline.base_dir)?;
     let scratch = tempfile::tempdir().map_err(|e| Error::Other(e.to_string()))?;
     let ctx = engine::session(&EngineOptions::default(), scratch.path()).map_err(Error::engine("engine"))?;
-    let store = storage::store_for(&ctx, &output, &pipeline.spec.storage)?;
+    let store = storage::store_for(ctx, &output, &pipeline.spec.storage)?;
     let manifest = crate::publish::published_manifest(store.as_ref(), &output)
         .await
         .ok_or_else(|| Error::Usage(format!("{}: no published run (no _SUCCESS)", output.display())))?;
@@ -331,7 +331,7 @@ pub async fn test_published(pipeline: &Pipeline) -> Result<(Vec<check::TestOutco
             not_published.push(table);
         }
     }
-    Ok((check::run_tests(&ctx, &runnable).await?, not_published))
+    Ok((check::run_tests(ctx, &runnable).await?, not_published))
 }
 
 /// Every declared output must be a golden table or a model.
