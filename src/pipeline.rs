@@ -312,7 +312,7 @@ pub async fn test_published(pipeline: &Pipeline) -> Result<(Vec<check::TestOutco
     let output = Location::parse(&pipeline.spec.output, &pipeline.base_dir)?;
     let scratch = tempfile::tempdir().map_err(|e| Error::Other(e.to_string()))?;
     let ctx = engine::session(&EngineOptions::default(), scratch.path()).map_err(Error::engine("engine"))?;
-    let store = storage::store_for(ctx, &output, &pipeline.spec.storage)?;
+    let store = storage::store_for(&ctx, &output, &pipeline.spec.storage)?;
     let manifest = crate::publish::published_manifest(store.as_ref(), &output)
         .await
         .ok_or_else(|| Error::Usage(format!("{}: no published run (no _SUCCESS)", output.display())))?;
@@ -331,7 +331,7 @@ pub async fn test_published(pipeline: &Pipeline) -> Result<(Vec<check::TestOutco
             not_published.push(table);
         }
     }
-    Ok((check::run_tests(ctx, &runnable).await?, not_published))
+    Ok((check::run_tests(&ctx, &runnable).await?, not_published))
 }
 
 /// Every declared output must be a golden table or a model.
