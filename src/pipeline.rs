@@ -199,8 +199,7 @@ async fn run_stages(
     let mut timer = Progress::new(options.progress);
 
     timer.stage("extract");
-    let extracted =
-        extract::extract_all(ctx, pipeline, &Scratch { dir: scratch.to_path_buf() }, options.limit).await?;
+    let extracted = extract::extract_all(ctx, pipeline, &Scratch { dir: scratch.to_path_buf() }, options.limit).await?;
     let present: Vec<String> = extracted.iter().map(|e| e.name.clone()).collect();
     let files: usize = extracted.iter().map(|e| e.files.len()).sum();
     let bytes: u64 = extracted.iter().flat_map(|e| &e.files).map(|f| f.size).sum();
