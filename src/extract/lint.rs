@@ -87,7 +87,7 @@ pub(crate) fn fits(value: &str, to: &DataType) -> bool {
     match to {
         DataType::Utf8 => true,
         DataType::Int64 => v.parse::<i64>().is_ok(),
-        DataType::Float64 | DataType::Decimal128(_, _) => v.parse::<f64>().is_ok_and(f64::is_finite),
+        DataType::Float64 | DataType::Decimal128(_, _) => crate::udf::normalize_number(v).is_some(),
         DataType::Boolean => matches!(
             v.to_ascii_lowercase().as_str(),
             "true" | "false" | "t" | "f" | "1" | "0" | "yes" | "no" | "y" | "n"

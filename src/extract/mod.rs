@@ -322,6 +322,9 @@ pub(crate) fn typed_expr(column: &str, from: &DataType, to: &DataType) -> datafu
         t if t == from => c,
         DataType::Date32 if text => call(Function::ParseDate, vec![c]),
         DataType::Timestamp(_, _) if text => call(Function::ParseTimestamp, vec![c]),
+        DataType::Float64 | DataType::Decimal128(_, _) if text => {
+            cast(call(Function::NormalizeNumber, vec![c]), to.clone())
+        }
         other if text => cast(datafusion::prelude::trim(vec![c]), other.clone()),
         other => cast(c, other.clone()),
     }

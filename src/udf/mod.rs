@@ -6,6 +6,7 @@ mod address;
 mod dates;
 mod email;
 mod name;
+mod numbers;
 mod phone;
 mod similarity;
 
@@ -16,6 +17,7 @@ pub use name::{
     dutch_phonetic, first_name_root, first_names_compatible, fold_name, is_initials, is_known_first_name, name_initial,
     split_full_name, strip_particles,
 };
+pub use numbers::normalize_number;
 pub use phone::{normalize_phone, phone_kind};
 pub use similarity::{damerau_levenshtein, jaro_winkler};
 
@@ -57,10 +59,11 @@ pub enum Function {
     FirstNamesCompatible,
     BirthDatesCompatible,
     IsKnownFirstName,
+    NormalizeNumber,
 }
 
 impl Function {
-    pub const ALL: [Function; 21] = [
+    pub const ALL: [Function; 22] = [
         Function::NormalizeEmail,
         Function::EmailLocalPart,
         Function::NormalizePhone,
@@ -82,6 +85,7 @@ impl Function {
         Function::FirstNamesCompatible,
         Function::BirthDatesCompatible,
         Function::IsKnownFirstName,
+        Function::NormalizeNumber,
     ];
 
     pub fn sql_name(self) -> &'static str {
@@ -107,6 +111,7 @@ impl Function {
             Function::FirstNamesCompatible => "first_names_compatible",
             Function::BirthDatesCompatible => "birth_dates_compatible",
             Function::IsKnownFirstName => "is_known_first_name",
+            Function::NormalizeNumber => "normalize_number",
         }
     }
 
@@ -153,6 +158,7 @@ impl Function {
             Function::SplitLastName => |s| split_full_name(s).1,
             Function::NormalizePostcode => normalize_postcode,
             Function::NormalizeHouseNumber => normalize_house_number,
+            Function::NormalizeNumber => normalize_number,
             _ => return None,
         })
     }
