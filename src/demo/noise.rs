@@ -78,6 +78,8 @@ pub fn email_variant(rng: &mut ChaCha8Rng, email: &str) -> String {
     if rng.random_bool(0.04) {
         local = format!("{local}+{}", ["shop", "nieuwsbrief", "korting", "2024"].choose(rng).expect("tags"));
     }
+    // A slip of the finger in the domain (`hotmial.com`, `zigo.nl`).
+    let domain = if rng.random_bool(0.015) { typo(rng, domain) } else { domain.to_string() };
     let out = format!("{local}@{domain}");
     match rng.random_range(0..100) {
         0..8 => capitalize(&out),

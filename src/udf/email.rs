@@ -21,6 +21,48 @@ const DOMAIN_TYPOS: &[(&str, &str)] = &[
     ("kpnmail.nll", "kpnmail.nl"),
 ];
 
+/// The consumer mail domains most Dutch customers use. A domain one typed character away
+/// from one of these (`hotmil.com`, `zigo.nl`, `gmail.co`) is taken to be it: nobody
+/// registers those as mail domains, and the typo would otherwise split a person.
+const WELL_KNOWN: &[&str] = &[
+    "gmail.com",
+    "hotmail.com",
+    "hotmail.nl",
+    "outlook.com",
+    "outlook.nl",
+    "live.nl",
+    "live.com",
+    "msn.com",
+    "yahoo.com",
+    "icloud.com",
+    "ziggo.nl",
+    "kpnmail.nl",
+    "kpnplanet.nl",
+    "xs4all.nl",
+    "planet.nl",
+    "home.nl",
+    "hetnet.nl",
+    "casema.nl",
+    "upcmail.nl",
+    "telfort.nl",
+    "chello.nl",
+    "quicknet.nl",
+];
+
+fn corrected_domain(domain: &str) -> &str {
+    if let Some((_, fixed)) = DOMAIN_TYPOS.iter().find(|(typo, _)| *typo == domain) {
+        return fixed;
+    }
+    if domain.len() < 7 || WELL_KNOWN.contains(&domain) {
+        return domain;
+    }
+    let mut near = WELL_KNOWN.iter().filter(|known| strsim::damerau_levenshtein(domain, known) == 1);
+    match (near.next(), near.next()) {
+        (Some(known), None) => known,
+        _ => domain,
+    }
+}
+
 /// Trims, lower-cases and canonicalises an address: `+tags` are dropped (sub-addressing is
 /// near-universal among mail providers), dots are dropped where the provider ignores them
 /// and well-known domain typos are corrected. Returns `None` for text that is not an
@@ -38,7 +80,7 @@ pub fn normalize_email(raw: &str) -> Option<String> {
     {
         return None;
     }
-    let domain = DOMAIN_TYPOS.iter().find(|(typo, _)| *typo == domain).map_or(domain, |(_, fixed)| fixed);
+    let domain = corrected_domain(domain);
     let local = local.split('+').next().unwrap_or(local);
     let local = if DOT_INSENSITIVE.contains(&domain) { local.replace('.', "") } else { local.to_string() };
     if local.is_empty() {
@@ -71,6 +113,14 @@ mod tests {
     fn tags_dropped_everywhere_and_typos_fixed() {
         assert_eq!(normalize_email("piet+nieuwsbrief@hotmial.com").as_deref(), Some("piet@hotmail.com"));
         assert_eq!(normalize_email("mailto:<Els@KPNmail.nl>").as_deref(), Some("els@kpnmail.nl"));
+        for typo in ["hotmil.com", "hotmail.cmo", "hotmaill.com", "hotmailc.om"] {
+            assert_eq!(normalize_email(&format!("piet@{typo}")).as_deref(), Some("piet@hotmail.com"), "{typo}");
+        }
+        assert_eq!(normalize_email("jan@zigo.nl").as_deref(), Some("jan@ziggo.nl"));
+        // Real domains near a known one stay as they are, and so do short ones.
+        assert_eq!(normalize_email("jan@live.com").as_deref(), Some("jan@live.com"));
+        assert_eq!(normalize_email("jan@gmx.com").as_deref(), Some("jan@gmx.com"));
+        assert_eq!(normalize_email("jan@werk12.nl").as_deref(), Some("jan@werk12.nl"));
     }
 
     #[test]
