@@ -1,0 +1,102 @@
+"""How much recall the data allows: for each person of the truth, link their records only
+where two of them share hard evidence (normalised e-mail, phone, or postcode + surname;
+optionally also an exact full first name + surname) and count the same-person pairs
+that this joins, transitively. No matcher that relies on that evidence can recall more.
+
+usage: python recall_ceiling.py DATA_DIR      (the folder with dumps/ and truth/)
+"""
+
+import collections
+import re
+import sys
+
+import duckdb
+
+data = sys.argv[1]
+d = f"{data}/dumps"
+con = duckdb.connect()
+rows = con.execute(f"""
+WITH recs AS (
+  SELECT 'crm' s, klant_id r, concat_ws(' ', voornaam, tussenvoegsel, achternaam) name, email, telefoon phone, postcode
+  FROM read_csv('{d}/crm/*.csv', delim=';', header=true, all_varchar=true, union_by_name=true)
+  UNION ALL SELECT 'webshop', CAST(account_id AS VARCHAR), concat_ws(' ', first_name, last_name), email,
+         CAST(phone AS VARCHAR), NULL
+  FROM read_json('{d}/webshop/accounts*.jsonl', format='newline_delimited', union_by_name=true)
+  UNION ALL SELECT 'pos', card_number, full_name, NULL, phone, postcode
+  FROM read_csv('{d}/pos/loyalty_cards*.csv', header=true, all_varchar=true)
+  UNION ALL SELECT 'service', CAST(ticket_id AS VARCHAR), caller_name, caller_email, CAST(caller_phone AS VARCHAR), NULL
+  FROM read_json('{d}/service/tickets*.jsonl', format='newline_delimited', union_by_name=true)
+  UNION ALL SELECT 'email', subscriber_id, first_name, email, NULL, NULL
+  FROM read_csv('{d}/email/subscribers*.csv', header=true, all_varchar=true)
+)
+SELECT t.person_id, recs.name, recs.email, recs.phone, recs.postcode
+FROM read_parquet('{data}/truth/truth.parquet') t
+JOIN recs ON recs.s = t.source_system AND recs.r = t.source_record_id
+""").fetchall()
+
+PARTICLES = {"van", "de", "der", "den", "het", "'t", "ter", "ten", "dhr.", "mevr."}
+
+
+def email(e):
+    e = (e or "").strip().lower()
+    if "@" not in e:
+        return None
+    local, domain = e.split("@", 1)
+    local = local.split("+")[0]
+    return (local.replace(".", "") if domain == "gmail.com" else local) + "@" + domain
+
+
+def phone(p):
+    digits = re.sub(r"\D", "", p or "")
+    return digits[-9:] if len(digits) >= 9 else None
+
+
+def words(n):
+    return (n or "").lower().replace(",", " ").split()
+
+
+def surname(n):
+    w = [x for x in words(n) if x not in PARTICLES and not x.endswith(".")]
+    return w[-1] if len(w) > 1 or (w and len(words(n)) > 1) else None
+
+
+def full_name(n):
+    w = words(n)
+    if len(w) < 2 or w[0].endswith(".") or w[0] in PARTICLES:
+        return None
+    return (w[0], surname(n))
+
+
+def reachable_pairs(records, with_names):
+    parent = list(range(len(records)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    keys = collections.defaultdict(list)
+    for i, (name, mail, tel, pc) in enumerate(records):
+        evidence = [("e", email(mail)), ("p", phone(tel))]
+        if pc and surname(name):
+            evidence.append(("np", (re.sub(r"\s", "", pc).upper(), surname(name))))
+        if with_names:
+            evidence.append(("n", full_name(name)))
+        for key in evidence:
+            if key[1]:
+                keys[key].append(i)
+    for ids in keys.values():
+        for i in ids[1:]:
+            parent[find(i)] = find(ids[0])
+    sizes = collections.Counter(find(i) for i in range(len(records)))
+    return sum(n * (n - 1) // 2 for n in sizes.values())
+
+
+people = collections.defaultdict(list)
+for person, *record in rows:
+    people[person].append(record)
+total = sum(len(r) * (len(r) - 1) // 2 for r in people.values())
+for label, with_names in [("e-mail, phone, postcode + surname", False), ("... and exact full name", True)]:
+    reach = sum(reachable_pairs(r, with_names) for r in people.values())
+    print(f"recall ceiling ({label}): {reach / total:.4f}  ({reach} of {total} same-person pairs)")
