@@ -36,7 +36,7 @@ async fn another_exporters_conventions_give_the_same_result() {
 
     // Same records, same grouping, same money, same dates.
     let summary = "SELECT count(*) AS customers, sum(historical_revenue_eur) AS revenue, \
-                   count(DISTINCT birth_date) AS births, max(last_sign_of_life_at) AS seen, avg(m_score) AS m FROM customers_enriched";
+                   count(DISTINCT birth_date) AS births, max(last_sign_of_life_at) AS seen, sum(to_unixtime(first_seen_at)) AS first, max(last_updated_at) AS updated, avg(m_score) AS m FROM customers_enriched";
     let tables = ["customers_enriched"];
     let a = datafusion::arrow::util::pretty::pretty_format_batches(&query(&out_ours, &tables, summary).await).unwrap();
     let b =

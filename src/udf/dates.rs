@@ -19,7 +19,8 @@ pub fn parse_date(raw: &str) -> Option<NaiveDate> {
 }
 
 /// ISO 8601 / RFC 3339 timestamps with or without zone (no zone means UTC), with `T` or a
-/// space, with or without fractions; a bare date is midnight UTC.
+/// space, with or without fractions; a bare date is midnight UTC; a Unix epoch in seconds,
+/// milliseconds or microseconds.
 pub fn parse_timestamp(raw: &str) -> Option<DateTime<Utc>> {
     let s = raw.trim();
     if s.is_empty() {
@@ -27,6 +28,17 @@ pub fn parse_timestamp(raw: &str) -> Option<DateTime<Utc>> {
     }
     if let Ok(ts) = DateTime::parse_from_rfc3339(s) {
         return Some(ts.with_timezone(&Utc));
+    }
+    // Unix epoch in seconds, milliseconds or microseconds, as many exports write it. Eight
+    // digits stay a date (`19800307`).
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        let n: i64 = s.parse().ok()?;
+        return match s.len() {
+            9 | 10 => DateTime::from_timestamp(n, 0),
+            13 => DateTime::from_timestamp_millis(n),
+            16 => DateTime::from_timestamp_micros(n),
+            _ => parse_date(s).map(|d| Utc.from_utc_datetime(&d.and_time(NaiveTime::MIN))),
+        };
     }
     for f in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
         if let Ok(ts) = DateTime::parse_from_str(s, f) {
@@ -104,5 +116,11 @@ mod tests {
         assert_eq!(parse_timestamp("2026-11-22T13:05:00.000"), want);
         assert_eq!(parse_timestamp("2026-11-22"), Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).single());
         assert_eq!(parse_timestamp("gisteren"), None);
+        let epoch = Utc.with_ymd_and_hms(2026, 11, 22, 13, 5, 0).unwrap().timestamp();
+        assert_eq!(parse_timestamp(&epoch.to_string()), want);
+        assert_eq!(parse_timestamp(&(epoch * 1000).to_string()), want);
+        assert_eq!(parse_timestamp(&(epoch * 1_000_000).to_string()), want);
+        assert_eq!(parse_timestamp("20261122"), Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).single());
+        assert_eq!(parse_timestamp("12345"), None);
     }
 }

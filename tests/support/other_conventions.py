@@ -1,11 +1,11 @@
 """Rewrites generated dumps the way another exporter writes the same SOURCES.md layout:
 other column order, files split differently, UTF-8 BOM and CRLF, day-first dates with
-slashes, timestamps with zone offsets or `Z`, phones as JSON numbers, scores as strings,
+slashes, timestamps with zone offsets or `Z` or as epoch milliseconds, phones as JSON numbers, scores as strings,
 till amounts with a Dutch decimal comma, doubles instead of decimals in Parquet.
 
     python other_conventions.py SRC_DUMPS DST_DUMPS
 """
-import glob, json, os, random, re, shutil, sys
+import datetime, glob, json, os, random, re, shutil, sys
 
 import duckdb
 
@@ -39,6 +39,9 @@ with open(f"{dst}/webshop/accounts.jsonl", "w") as out:
             r = json.loads(line)
             if r.get("created_at"):
                 r["created_at"] = r["created_at"].replace(" ", "T").rstrip("Z") + "Z"
+                if random.random() < 0.3:
+                    when = datetime.datetime.fromisoformat(r["created_at"].replace("Z", "+00:00"))
+                    r["created_at"] = int(when.timestamp() * 1000)
             phone = r.get("phone")
             if phone and phone.isdigit() and random.random() < 0.5:
                 r["phone"] = int(phone)
