@@ -235,6 +235,11 @@ pub fn main() -> i32 {
             let first = message.lines().next().unwrap_or_default();
             tracing::debug!(error = message.as_str(), "full error");
             eprintln!("klantbeeld: {first}");
+            if e.is_out_of_memory() {
+                eprintln!(
+                    "klantbeeld: hint: raise `engine.memory_limit` or pass --memory-limit (see README, Running in production)"
+                );
+            }
             e.exit_code()
         }
     }

@@ -72,8 +72,25 @@ pub mod exit {
 }
 
 impl Error {
+    /// Whether the run stopped because the engine's memory pool was exhausted: a matter of
+    /// the memory limit, not of the configuration or the input.
+    pub fn is_out_of_memory(&self) -> bool {
+        use datafusion::error::DataFusionError as D;
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = source {
+            if let Some(D::ResourcesExhausted(_)) = e.downcast_ref::<D>().map(D::find_root) {
+                return true;
+            }
+            source = e.source();
+        }
+        false
+    }
+
     pub fn exit_code(&self) -> i32 {
         use extract::ExtractError as E;
+        if self.is_out_of_memory() {
+            return exit::OTHER;
+        }
         match self {
             Error::Config(_) | Error::Usage(_) | Error::Golden(golden::GoldenError::UnknownAttribute { .. }) => {
                 exit::CONFIG

@@ -74,6 +74,22 @@ fn exit_codes() {
     let out = run(&blocker.join("out"));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("blocked"), "{}", stderr(&out));
+    // 1 as well: a memory limit the work does not fit in, with a hint what to change; the
+    // output published above stays.
+    let before = std::fs::read_to_string(output.join("_manifest.json")).unwrap();
+    let out = klantbeeld(&[
+        "run",
+        retail_yaml().to_str().unwrap(),
+        "--memory-limit",
+        "64KB",
+        "--var",
+        &format!("input={}", input.join("dumps").display()),
+        "--var",
+        &format!("output={}", output.display()),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("hint: raise `engine.memory_limit`"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(output.join("_manifest.json")).unwrap(), before);
     // 2: configuration.
     assert_eq!(klantbeeld(&["validate", "/nonexistent/pipeline.yaml"]).status.code(), Some(2));
     assert_eq!(klantbeeld(&["run", retail_yaml().to_str().unwrap(), "--var", "broken"]).status.code(), Some(2));
