@@ -23,14 +23,7 @@ fn run_id(output: &Path) -> String {
 
 /// Runs the retail pipeline expecting failure; returns (exit code, stderr).
 fn fail(pipeline: &Path, input: &Path, output: &Path) -> (i32, String) {
-    let out = klantbeeld(&[
-        "run",
-        pipeline.to_str().unwrap(),
-        "--var",
-        &format!("input={}", input.display()),
-        "--var",
-        &format!("output={}", output.display()),
-    ]);
+    let out = run_pipeline(pipeline, input, output, &[]);
     assert!(!out.status.success(), "run should fail");
     let err = stderr(&out);
     assert!(!err.contains("panicked"), "{err}");

@@ -128,16 +128,7 @@ fn fixture(dir: &Path) -> PathBuf {
 }
 
 fn run_fixture(pipeline: &Path, input: &Path, output: &Path) -> std::process::Output {
-    klantbeeld(&[
-        "run",
-        pipeline.to_str().unwrap(),
-        "--var",
-        &format!("input={}", input.display()),
-        "--var",
-        &format!("output={}", output.display()),
-        "--var",
-        "run_date=2026-11-22",
-    ])
+    run_pipeline(pipeline, input, output, &["--var", "run_date=2026-11-22"])
 }
 
 #[tokio::test]

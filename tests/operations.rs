@@ -57,16 +57,7 @@ fn exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let (input, output) = (dir.path().join("data"), dir.path().join("out"));
     generate(&input, 150, 6, false);
-    let run = |output: &std::path::Path| {
-        klantbeeld(&[
-            "run",
-            retail_yaml().to_str().unwrap(),
-            "--var",
-            &format!("input={}", input.join("dumps").display()),
-            "--var",
-            &format!("output={}", output.display()),
-        ])
-    };
+    let run = |output: &std::path::Path| run_pipeline(&retail_yaml(), &input.join("dumps"), output, &[]);
     assert_eq!(run(&output).status.code(), Some(0));
     // 1: anything else, here an output that cannot be written (a file is in the way).
     let blocker = dir.path().join("blocked");
@@ -77,16 +68,7 @@ fn exit_codes() {
     // 1 as well: a memory limit the work does not fit in, with a hint what to change; the
     // output published above stays.
     let before = std::fs::read_to_string(output.join("_manifest.json")).unwrap();
-    let out = klantbeeld(&[
-        "run",
-        retail_yaml().to_str().unwrap(),
-        "--memory-limit",
-        "64KB",
-        "--var",
-        &format!("input={}", input.join("dumps").display()),
-        "--var",
-        &format!("output={}", output.display()),
-    ]);
+    let out = run_pipeline(&retail_yaml(), &input.join("dumps"), &output, &["--memory-limit", "64KB"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("hint: raise `engine.memory_limit`"), "{}", stderr(&out));
     assert_eq!(std::fs::read_to_string(output.join("_manifest.json")).unwrap(), before);

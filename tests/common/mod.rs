@@ -38,13 +38,17 @@ pub fn klantbeeld(args: &[&str]) -> Output {
 }
 
 /// Runs the retail pipeline from `input` to `output`, asserting success.
-pub fn run_retail(input: &Path, output: &Path, extra: &[&str]) -> Output {
-    let yaml = retail_yaml();
+/// `klantbeeld run PIPELINE --var input=.. --var output=.. EXTRA..`, whatever its outcome.
+pub fn run_pipeline(pipeline: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
     let input = format!("input={}", input.display());
     let output_var = format!("output={}", output.display());
-    let mut args = vec!["run", yaml.to_str().unwrap(), "--var", &input, "--var", &output_var];
+    let mut args = vec!["run", pipeline.to_str().unwrap(), "--var", &input, "--var", &output_var];
     args.extend_from_slice(extra);
-    let out = klantbeeld(&args);
+    klantbeeld(&args)
+}
+
+pub fn run_retail(input: &Path, output: &Path, extra: &[&str]) -> Output {
+    let out = run_pipeline(&retail_yaml(), input, output, extra);
     assert!(
         out.status.success(),
         "run failed: {}\n{}",
