@@ -236,6 +236,10 @@ pub fn main() -> i32 {
             tracing::debug!(error = message.as_str(), "full error");
             eprintln!("klantbeeld: {first}");
             if e.is_out_of_memory() {
+                // The engine's list of the biggest memory consumers says which step needs it.
+                for line in message.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+                    eprintln!("klantbeeld:   {}", line.trim());
+                }
                 eprintln!(
                     "klantbeeld: hint: raise `engine.memory_limit` or pass --memory-limit (see README, Running in production)"
                 );

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -16,6 +16,8 @@ pub struct EngineOptions {
     pub memory_limit: Option<usize>,
     pub target_partitions: Option<usize>,
     pub batch_size: Option<usize>,
+    /// DataFusion configuration keys and values, set after the options above.
+    pub settings: Vec<(String, String)>,
 }
 
 /// Parses `512MB`, `2GB`, `1.5G`, `300000000` (bytes).
@@ -51,10 +53,17 @@ pub fn session(options: &EngineOptions, spill_dir: &Path) -> datafusion::error::
         DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill_dir.to_path_buf()])),
     );
     if let Some(bytes) = options.memory_limit {
-        runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(bytes)));
+        // Tracking names the biggest consumers when the pool runs out, which tells the
+        // user which stage (and the developer which operator) needs the memory.
+        let top = std::num::NonZeroUsize::new(5).expect("5 > 0");
+        runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(FairSpillPool::new(bytes), top)));
         // Sorts keep a reserve for merging spilled runs; a tenth of the pool leaves room
         // for the rest (see TECH_NOTES: merges fail when the pool is too tight).
         config = config.with_sort_spill_reservation_bytes((bytes / 10).max(1 << 20));
+    }
+    // Last, so that the pipeline's own settings win over the defaults above.
+    for (key, value) in &options.settings {
+        config.options_mut().set(key, value)?;
     }
     let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
     crate::udf::register(&ctx);

@@ -395,6 +395,7 @@ pub fn start_session(pipeline: &Pipeline, options: &RunOptions, scratch: &Path) 
         },
         target_partitions: spec.engine.target_partitions,
         batch_size: spec.engine.batch_size,
+        settings: spec.engine.settings(),
     };
     let spill = scratch.join("spill");
     std::fs::create_dir_all(&spill).map_err(|e| Error::Other(format!("{}: {e}", spill.display())))?;
@@ -424,7 +425,7 @@ pub async fn stage_records(
         }
         records = stage::latest_per_key(records)?;
     }
-    materialize(ctx, IDENTITY_RECORDS, stage::with_record_numbers(records)?, scratch).await?;
+    materialize(ctx, IDENTITY_RECORDS, stage::with_record_numbers(records).await?, scratch).await?;
     Ok(repeated)
 }
 

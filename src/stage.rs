@@ -2,6 +2,7 @@
 //! the klantbeeld UDFs, and all sources stacked into one `identity_records` table with a
 //! dense record number (`rid`) that resolution works on.
 
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::functions_window::expr_fn::row_number;
@@ -203,12 +204,38 @@ pub fn latest_per_key(all: DataFrame) -> Result<DataFrame, StageError> {
 }
 
 /// Numbers the records by `(source_system, source_record_id)`, so that a record's `rid`
-/// only depends on the data.
-pub fn with_record_numbers(all: DataFrame) -> Result<DataFrame, StageError> {
-    let rid = row_number()
-        .order_by(vec![col("source_system").sort(true, true), col("source_record_id").sort(true, true)])
+/// only depends on the data. Each source is numbered on its own, after the sources before
+/// it in name order: one sort of all records' wide rows would have to merge in a single
+/// partition, which is what runs out of memory first on large inputs.
+pub async fn with_record_numbers(all: DataFrame) -> Result<DataFrame, StageError> {
+    let counts = all
+        .clone()
+        .aggregate(
+            vec![col("source_system")],
+            vec![datafusion::functions_aggregate::expr_fn::count(lit(1)).alias("n")],
+        )?
+        .sort(vec![col("source_system").sort(true, true)])?
+        .collect()
+        .await?;
+    let mut offset = 0i64;
+    let mut offsets = datafusion::logical_expr::case(col("source_system"));
+    for batch in &counts {
+        let names = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8)
+            .map_err(datafusion::error::DataFusionError::from)?;
+        let names = names.as_string::<i32>();
+        let n = batch.column(1).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        for i in 0..batch.num_rows() {
+            offsets = offsets.when(lit(names.value(i).to_string()), lit(offset));
+            offset += n.value(i);
+        }
+    }
+    let offsets = offsets.otherwise(lit(0i64))?;
+    let within = row_number()
+        .partition_by(vec![col("source_system")])
+        .order_by(vec![col("source_record_id").sort(true, true)])
         .build()?;
-    let mut exprs = vec![cast(rid - lit(1u64), DataType::UInt32).alias("rid")];
+    let rid = cast(offsets + cast(within, DataType::Int64) - lit(1i64), DataType::UInt32);
+    let mut exprs = vec![rid.alias("rid")];
     exprs.extend(all.schema().fields().iter().map(|f| col(format!("\"{}\"", f.name()))));
     Ok(all.select(exprs)?)
 }

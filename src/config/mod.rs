@@ -143,6 +143,15 @@ impl Pipeline {
                 return Err(self.error_at(&["resolve", "rules"], format!("rule `{}`: {message}", rule.name())));
             }
         }
+        let mut engine = datafusion::config::ConfigOptions::new();
+        for (key, value) in spec.engine.settings() {
+            if let Err(e) = engine.set(&key, &value) {
+                return Err(self.error_at(
+                    &["engine", "settings", &key],
+                    format!("key `engine.settings.{key}`: cannot set it to `{value}`: {}", e.find_root()),
+                ));
+            }
+        }
         let model_tests = spec.models.iter().flat_map(|m| m.tests.iter());
         for (table, tests) in spec.outputs.iter().map(|(t, o)| (t, &o.tests)).chain(model_tests) {
             for test in tests {
@@ -271,6 +280,22 @@ mod tests {
         assert_eq!(p.spec.name, "t");
         assert!(p.spec.sources["crm"].identity.contains_key(&Attribute::Email));
         assert_eq!(p.spec.sources["crm"].key.as_deref(), Some("klant_id"));
+    }
+
+    #[test]
+    fn engine_settings_and_passes_are_checked_before_the_run() {
+        let with = |engine: &str| format!("{MINIMAL}engine:\n  settings:\n{engine}");
+        let p = load(&with("    datafusion.optimizer.prefer_hash_join: false\n")).unwrap();
+        assert_eq!(p.spec.engine.settings(), vec![("datafusion.optimizer.prefer_hash_join".into(), "false".into())]);
+        let err = load(&with("    datafusion.optimizer.prefer_hash_jion: false\n")).unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:12:"), "{err}");
+        assert!(err.contains("engine.settings.datafusion.optimizer.prefer_hash_jion"), "{err}");
+        let err = load(&with("    datafusion.execution.batch_size: veel\n")).unwrap_err().to_string();
+        assert!(err.contains("cannot set it to `veel`"), "{err}");
+        assert_eq!(load(&format!("{MINIMAL}resolve:\n  passes: 6\n")).unwrap().spec.resolve.passes, Passes(Some(6)));
+        assert_eq!(load(&format!("{MINIMAL}resolve:\n  passes: auto\n")).unwrap().spec.resolve.passes, Passes(None));
+        let err = load(&format!("{MINIMAL}resolve:\n  passes: 0\n")).unwrap_err().to_string();
+        assert!(err.contains("expected `auto` or a number of at least 1"), "{err}");
     }
 
     #[test]

@@ -51,6 +51,22 @@ pub struct EngineSpec {
     pub target_partitions: Option<usize>,
     #[serde(default)]
     pub batch_size: Option<usize>,
+    /// Any DataFusion configuration key (`datafusion.optimizer.prefer_hash_join: false`),
+    /// applied as given; an unknown key or bad value fails before the run starts.
+    #[serde(default)]
+    pub settings: IndexMap<String, serde_yaml::Value>,
+}
+
+impl EngineSpec {
+    /// `settings` as DataFusion's configuration takes them: YAML scalars as text
+    /// (`false`, `8`, `zstd(3)`).
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let text = |value: &serde_yaml::Value| match value {
+            serde_yaml::Value::String(s) => s.clone(),
+            other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+        };
+        self.settings.iter().map(|(k, v)| (k.clone(), text(v))).collect()
+    }
 }
 
 /// Object-store client settings.
@@ -284,6 +300,38 @@ pub struct ResolveSpec {
     pub guardrails: GuardrailSpec,
     #[serde(default = "default_rules")]
     pub rules: Vec<RuleSpec>,
+    /// In how many passes each rule's joins run, each over a share of the identifier
+    /// values: `auto` picks enough for the engine's memory limit.
+    #[serde(default)]
+    pub passes: Passes,
+}
+
+/// `auto` or a fixed number of passes (at least 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "serde_yaml::Value")]
+pub struct Passes(pub Option<usize>);
+
+impl TryFrom<serde_yaml::Value> for Passes {
+    type Error = String;
+
+    fn try_from(value: serde_yaml::Value) -> Result<Self, String> {
+        let text = match &value {
+            serde_yaml::Value::String(s) => s.trim().to_string(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            _ => String::new(),
+        };
+        match text.as_str() {
+            "auto" => Ok(Passes(None)),
+            t => match t.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(Passes(Some(n))),
+                _ => Err(format!("passes: expected `auto` or a number of at least 1, got `{}`", text_of(&value))),
+            },
+        }
+    }
+}
+
+fn text_of(value: &serde_yaml::Value) -> String {
+    serde_yaml::to_string(value).unwrap_or_default().trim().to_string()
 }
 
 fn default_region() -> String {
@@ -303,7 +351,12 @@ fn default_rules() -> Vec<RuleSpec> {
 
 impl Default for ResolveSpec {
     fn default() -> Self {
-        ResolveSpec { default_region: default_region(), guardrails: GuardrailSpec::default(), rules: default_rules() }
+        ResolveSpec {
+            default_region: default_region(),
+            guardrails: GuardrailSpec::default(),
+            rules: default_rules(),
+            passes: Passes::default(),
+        }
     }
 }
 

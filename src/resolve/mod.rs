@@ -75,6 +75,8 @@ pub struct MatchSummary {
     pub customers: u64,
     /// Share of records that were joined with at least one other record.
     pub merged_record_share: f64,
+    /// Passes the rules' joins ran in (see `resolve.passes`).
+    pub passes: usize,
     pub rules: Vec<RuleSummary>,
     /// Cluster size -> number of customers with that many records.
     pub cluster_sizes: BTreeMap<u32, u64>,
@@ -138,16 +140,31 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
     };
     let mut writer = ArrowWriter::try_new(file, edge_schema(), None).map_err(write_err(&edges_path))?;
     let external_ids = external_id_names(pipeline);
+    let passes = spec.passes.0.unwrap_or_else(|| auto_passes(clusters.len(), ctx));
+    if passes > 1 {
+        tracing::info!(passes, "rules run in passes to stay within the memory limit");
+    }
     let mut summaries = Vec::new();
     for (index, rule) in spec.rules.iter().enumerate() {
         let rule_no = (index + 1) as u16;
         let name = rule.name();
         let mut summary = RuleSummary { rule: name.into(), ..Default::default() };
-        for queries in rules::rule_queries(rule, &external_ids) {
+        for (part, queries) in rules::rule_queries(rule, &external_ids).into_iter().enumerate() {
             count_dropped(ctx, name, &queries.dropped, &mut summary).await?;
+            let dir = work_dir.join(format!("edges_{rule_no}_{part}"));
+            write_candidate_edges(ctx, name, &queries, passes, &dir).await?;
+            // Edges in one order whatever the passes, so that the guardrails decide alike.
             let df = ctx
-                .sql(&format!("SELECT * FROM ({}) ORDER BY score DESC, rid_a, rid_b", queries.edges))
+                .read_parquet(format!("{}/", dir.display()), ParquetReadOptions::default())
                 .await
+                .and_then(|df| df.distinct())
+                .and_then(|df| {
+                    df.sort(vec![
+                        datafusion::prelude::col("score").sort(false, true),
+                        datafusion::prelude::col("rid_a").sort(true, true),
+                        datafusion::prelude::col("rid_b").sort(true, true),
+                    ])
+                })
                 .map_err(rule_error(name))?;
             let mut stream = df.execute_stream().await.map_err(rule_error(name))?;
             while let Some(batch) = stream.next().await {
@@ -172,9 +189,48 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
         records,
         customers,
         merged_record_share: if records == 0 { 0.0 } else { merged_records as f64 / records as f64 },
+        passes,
         rules: summaries,
         cluster_sizes: sizes,
     })
+}
+
+/// Records one pass of a rule's joins may hold: the joins keep a few hundred bytes per
+/// record of the pass in memory (measured at 10M records: one pass needs 2-5 GB).
+const BYTES_PER_RECORD_IN_PASS: usize = 1200;
+
+/// Enough passes for a rule's joins to take at most a quarter of the memory limit.
+fn auto_passes(records: usize, ctx: &SessionContext) -> usize {
+    match ctx.runtime_env().memory_pool.memory_limit() {
+        datafusion::execution::memory_pool::MemoryLimit::Finite(limit) => {
+            let per_pass = (limit / 4 / BYTES_PER_RECORD_IN_PASS).max(1);
+            records.div_ceil(per_pass).max(1)
+        }
+        _ => 1,
+    }
+}
+
+/// Writes a rule's candidate edges, pass by pass, as Parquet files under `dir`.
+async fn write_candidate_edges(
+    ctx: &SessionContext,
+    rule: &str,
+    queries: &rules::RuleSql,
+    passes: usize,
+    dir: &Path,
+) -> Result<(), ResolveError> {
+    std::fs::create_dir_all(dir).map_err(|source| ResolveError::Io { path: dir.to_path_buf(), source })?;
+    let url = format!("{}/", dir.display());
+    let mut schema = None;
+    for index in 0..passes {
+        let df = ctx.sql(&(queries.edges)(rules::Pass { index, count: passes })).await.map_err(rule_error(rule))?;
+        schema = Some(df.schema().inner().clone());
+        df.write_parquet(&url, Default::default(), None).await.map_err(rule_error(rule))?;
+    }
+    if let Some(schema) = schema {
+        crate::publish::ensure_local_schema_file(dir, schema)
+            .map_err(|source| ResolveError::Io { path: dir.to_path_buf(), source })?;
+    }
+    Ok(())
 }
 
 /// Counts what a rule's guardrails dropped, keeping a few examples for the manifest.

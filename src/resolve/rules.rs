@@ -32,9 +32,29 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// A rule as queries: its candidate edges and what its guardrails left out.
+/// One of the passes a rule's joins run in: pass `index` of `count` takes the records
+/// whose identifier (or blocking key) falls in bucket `index`. All records that share a
+/// value are in one pass, so the passes together make the same edges as one would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Pass {
+    /// SQL that keeps the records of this pass, by the value of `key`.
+    fn filter(&self, key: &[String]) -> String {
+        if self.count <= 1 {
+            return "true".into();
+        }
+        let value = key.iter().map(|c| format!("CAST({c} AS VARCHAR)")).collect::<Vec<_>>().join(", ");
+        format!("hash_bucket(concat_ws('|', {value}), {}) = {}", self.count, self.index)
+    }
+}
+
+/// A rule as queries: its candidate edges (of one pass) and what its guardrails left out.
 pub struct RuleSql {
-    pub edges: String,
+    pub edges: Box<dyn Fn(Pass) -> String + Send + Sync>,
     /// Values (as text) whose groups break a guardrail, with their record and people counts.
     pub dropped: String,
 }
@@ -77,8 +97,9 @@ fn deterministic_on(
     // Only records that carry the value (and meet the rule's condition) take part. People
     // are counted in two plain aggregations rather than with COUNT(DISTINCT), whose
     // per-group sets take gigabytes over millions of values.
-    let groups = format!(
-        "k AS (SELECT {projection} FROM {IDENTITY_RECORDS} WHERE {not_null}), \
+    let groups = move |pass: &str| {
+        format!(
+            "k AS (SELECT {projection} FROM {IDENTITY_RECORDS} WHERE {not_null} AND {pass}), \
          r0 AS (SELECT {cols}, CASE WHEN length(first_name_root) > 1 THEN first_name_root END AS root, \
                 first_name_known AS known_name, count(*) AS c FROM k GROUP BY {cols}, root, known_name), \
          g0 AS (SELECT {cols}, sum(c) AS n, \
@@ -86,11 +107,20 @@ fn deterministic_on(
                 sum(CASE WHEN root IS NOT NULL AND NOT known_name THEN 1 ELSE 0 END) AS unknown \
                 FROM r0 GROUP BY {cols}), \
          g AS (SELECT {cols}, n, CASE WHEN known > 0 THEN known ELSE unknown END AS people FROM g0)"
+        )
+    };
+    let dropped = format!(
+        "WITH {groups} SELECT concat({value}) AS value, n AS records, people FROM g \
+         WHERE n > 1 AND (n > {max_group} OR people > {max_people}) ORDER BY n DESC, value",
+        groups = groups("true")
     );
     // Groups that break a guardrail are removed before the self-join, so that a value on
     // thousands of records (`info@`) never makes millions of pairs.
-    let edges = format!(
-        "WITH {groups}, \
+    let conflicts = conflicts_clause(unless);
+    let on = on.to_vec();
+    let edges = move |pass: Pass| {
+        format!(
+            "WITH {groups}, \
          ok AS (SELECT {k_columns}, g.people AS group_people FROM k JOIN g ON {join_g} \
                 WHERE g.n <= {max_group} AND g.people <= {max_people}) \
          SELECT l.rid AS rid_a, r.rid AS rid_b, CAST(1.0 AS DOUBLE) AS score, concat({detail}) AS detail \
@@ -98,13 +128,10 @@ fn deterministic_on(
          WHERE (l.group_people <= 1 OR (l.first_name_root IS NOT NULL AND length(l.first_name_root) > 1 \
               AND r.first_name_root IS NOT NULL AND length(r.first_name_root) > 1)) \
          AND {conflicts}",
-        conflicts = conflicts_clause(unless)
-    );
-    let dropped = format!(
-        "WITH {groups} SELECT concat({value}) AS value, n AS records, people FROM g \
-         WHERE n > 1 AND (n > {max_group} OR people > {max_people}) ORDER BY n DESC, value"
-    );
-    RuleSql { edges, dropped }
+            groups = groups(&pass.filter(&on)),
+        )
+    };
+    RuleSql { edges: Box::new(edges), dropped }
 }
 
 /// Records carrying the same external id link (no people guard: these are system keys).
@@ -176,40 +203,43 @@ pub(crate) fn comparison_cases(c: &ComparisonSpec) -> (String, String) {
 }
 
 /// Candidate pairs from the blocking keys (blocks above the size limit are skipped),
-/// scored by the comparisons; pairs at or above the threshold are edges.
-pub fn fuzzy(rule: &FuzzyRule) -> (String, String) {
+/// scored by the comparisons; pairs at or above the threshold are edges. A pair that
+/// shares several blocking keys comes once per key; the caller keeps one.
+pub fn fuzzy(rule: &FuzzyRule) -> RuleSql {
     let records = match &rule.filter {
         Some(f) => format!("(SELECT * FROM {IDENTITY_RECORDS} WHERE {f})"),
         None => IDENTITY_RECORDS.to_string(),
     };
-    let pairs = rule
-        .blocking
-        .iter()
-        .map(|key| {
-            let not_null = key.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
-            let cols = key.join(", ");
-            let join_lr = key.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
-            let join_b = key.iter().map(|c| format!("b.{c} = l.{c}")).collect::<Vec<_>>().join(" AND ");
-            format!(
-                "SELECT l.rid AS rid_a, r.rid AS rid_b FROM {records} l \
-                 JOIN (SELECT {cols}, count(*) AS n FROM {records} WHERE {not_null} GROUP BY {cols}) b ON {join_b} \
-                 JOIN {records} r ON {join_lr} AND l.rid < r.rid WHERE b.n <= {max}",
-                max = rule.max_block_size
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" UNION ");
     let cases: Vec<(String, String)> = rule.comparisons.iter().map(comparison_cases).collect();
     let score = cases.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>().join(" + ");
     let detail = cases.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join(", ");
-    let edges = format!(
-        "SELECT rid_a, rid_b, score, detail FROM (\
-         SELECT p.rid_a, p.rid_b, CAST({score} AS DOUBLE) AS score, concat_ws(' ', {detail}) AS detail \
-         FROM ({pairs}) p JOIN {IDENTITY_RECORDS} l ON l.rid = p.rid_a JOIN {IDENTITY_RECORDS} r ON r.rid = p.rid_b \
-         WHERE {conflicts}) WHERE score >= {threshold}",
-        conflicts = conflicts_clause(&rule.unless_conflict),
-        threshold = rule.threshold
-    );
+    let conflicts = conflicts_clause(&rule.unless_conflict);
+    let (blocking, max, threshold) = (rule.blocking.clone(), rule.max_block_size, rule.threshold);
+    let from = records.clone();
+    // The pairs are scored straight from the two blocked records: no lookups by rid.
+    let edges = move |pass: Pass| {
+        blocking
+            .iter()
+            .map(|key| {
+                let not_null = key.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
+                let cols = key.join(", ");
+                let join_lr = key.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
+                let join_b = key.iter().map(|c| format!("b.{c} = k.{c}")).collect::<Vec<_>>().join(" AND ");
+                format!(
+                    "SELECT rid_a, rid_b, score, detail FROM (\
+                     WITH k AS (SELECT * FROM {from} WHERE {not_null} AND {pass}), \
+                     b AS (SELECT {cols}, count(*) AS n FROM k GROUP BY {cols}), \
+                     kb AS (SELECT k.* FROM k JOIN b ON {join_b} WHERE b.n <= {max}) \
+                     SELECT l.rid AS rid_a, r.rid AS rid_b, CAST({score} AS DOUBLE) AS score, \
+                     concat_ws(' ', {detail}) AS detail \
+                     FROM kb l JOIN kb r ON {join_lr} AND l.rid < r.rid WHERE {conflicts}) \
+                     WHERE score >= {threshold}",
+                    pass = pass.filter(key),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ")
+    };
     let skipped = rule
         .blocking
         .iter()
@@ -225,7 +255,7 @@ pub fn fuzzy(rule: &FuzzyRule) -> (String, String) {
         })
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
-    (edges, skipped)
+    RuleSql { edges: Box::new(edges), dropped: skipped }
 }
 
 /// Per rule: the edge query and the query of what its guardrails left out.
@@ -233,9 +263,6 @@ pub fn rule_queries(rule: &RuleSpec, external_ids: &[String]) -> Vec<RuleSql> {
     match rule {
         RuleSpec::Deterministic(r) => vec![deterministic(r)],
         RuleSpec::ExternalId(r) => external_id(r, external_ids),
-        RuleSpec::Fuzzy(r) => {
-            let (edges, dropped) = fuzzy(r);
-            vec![RuleSql { edges, dropped }]
-        }
+        RuleSpec::Fuzzy(r) => vec![fuzzy(r)],
     }
 }

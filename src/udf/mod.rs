@@ -60,10 +60,11 @@ pub enum Function {
     BirthDatesCompatible,
     IsKnownFirstName,
     NormalizeNumber,
+    HashBucket,
 }
 
 impl Function {
-    pub const ALL: [Function; 22] = [
+    pub const ALL: [Function; 23] = [
         Function::NormalizeEmail,
         Function::EmailLocalPart,
         Function::NormalizePhone,
@@ -86,6 +87,7 @@ impl Function {
         Function::BirthDatesCompatible,
         Function::IsKnownFirstName,
         Function::NormalizeNumber,
+        Function::HashBucket,
     ];
 
     pub fn sql_name(self) -> &'static str {
@@ -112,6 +114,7 @@ impl Function {
             Function::BirthDatesCompatible => "birth_dates_compatible",
             Function::IsKnownFirstName => "is_known_first_name",
             Function::NormalizeNumber => "normalize_number",
+            Function::HashBucket => "hash_bucket",
         }
     }
 
@@ -126,6 +129,8 @@ impl Function {
                 Signature::string(2, v)
             }
             Function::BirthDatesCompatible => Signature::exact(vec![DataType::Date32, DataType::Date32], v),
+            // Any value (read as text) and a bucket count.
+            Function::HashBucket => Signature::any(2, v),
             _ => Signature::string(1, v),
         }
     }
@@ -133,7 +138,7 @@ impl Function {
     fn return_type(self) -> DataType {
         match self {
             Function::JaroWinkler => DataType::Float64,
-            Function::DamerauLevenshtein => DataType::Int64,
+            Function::DamerauLevenshtein | Function::HashBucket => DataType::Int64,
             Function::IsInitials
             | Function::IsKnownFirstName
             | Function::FirstNamesCompatible
@@ -215,6 +220,14 @@ impl ScalarUDFImpl for KlantbeeldUdf {
                 .collect();
             return Ok(ColumnarValue::Array(Arc::new(out)));
         }
+        if self.function == Function::HashBucket {
+            let values = datafusion::arrow::compute::cast(&arrays[0], &DataType::Utf8)?;
+            let buckets = datafusion::arrow::compute::cast(&arrays[1], &DataType::Int64)?;
+            let buckets = buckets.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let out: datafusion::arrow::array::Int64Array =
+                values.as_string::<i32>().iter().zip(buckets.iter()).map(|(v, n)| Some(hash_bucket(v?, n?))).collect();
+            return Ok(ColumnarValue::Array(Arc::new(out)));
+        }
         let first = texts(name, &arrays[0])?;
         let out: ArrayRef = if let Some(kernel) = self.function.text_kernel() {
             let mut b = StringBuilder::with_capacity(rows, rows * 12);
@@ -287,6 +300,17 @@ impl ScalarUDFImpl for KlantbeeldUdf {
     }
 }
 
+/// The bucket in `0..buckets` of a value: FNV-1a, so that it is the same on every run and
+/// machine (a run splits work into passes by it).
+pub fn hash_bucket(value: &str, buckets: i64) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in value.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % buckets.max(1) as u64) as i64
+}
+
 /// Days from 0001-01-01 to 1970-01-01, to turn a chrono date into Arrow's Date32.
 const EPOCH_DAYS_FROM_CE: i32 = 719_163;
 
@@ -349,5 +373,28 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} missing in\n{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn hash_bucket_spreads_values_and_is_stable() {
+        let counts: Vec<usize> = (0..4)
+            .map(|b| (0..4000).filter(|i| hash_bucket(&format!("klant{i}@example.nl"), 4) == b).count())
+            .collect();
+        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "uneven buckets {counts:?}");
+        assert_eq!(hash_bucket("jan@example.nl", 1), 0);
+        let ctx = SessionContext::new();
+        register(&ctx);
+        let batches = ctx
+            .sql("SELECT hash_bucket(arrow_cast('jan@example.nl', 'Utf8View'), 7) AS a, hash_bucket(123, 7) AS b, hash_bucket(NULL, 7) AS c")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let row = batches[0].clone();
+        let col = |i: usize| row.column(i).as_primitive::<datafusion::arrow::datatypes::Int64Type>().clone();
+        assert_eq!(col(0).value(0), hash_bucket("jan@example.nl", 7));
+        assert_eq!(col(1).value(0), hash_bucket("123", 7));
+        assert!(col(2).is_null(0));
     }
 }
