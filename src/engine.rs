@@ -7,7 +7,7 @@ use std::sync::Arc;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
 
 /// Settings for one session.
 #[derive(Debug, Clone, Default)]
@@ -68,6 +68,19 @@ pub fn session(options: &EngineOptions, spill_dir: &Path) -> datafusion::error::
     let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
     crate::udf::register(&ctx);
     Ok(ctx)
+}
+
+/// Writes a query's result as Parquet under `dir/name/` and registers it as table `name`
+/// in its place: later stages read the file, not the query again.
+pub async fn materialize(ctx: &SessionContext, name: &str, df: DataFrame, dir: &Path) -> datafusion::error::Result<()> {
+    let path = dir.join(name);
+    std::fs::create_dir_all(&path)?;
+    let url = format!("{}/", path.display());
+    let schema = df.schema().inner().clone();
+    df.write_parquet(&url, Default::default(), None).await?;
+    crate::publish::ensure_local_schema_file(&path, schema)?;
+    let _ = ctx.deregister_table(name);
+    ctx.register_parquet(name, &url, ParquetReadOptions::default()).await
 }
 
 #[cfg(test)]

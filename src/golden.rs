@@ -5,7 +5,8 @@ use datafusion::prelude::SessionContext;
 
 use crate::config::{Pipeline, Survivorship};
 use crate::extract::raw_table;
-use crate::stage::IDENTITY_RECORDS;
+use crate::resolve::CLUSTERED_RECORDS;
+use crate::resolve::ids::CUSTOMER_IDS;
 
 pub const CUSTOMERS: &str = "customers";
 pub const CUSTOMER_XREF: &str = "customer_xref";
@@ -142,8 +143,7 @@ pub fn customers_sql(pipeline: &Pipeline) -> Result<String, GoldenError> {
     Ok(format!(
         "WITH base0 AS (SELECT x.customer_id, r.source_system, r.source_record_id, r.updated_at, {columns_r}, \
                         {priority} AS priority \
-                        FROM {CUSTOMER_XREF} x JOIN {IDENTITY_RECORDS} r \
-                        ON r.source_system = x.source_system AND r.source_record_id = x.source_record_id){freq_ctes}, \
+                        FROM {CUSTOMER_IDS} x JOIN {CLUSTERED_RECORDS} r ON r.cluster_id = x.cluster_id){freq_ctes}, \
          base AS (SELECT b.*{freq_columns} FROM base0 b{freq_joins}), \
          picked AS (SELECT customer_id, {picks}, \
                     CAST(count(*) AS BIGINT) AS record_count, \
@@ -175,9 +175,12 @@ pub async fn register_source_views(
             Some(b) => (b.source.clone(), format!("CAST(f.\"{}\" AS VARCHAR)", b.column)),
             None => (name.clone(), "f.source_record_id".to_string()),
         };
+        // The owner's crosswalk rows (narrow, one per record) are the hash join's build
+        // side; the facts, often many times more, stream past it.
         let sql = format!(
-            "SELECT x.customer_id, f.* FROM {raw} f LEFT JOIN {CUSTOMER_XREF} x \
-             ON x.source_system = '{owner}' AND x.source_record_id = {key}"
+            "SELECT x.customer_id, f.* FROM \
+             (SELECT customer_id, source_record_id FROM {CUSTOMER_XREF} WHERE source_system = '{owner}') x \
+             RIGHT JOIN {raw} f ON x.source_record_id = {key}"
         );
         let df = ctx.sql(&sql).await?;
         ctx.register_table(name.as_str(), df.into_view())?;

@@ -98,18 +98,7 @@ fn redact_vars(vars: &[(String, String)]) -> BTreeMap<String, String> {
 /// Writes a frame to a scratch Parquet folder and registers it under `name`, so later
 /// stages read the result instead of recomputing it.
 pub async fn materialize(ctx: &SessionContext, name: &str, df: DataFrame, dir: &Path) -> Result<(), Error> {
-    let path = dir.join(name);
-    std::fs::create_dir_all(&path).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
-    let url = format!("{}/", path.display());
-    let schema = df.schema().inner().clone();
-    df.write_parquet(&url, Default::default(), None).await.map_err(Error::engine(format!("computing `{name}`")))?;
-    crate::publish::ensure_local_schema_file(&path, schema)
-        .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
-    let _ = ctx.deregister_table(name);
-    ctx.register_parquet(name, &url, ParquetReadOptions::default())
-        .await
-        .map_err(Error::engine(format!("reading back `{name}`")))?;
-    Ok(())
+    engine::materialize(ctx, name, df, dir).await.map_err(Error::engine(format!("computing `{name}`")))
 }
 
 /// Where the previous crosswalk comes from: the option, the YAML, or the published output.
@@ -218,7 +207,10 @@ async fn run_stages(
         thousands(match_summary.records),
         thousands(match_summary.customers)
     ));
-    let xref = ctx.sql(&ids::xref_sql(high_water)).await.map_err(Error::engine("assigning customer ids"))?;
+    let customer_ids =
+        ctx.sql(&ids::customer_ids_sql(high_water)).await.map_err(Error::engine("assigning customer ids"))?;
+    materialize(ctx, ids::CUSTOMER_IDS, customer_ids, scratch).await?;
+    let xref = ctx.sql(&ids::xref_sql()).await.map_err(Error::engine("customer crosswalk"))?;
     materialize(ctx, CUSTOMER_XREF, xref, scratch).await?;
     let changes = ctx.sql(&ids::changes_sql(high_water)).await.map_err(Error::engine("customer changes"))?;
     materialize(ctx, CUSTOMER_CHANGES, changes, scratch).await?;
@@ -233,7 +225,8 @@ async fn run_stages(
             "SELECT a.source_system AS source_system_a, a.source_record_id AS source_record_id_a, \
              b.source_system AS source_system_b, b.source_record_id AS source_record_id_b, \
              e.rule, e.score, e.detail, e.decision \
-             FROM {} e JOIN {IDENTITY_RECORDS} a ON a.rid = e.rid_a JOIN {IDENTITY_RECORDS} b ON b.rid = e.rid_b",
+             FROM {} e JOIN (SELECT rid, source_system, source_record_id FROM {IDENTITY_RECORDS}) a ON a.rid = e.rid_a \
+             JOIN (SELECT rid, source_system, source_record_id FROM {IDENTITY_RECORDS}) b ON b.rid = e.rid_b",
             resolve::EDGE_DECISIONS
         ))
         .await
@@ -362,7 +355,7 @@ async fn count_rows(ctx: &SessionContext, table: &str) -> Result<u64, Error> {
 pub fn reserved_names(pipeline: &Pipeline) -> Vec<String> {
     let mut names: Vec<String> = GOLDEN_TABLES.iter().map(|s| s.to_string()).collect();
     names.extend(
-        [IDENTITY_RECORDS, resolve::RECORD_CLUSTERS, resolve::EDGE_DECISIONS, ids::PREVIOUS_XREF]
+        [IDENTITY_RECORDS, resolve::CLUSTERED_RECORDS, ids::CUSTOMER_IDS, resolve::EDGE_DECISIONS, ids::PREVIOUS_XREF]
             .iter()
             .map(|s| s.to_string()),
     );

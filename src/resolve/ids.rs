@@ -6,8 +6,10 @@
 
 use datafusion::prelude::SessionContext;
 
-use super::RECORD_CLUSTERS;
-use crate::stage::IDENTITY_RECORDS;
+use super::CLUSTERED_RECORDS;
+
+/// Each cluster's customer id: `(cluster_id, customer_id)`.
+pub const CUSTOMER_IDS: &str = "customer_ids";
 
 /// The previous crosswalk as a table (empty when there is none).
 pub const PREVIOUS_XREF: &str = "previous_xref";
@@ -62,8 +64,7 @@ pub async fn previous_high_water(ctx: &SessionContext) -> datafusion::error::Res
 /// SQL of the id assignment as named subqueries, given the highest sequence number used.
 fn assignment_ctes(high_water: u64) -> String {
     format!(
-        "cur AS (SELECT c.cluster_id, r.source_system, r.source_record_id, c.matched_by \
-                 FROM {RECORD_CLUSTERS} c JOIN {IDENTITY_RECORDS} r ON c.rid = r.rid), \
+        "cur AS (SELECT cluster_id, source_system, source_record_id, matched_by FROM {CLUSTERED_RECORDS}), \
          votes AS (SELECT cur.cluster_id, p.customer_id, count(*) AS n FROM cur JOIN {PREVIOUS_XREF} p \
                    ON p.source_system = cur.source_system AND p.source_record_id = cur.source_record_id \
                    GROUP BY cur.cluster_id, p.customer_id), \
@@ -77,12 +78,17 @@ fn assignment_ctes(high_water: u64) -> String {
     )
 }
 
+/// Each cluster's customer id (for `CUSTOMER_IDS`).
+pub fn customer_ids_sql(high_water: u64) -> String {
+    format!("WITH {} SELECT cluster_id, customer_id FROM assigned", assignment_ctes(high_water))
+}
+
 /// The crosswalk: every identity record with its customer id and the rule that joined it.
-pub fn xref_sql(high_water: u64) -> String {
+/// The customer ids (one row per cluster) are the join's build side, the records stream.
+pub fn xref_sql() -> String {
     format!(
-        "WITH {} SELECT a.customer_id, cur.source_system, cur.source_record_id, cur.matched_by \
-         FROM cur JOIN assigned a ON a.cluster_id = cur.cluster_id",
-        assignment_ctes(high_water)
+        "SELECT a.customer_id, r.source_system, r.source_record_id, r.matched_by \
+         FROM {CUSTOMER_IDS} a JOIN {CLUSTERED_RECORDS} r ON a.cluster_id = r.cluster_id"
     )
 }
 

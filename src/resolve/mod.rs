@@ -4,6 +4,7 @@
 
 mod cluster;
 pub mod ids;
+mod lookup;
 pub(crate) mod rules;
 
 pub use cluster::{Clusters, Decision, RecordAttrs, Refusal};
@@ -13,9 +14,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, AsArray, Date32Array, Float64Array, RecordBatch, StringArray, StringBuilder, UInt32Array,
-};
+use datafusion::arrow::array::{Array, AsArray, Date32Array, Float64Array, RecordBatch, StringArray, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
@@ -25,8 +24,8 @@ use serde::Serialize;
 use crate::config::Pipeline;
 use crate::stage::{IDENTITY_RECORDS, external_id_names};
 
-/// Table of `(rid, cluster, matched_by)` after clustering.
-pub const RECORD_CLUSTERS: &str = "record_clusters";
+/// The identity records with `cluster_id` and `matched_by` after clustering.
+pub const CLUSTERED_RECORDS: &str = "clustered_records";
 /// Table of every candidate edge with its decision.
 pub const EDGE_DECISIONS: &str = "edge_decisions";
 
@@ -123,7 +122,7 @@ async fn load_records(ctx: &SessionContext, clusters: &mut Clusters) -> Result<(
     Ok(())
 }
 
-/// Runs every rule, clusters, and registers `record_clusters` and `edge_decisions`.
+/// Runs every rule, clusters, and registers `clustered_records` and `edge_decisions`.
 pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path) -> Result<MatchSummary, ResolveError> {
     let spec = &pipeline.spec.resolve;
     let mut clusters = Clusters::new(spec.guardrails.max_cluster_size, &spec.guardrails.conflicting);
@@ -177,12 +176,27 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
         summaries.push(summary);
     }
     writer.close().map_err(write_err(&edges_path))?;
-    let clusters_path = work_dir.join("record_clusters.parquet");
-    let sizes = write_clusters(&mut clusters, spec, &clusters_path)?;
     ctx.register_parquet(EDGE_DECISIONS, edges_path.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;
-    ctx.register_parquet(RECORD_CLUSTERS, clusters_path.to_string_lossy().as_ref(), ParquetReadOptions::default())
-        .await?;
+    let arrays = Arc::new(cluster_arrays(&mut clusters, spec));
+    let sizes = size_histogram(&arrays.cluster);
     let records = clusters.len() as u64;
+    drop(clusters);
+    for f in lookup::functions(arrays) {
+        ctx.register_udf(f);
+    }
+    let clustered = ctx
+        .sql(&format!(
+            "SELECT {}(rid) AS cluster_id, {}(rid) AS matched_by, * FROM {IDENTITY_RECORDS}",
+            lookup::CLUSTER_OF,
+            lookup::MATCHED_BY_OF
+        ))
+        .await?;
+    let written = crate::engine::materialize(ctx, CLUSTERED_RECORDS, clustered, work_dir).await;
+    // The functions hold the arrays; the table has what they said.
+    for name in [lookup::CLUSTER_OF, lookup::MATCHED_BY_OF] {
+        ctx.deregister_udf(name);
+    }
+    written?;
     let customers: u64 = sizes.values().sum();
     let merged_records: u64 = sizes.iter().filter(|(s, _)| **s > 1).map(|(s, n)| *s as u64 * n).sum();
     Ok(MatchSummary {
@@ -319,46 +333,25 @@ fn decide(
     )?)
 }
 
-/// Writes `(rid, cluster, matched_by)` for every record and returns the size histogram.
-fn write_clusters(
-    clusters: &mut Clusters,
-    spec: &crate::config::ResolveSpec,
-    path: &Path,
-) -> Result<BTreeMap<u32, u64>, ResolveError> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("rid", DataType::UInt32, false),
-        Field::new("cluster_id", DataType::UInt32, false),
-        Field::new("matched_by", DataType::Utf8, false),
-    ]));
-    let file = File::create(path).map_err(|source| ResolveError::Io { path: path.into(), source })?;
-    let werr = |source| ResolveError::Write { path: path.into(), source };
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), None).map_err(werr)?;
+/// Every record's cluster (its union-find root) and the rule that joined it.
+fn cluster_arrays(clusters: &mut Clusters, spec: &crate::config::ResolveSpec) -> lookup::ClusterArrays {
     let n = clusters.len() as u32;
-    let mut size_of_root: HashMap<u32, u32> = HashMap::new();
-    let rule_names: Vec<&str> = spec.rules.iter().map(|r| r.name()).collect();
-    const CHUNK: u32 = 65_536;
-    let mut start = 0;
-    while start < n {
-        let end = (start + CHUNK).min(n);
-        let rids: UInt32Array = (start..end).collect();
-        let roots: UInt32Array = (start..end).map(|r| clusters.find(r)).collect();
-        for r in roots.values() {
-            *size_of_root.entry(*r).or_default() += 1;
-        }
-        let matched: StringArray = (start..end)
-            .map(|r| match clusters.matched_by(r) {
-                0 => Some("none"),
-                k => Some(rule_names[k as usize - 1]),
-            })
-            .collect();
-        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(rids), Arc::new(roots), Arc::new(matched)])?;
-        writer.write(&batch).map_err(werr)?;
-        start = end;
+    lookup::ClusterArrays {
+        cluster: (0..n).map(|r| clusters.find(r)).collect(),
+        rule: (0..n).map(|r| clusters.matched_by(r)).collect(),
+        rule_names: spec.rules.iter().map(|r| r.name().to_string()).collect(),
     }
-    writer.close().map_err(werr)?;
+}
+
+/// Cluster size -> number of clusters of that size.
+fn size_histogram(cluster_of: &[u32]) -> BTreeMap<u32, u64> {
+    let mut size_of_root: HashMap<u32, u32> = HashMap::new();
+    for root in cluster_of {
+        *size_of_root.entry(*root).or_default() += 1;
+    }
     let mut sizes = BTreeMap::new();
     for s in size_of_root.values() {
         *sizes.entry(*s).or_default() += 1;
     }
-    Ok(sizes)
+    sizes
 }
