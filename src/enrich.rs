@@ -152,8 +152,12 @@ pub async fn run_models(ctx: &SessionContext, models: &[Model], scratch: &Path) 
             crate::Error::Enrich(EnrichError::Sql { path: m.path.clone(), message: one_line(&e.to_string()) })
         };
         let df = ctx.sql(&m.sql).await.map_err(sql_err)?;
+        // A model that plans but fails while running (memory, a bad cast in the data) is
+        // an engine error of that file, not a configuration error.
         crate::pipeline::materialize(ctx, &m.name, df, scratch).await.map_err(|e| match e {
-            crate::Error::Engine { source, .. } => sql_err(source),
+            crate::Error::Engine { source, .. } => {
+                crate::Error::Engine { context: m.path.display().to_string(), source }
+            }
             other => other,
         })?;
         tracing::info!(model = m.name.as_str(), "model built");

@@ -96,24 +96,23 @@ pub fn customers_sql(pipeline: &Pipeline) -> Result<String, GoldenError> {
     };
     // Frequencies by aggregation and join rather than a window per attribute: windows
     // sort the whole table, which a tight memory pool cannot hold at millions of rows.
+    // Each count table is the join's build side (keyed by the numeric cluster, it is the
+    // narrow one); the records stream past it.
     let frequent: Vec<&str> = GOLDEN_ATTRIBUTES
         .iter()
         .copied()
         .filter(|a| strategy(a) == Survivorship::MostFrequent && (!ADDRESS_PARTS.contains(a) || *a == "postcode"))
         .collect();
-    let freq_ctes: String = frequent
-        .iter()
-        .map(|a| {
-            format!(
-                ", f_{a} AS (SELECT customer_id, {a} AS v, count(*) AS n FROM base0 WHERE {a} IS NOT NULL GROUP BY customer_id, {a})"
-            )
-        })
-        .collect();
-    let freq_columns: String = frequent.iter().map(|a| format!(", COALESCE(f_{a}.n, 0) AS freq_{a}")).collect();
-    let freq_joins: String = frequent
-        .iter()
-        .map(|a| format!(" LEFT JOIN f_{a} ON f_{a}.customer_id = b.customer_id AND f_{a}.v = b.{a}"))
-        .collect();
+    let mut freq_ctes = String::new();
+    let mut last = "base0".to_string();
+    for a in &frequent {
+        freq_ctes.push_str(&format!(
+            ", f_{a} AS (SELECT cluster_id, {a} AS v, count(*) AS n FROM base0 WHERE {a} IS NOT NULL GROUP BY cluster_id, {a}), \
+             with_{a} AS (SELECT b.*, COALESCE(f.n, 0) AS freq_{a} FROM f_{a} f RIGHT JOIN {last} b \
+             ON f.cluster_id = b.cluster_id AND f.v = b.{a})"
+        ));
+        last = format!("with_{a}");
+    }
     let identity: Vec<&String> = pipeline.spec.identity_sources().map(|(n, _)| n).collect();
     let systems = identity
         .iter()
@@ -141,10 +140,10 @@ pub fn customers_sql(pipeline: &Pipeline) -> Result<String, GoldenError> {
     let columns = GOLDEN_ATTRIBUTES.join(", ");
     let columns_r = GOLDEN_ATTRIBUTES.iter().map(|a| format!("r.{a}")).collect::<Vec<_>>().join(", ");
     Ok(format!(
-        "WITH base0 AS (SELECT x.customer_id, r.source_system, r.source_record_id, r.updated_at, {columns_r}, \
+        "WITH base0 AS (SELECT x.customer_id, r.cluster_id, r.source_system, r.source_record_id, r.updated_at, {columns_r}, \
                         {priority} AS priority \
                         FROM {CUSTOMER_IDS} x JOIN {CLUSTERED_RECORDS} r ON r.cluster_id = x.cluster_id){freq_ctes}, \
-         base AS (SELECT b.*{freq_columns} FROM base0 b{freq_joins}), \
+         base AS (SELECT * FROM {last}), \
          picked AS (SELECT customer_id, {picks}, \
                     CAST(count(*) AS BIGINT) AS record_count, \
                     concat_ws(',', {systems}) AS source_systems, \
