@@ -104,6 +104,9 @@ pub struct EvalArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Memory the engine may use before spilling, such as 2GB.
+    #[arg(long, default_value = "2GB")]
+    pub memory_limit: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -318,9 +321,11 @@ async fn dispatch(command: Command, live_progress: bool, run_id: Option<String>)
             let cwd = std::env::current_dir().unwrap_or_default();
             let truth = crate::storage::Location::parse(&args.truth, &cwd)?;
             let crosswalk = crate::storage::Location::parse(&args.crosswalk, &cwd)?;
-            let ctx =
-                crate::engine::session(&Default::default(), &std::env::temp_dir()).map_err(Error::engine("engine"))?;
-            let e = crate::eval::evaluate(&ctx, &truth, &crosswalk).await?;
+            let memory_limit = Some(crate::engine::parse_size(&args.memory_limit).map_err(Error::Usage)?);
+            let scratch = tempfile::tempdir().map_err(|e| Error::Other(format!("scratch folder: {e}")))?;
+            let options = crate::engine::EngineOptions { memory_limit, ..Default::default() };
+            let ctx = crate::engine::session(&options, scratch.path()).map_err(Error::engine("engine"))?;
+            let e = crate::eval::evaluate(&ctx, &truth, &crosswalk, scratch.path()).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&e).map_err(|e| Error::Other(e.to_string()))?);
             } else {

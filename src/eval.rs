@@ -51,7 +51,13 @@ fn parquet_url(loc: &Location) -> String {
 }
 
 /// Scores the crosswalk at `crosswalk` against `truth` (both Parquet).
-pub async fn evaluate(ctx: &SessionContext, truth: &Location, crosswalk: &Location) -> Result<Evaluation, Error> {
+/// Scores `crosswalk` against `truth`; `scratch` holds an intermediate table.
+pub async fn evaluate(
+    ctx: &SessionContext,
+    truth: &Location,
+    crosswalk: &Location,
+    scratch: &std::path::Path,
+) -> Result<Evaluation, Error> {
     let storage = crate::config::StorageSpec::default();
     for loc in [truth, crosswalk] {
         crate::storage::store_for(ctx, loc, &storage)?;
@@ -62,16 +68,25 @@ pub async fn evaluate(ctx: &SessionContext, truth: &Location, crosswalk: &Locati
     ctx.register_parquet("eval_xref", &parquet_url(crosswalk), ParquetReadOptions::default())
         .await
         .map_err(Error::engine(format!("crosswalk {}", crosswalk.display())))?;
-    let sql = "WITH j AS (SELECT CAST(t.person_id AS VARCHAR) AS person, x.customer_id AS customer \
-                 FROM eval_truth t JOIN eval_xref x \
-                 ON CAST(t.source_system AS VARCHAR) = x.source_system AND CAST(t.source_record_id AS VARCHAR) = x.source_record_id), \
-               by_person AS (SELECT person, count(*) AS n, count(DISTINCT customer) AS customers FROM j GROUP BY person), \
-               by_customer AS (SELECT customer, count(*) AS n, count(DISTINCT person) AS persons FROM j GROUP BY customer), \
-               by_both AS (SELECT count(*) AS n FROM j GROUP BY person, customer) \
-               SELECT (SELECT count(*) FROM j) AS records, \
+    // Records per (person, customer), computed once and kept on disk; every figure follows
+    // from it by plain aggregation (no COUNT(DISTINCT), whose per-group sets take
+    // gigabytes at millions of records).
+    let both = ctx
+        .sql(
+            "SELECT CAST(t.person_id AS VARCHAR) AS person, x.customer_id AS customer, count(*) AS n \
+             FROM eval_xref x JOIN eval_truth t \
+             ON CAST(t.source_system AS VARCHAR) = x.source_system AND CAST(t.source_record_id AS VARCHAR) = x.source_record_id \
+             GROUP BY 1, 2",
+        )
+        .await
+        .map_err(Error::engine("evaluating"))?;
+    crate::engine::materialize(ctx, "eval_both", both, scratch).await.map_err(Error::engine("evaluating"))?;
+    let sql = "WITH by_person AS (SELECT person, sum(n) AS n, count(*) AS customers FROM eval_both GROUP BY person), \
+               by_customer AS (SELECT customer, sum(n) AS n, count(*) AS persons FROM eval_both GROUP BY customer) \
+               SELECT (SELECT COALESCE(sum(n), 0) FROM eval_both) AS records, \
                       (SELECT COALESCE(sum(n * (n - 1) / 2), 0) FROM by_person) AS true_pairs, \
                       (SELECT COALESCE(sum(n * (n - 1) / 2), 0) FROM by_customer) AS predicted_pairs, \
-                      (SELECT COALESCE(sum(n * (n - 1) / 2), 0) FROM by_both) AS correct_pairs, \
+                      (SELECT COALESCE(sum(n * (n - 1) / 2), 0) FROM eval_both) AS correct_pairs, \
                       (SELECT count(*) FROM by_customer WHERE persons > 1) AS over_merged, \
                       (SELECT count(*) FROM by_person WHERE customers > 1) AS split";
     let batches = ctx

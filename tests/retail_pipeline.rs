@@ -71,7 +71,8 @@ async fn matching_quality_floors_on_generated_data() {
         klantbeeld::storage::Location::parse(input.join("truth/truth.parquet").to_str().unwrap(), dir.path()).unwrap();
     let xref =
         klantbeeld::storage::Location::parse(output.join("customer_xref").to_str().unwrap(), dir.path()).unwrap();
-    let e = klantbeeld::eval::evaluate(&ctx, &truth, &xref).await.unwrap();
+    let scratch = dir.path().join("eval_scratch");
+    let e = klantbeeld::eval::evaluate(&ctx, &truth, &xref, &scratch).await.unwrap();
     assert!(e.precision >= 0.99, "precision {e}");
     assert!(e.recall >= 0.75, "recall {e}");
     // The CLI prints the same figures.
