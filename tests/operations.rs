@@ -71,6 +71,9 @@ fn exit_codes() {
     let out = run_pipeline(&retail_yaml(), &input.join("dumps"), &output, &["--memory-limit", "64KB"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("hint: raise `engine.memory_limit`"), "{}", stderr(&out));
+    // ... and which operators held the memory, so that the user sees the step that needs it.
+    assert!(stderr(&out).contains("top memory consumers"), "{}", stderr(&out));
+    assert!(stderr(&out).lines().any(|l| l.contains("consumed")), "{}", stderr(&out));
     assert_eq!(std::fs::read_to_string(output.join("_manifest.json")).unwrap(), before);
     // 2: configuration.
     assert_eq!(klantbeeld(&["validate", "/nonexistent/pipeline.yaml"]).status.code(), Some(2));
