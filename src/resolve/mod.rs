@@ -355,3 +355,31 @@ fn size_histogram(cluster_of: &[u32]) -> BTreeMap<u32, u64> {
     }
     sizes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EngineOptions, session};
+
+    #[test]
+    fn auto_passes_follow_the_memory_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_limit = |bytes: Option<usize>| {
+            session(&EngineOptions { memory_limit: bytes, ..Default::default() }, dir.path()).unwrap()
+        };
+        let two_gb = with_limit(Some(2 << 30));
+        assert_eq!(auto_passes(100_000, &two_gb), 1);
+        // 10M records in 2 GB: each pass holds at most a quarter of the pool.
+        let passes = auto_passes(10_000_000, &two_gb);
+        assert!(passes * (2 << 30) / 4 / BYTES_PER_RECORD_IN_PASS >= 10_000_000, "{passes}");
+        assert!(passes > 1 && passes < 40, "{passes}");
+        assert!(auto_passes(10_000_000, &with_limit(Some(8 << 30))) < passes);
+        assert_eq!(auto_passes(10_000_000, &with_limit(None)), 1);
+    }
+
+    #[test]
+    fn cluster_sizes_are_counted_per_root() {
+        let sizes = size_histogram(&[0, 0, 2, 3, 3, 3]);
+        assert_eq!(sizes, BTreeMap::from([(1, 1), (2, 1), (3, 1)]));
+    }
+}
