@@ -94,24 +94,42 @@ pub fn customers_sql(pipeline: &Pipeline) -> Result<String, GoldenError> {
             .collect();
         format!("CASE r.source_system{whens} ELSE {} END", golden.source_priority.len())
     };
-    // Frequencies by aggregation and join rather than a window per attribute: windows
-    // sort the whole table, which a tight memory pool cannot hold at millions of rows.
-    // Each count table is the join's build side (keyed by the numeric cluster, it is the
-    // narrow one); the records stream past it.
-    let frequent: Vec<&str> = GOLDEN_ATTRIBUTES
+    // A most-frequent attribute is picked in two aggregations: per (cluster, value) its
+    // count and best record, then per cluster the value with the highest count. No join
+    // back to the records, whose hash table would hold every record in memory.
+    let counted: Vec<&str> = GOLDEN_ATTRIBUTES
         .iter()
         .copied()
-        .filter(|a| strategy(a) == Survivorship::MostFrequent && (!ADDRESS_PARTS.contains(a) || *a == "postcode"))
+        .filter(|a| strategy(a) == Survivorship::MostFrequent && !ADDRESS_PARTS.contains(a))
         .collect();
+    // Addresses survive as a whole record, counted by postcode: their counts are joined
+    // to the records (keyed by the numeric cluster, the count table is the build side).
+    let joined: Vec<&str> = ["postcode"].into_iter().filter(|a| strategy(a) == Survivorship::MostFrequent).collect();
     let mut freq_ctes = String::new();
     let mut last = "base0".to_string();
-    for a in &frequent {
+    for a in &joined {
         freq_ctes.push_str(&format!(
             ", f_{a} AS (SELECT cluster_id, {a} AS v, count(*) AS n FROM base0 WHERE {a} IS NOT NULL GROUP BY cluster_id, {a}), \
              with_{a} AS (SELECT b.*, COALESCE(f.n, 0) AS freq_{a} FROM f_{a} f RIGHT JOIN {last} b \
              ON f.cluster_id = b.cluster_id AND f.v = b.{a})"
         ));
         last = format!("with_{a}");
+    }
+    let within = "updated_at DESC NULLS LAST, priority ASC, source_record_id ASC";
+    let mut pick_joins = String::new();
+    for a in &counted {
+        let initials = if *a == "first_name" { "is_initials(v) ASC NULLS LAST, " } else { "" };
+        let across = format!("{initials}n DESC, u DESC NULLS LAST, pr ASC, srid ASC");
+        freq_ctes.push_str(&format!(
+            ", v_{a} AS (SELECT cluster_id, {a} AS v, count(*) AS n, \
+               first_value(concat(source_system, ':', source_record_id) ORDER BY {within}) AS rec, \
+               first_value(updated_at ORDER BY {within}) AS u, first_value(priority ORDER BY {within}) AS pr, \
+               first_value(source_record_id ORDER BY {within}) AS srid \
+               FROM base0 WHERE {a} IS NOT NULL GROUP BY cluster_id, {a}), \
+             p_{a} AS (SELECT cluster_id, first_value(v ORDER BY {across}) AS {a}, \
+               first_value(rec ORDER BY {across}) AS lineage_{a} FROM v_{a} GROUP BY cluster_id)"
+        ));
+        pick_joins.push_str(&format!(" LEFT JOIN p_{a} ON p_{a}.cluster_id = picked.cluster_id"));
     }
     let identity: Vec<&String> = pipeline.spec.identity_sources().map(|(n, _)| n).collect();
     let systems = identity
@@ -125,6 +143,12 @@ pub fn customers_sql(pipeline: &Pipeline) -> Result<String, GoldenError> {
     let mut picks = Vec::new();
     let mut lineage = Vec::new();
     for a in GOLDEN_ATTRIBUTES {
+        lineage.push(format!(
+            "CASE WHEN lineage_{a} IS NOT NULL THEN concat('\"{a}\":\"', replace(replace(lineage_{a}, '\\\\', '\\\\\\\\'), '\"', '\\\\\"'), '\"') END"
+        ));
+        if counted.contains(a) {
+            continue;
+        }
         let order = order_by(strategy(a), a);
         // Address parts share one filter: the record must have an address at all.
         let filter =
@@ -132,9 +156,6 @@ pub fn customers_sql(pipeline: &Pipeline) -> Result<String, GoldenError> {
         picks.push(format!("first_value({a} ORDER BY {order}) FILTER (WHERE {filter}) AS {a}"));
         picks.push(format!(
             "first_value(concat(source_system, ':', source_record_id) ORDER BY {order}) FILTER (WHERE {filter} AND {a} IS NOT NULL) AS lineage_{a}"
-        ));
-        lineage.push(format!(
-            "CASE WHEN lineage_{a} IS NOT NULL THEN concat('\"{a}\":\"', replace(replace(lineage_{a}, '\\\\', '\\\\\\\\'), '\"', '\\\\\"'), '\"') END"
         ));
     }
     let columns = GOLDEN_ATTRIBUTES.join(", ");
@@ -144,14 +165,14 @@ pub fn customers_sql(pipeline: &Pipeline) -> Result<String, GoldenError> {
                         {priority} AS priority \
                         FROM {CUSTOMER_IDS} x JOIN {CLUSTERED_RECORDS} r ON r.cluster_id = x.cluster_id){freq_ctes}, \
          base AS (SELECT * FROM {last}), \
-         picked AS (SELECT customer_id, {picks}, \
+         picked AS (SELECT customer_id, cluster_id, {picks}, \
                     CAST(count(*) AS BIGINT) AS record_count, \
                     concat_ws(',', {systems}) AS source_systems, \
                     min(updated_at) AS first_seen_at, max(updated_at) AS last_updated_at \
-                    FROM base GROUP BY customer_id) \
-         SELECT customer_id, {columns}, record_count, source_systems, first_seen_at, last_updated_at, \
+                    FROM base GROUP BY customer_id, cluster_id) \
+         SELECT picked.customer_id, {columns}, record_count, source_systems, first_seen_at, last_updated_at, \
                 concat('{{', concat_ws(',', {lineage}), '}}') AS lineage \
-         FROM picked",
+         FROM picked{pick_joins}",
         picks = picks.join(", "),
         lineage = lineage.join(", ")
     ))
