@@ -371,7 +371,14 @@ pub async fn plan(p: &Pipeline) -> Result<String, Error> {
         let _ = writeln!(out, "\nmodels (in run order):");
         for m in &models {
             let deps = if m.depends_on.is_empty() { String::new() } else { format!(" <- {}", m.depends_on.join(", ")) };
-            let _ = writeln!(out, "  {}{deps}   ({})", m.name, m.path.display());
+            let batched = match &m.batch {
+                Some(b) => match b.batches.0 {
+                    Some(n) => format!(", in {n} batches by {}", b.by),
+                    None => format!(", in batches by {}", b.by),
+                },
+                None => String::new(),
+            };
+            let _ = writeln!(out, "  {}{deps}   ({}{batched})", m.name, m.path.display());
         }
     }
     let tests: usize = crate::pipeline::data_tests(p).iter().map(|(_, t)| t.len()).sum();

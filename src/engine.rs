@@ -4,8 +4,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryLimit, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
 
@@ -74,13 +75,37 @@ pub fn session(options: &EngineOptions, spill_dir: &Path) -> datafusion::error::
 /// in its place: later stages read the file, not the query again.
 pub async fn materialize(ctx: &SessionContext, name: &str, df: DataFrame, dir: &Path) -> datafusion::error::Result<()> {
     let path = dir.join(name);
-    std::fs::create_dir_all(&path)?;
-    let url = format!("{}/", path.display());
+    let schema = write_files(df, &path).await?;
+    register_files(ctx, name, &path, schema).await
+}
+
+/// Writes a query's result as new Parquet files in the folder `dir`, beside any there.
+pub async fn write_files(df: DataFrame, dir: &Path) -> datafusion::error::Result<SchemaRef> {
+    std::fs::create_dir_all(dir)?;
     let schema = df.schema().inner().clone();
-    df.write_parquet(&url, Default::default(), None).await?;
-    crate::publish::ensure_local_schema_file(&path, schema)?;
+    df.write_parquet(&format!("{}/", dir.display()), Default::default(), None).await?;
+    Ok(schema)
+}
+
+/// Registers the Parquet files of `dir` as table `name` (in place of any table so named).
+pub async fn register_files(
+    ctx: &SessionContext,
+    name: &str,
+    dir: &Path,
+    schema: SchemaRef,
+) -> datafusion::error::Result<()> {
+    crate::publish::ensure_local_schema_file(dir, schema)?;
     let _ = ctx.deregister_table(name);
-    ctx.register_parquet(name, &url, ParquetReadOptions::default()).await
+    ctx.register_parquet(name, &format!("{}/", dir.display()), ParquetReadOptions::default()).await
+}
+
+/// In how many shares (passes, batches) work of `bytes` fits in `1/fraction` of the
+/// memory limit: 1 when the limit is not set.
+pub fn shares_for_memory(ctx: &SessionContext, bytes: usize, fraction: usize) -> usize {
+    match ctx.runtime_env().memory_pool.memory_limit() {
+        MemoryLimit::Finite(limit) => bytes.div_ceil((limit / fraction).max(1)).max(1),
+        _ => 1,
+    }
 }
 
 #[cfg(test)]

@@ -4,12 +4,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use datafusion::prelude::SessionContext;
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider,
+};
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
+use datafusion::prelude::{DataFrame, SessionContext, ident, lit};
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 
-use crate::config::{Pipeline, Vars, substitute};
+use crate::config::{BatchSpec, Pipeline, Vars, substitute};
+use crate::udf::Function;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrichError {
@@ -23,6 +31,10 @@ pub enum EnrichError {
     Cycle { files: Vec<String> },
     #[error("{path}: model `{name}` has the name of a table klantbeeld makes")]
     Reserved { path: PathBuf, name: String },
+    #[error("models.batched: `{name}` is not a model (no {name}.sql in {dir})")]
+    UnknownBatched { name: String, dir: PathBuf },
+    #[error("{path}: batched by `{by}`, a column none of its tables has ({tables})")]
+    BatchKey { path: PathBuf, by: String, tables: String },
 }
 
 /// One SQL model.
@@ -36,6 +48,8 @@ pub struct Model {
     pub depends_on: Vec<String>,
     /// Every table it reads.
     pub reads: Vec<String>,
+    /// Built in batches of a key (`models.batched`).
+    pub batch: Option<BatchSpec>,
 }
 
 /// Variables for SQL files: the pipeline's, plus `run_date` (today, UTC) when not given.
@@ -70,7 +84,12 @@ pub fn load_models(pipeline: &Pipeline, vars: &Vars, reserved: &[String]) -> Res
             return Err(EnrichError::Reserved { path, name });
         }
         let reads = table_references(&path, &sql)?;
-        models.push(Model { name, path, sql, depends_on: Vec::new(), reads });
+        let batch = pipeline.spec.models.as_ref().and_then(|m| m.batched.get(&name)).cloned();
+        models.push(Model { name, path, sql, depends_on: Vec::new(), reads, batch });
+    }
+    let batched = pipeline.spec.models.iter().flat_map(|m| m.batched.keys());
+    if let Some(name) = batched.into_iter().find(|b| !models.iter().any(|m| &m.name == *b)) {
+        return Err(EnrichError::UnknownBatched { name: name.clone(), dir });
     }
     let names: BTreeSet<String> = models.iter().map(|m| m.name.clone()).collect();
     for m in &mut models {
@@ -146,23 +165,120 @@ fn find_cycle(pending: &BTreeMap<String, Model>) -> Vec<String> {
 }
 
 /// Runs the models in order, each materialised under `scratch` and registered by name.
-pub async fn run_models(ctx: &SessionContext, models: &[Model], scratch: &Path) -> Result<(), crate::Error> {
+/// Returns the batched models with the number of batches each took.
+pub async fn run_models(
+    ctx: &SessionContext,
+    models: &[Model],
+    scratch: &Path,
+) -> Result<BTreeMap<String, usize>, crate::Error> {
+    let mut batched = BTreeMap::new();
     for m in models {
-        let sql_err = |e: datafusion::error::DataFusionError| {
+        let sql_err = |e: DataFusionError| {
             crate::Error::Enrich(EnrichError::Sql { path: m.path.clone(), message: one_line(&e.to_string()) })
         };
-        let df = ctx.sql(&m.sql).await.map_err(sql_err)?;
         // A model that plans but fails while running (memory, a bad cast in the data) is
         // an engine error of that file, not a configuration error.
-        crate::pipeline::materialize(ctx, &m.name, df, scratch).await.map_err(|e| match e {
-            crate::Error::Engine { source, .. } => {
-                crate::Error::Engine { context: m.path.display().to_string(), source }
-            }
-            other => other,
-        })?;
-        tracing::info!(model = m.name.as_str(), "model built");
+        let run_err = |source: DataFusionError| crate::Error::Engine { context: m.path.display().to_string(), source };
+        let Some(batch) = &m.batch else {
+            let df = ctx.sql(&m.sql).await.map_err(sql_err)?;
+            crate::engine::materialize(ctx, &m.name, df, scratch).await.map_err(run_err)?;
+            tracing::info!(model = m.name.as_str(), "model built");
+            continue;
+        };
+        let inputs = batch_inputs(ctx, m, &batch.by).await?;
+        let batches = match batch.batches.0 {
+            Some(n) => n,
+            None => auto_batches(ctx, &inputs).await.map_err(run_err)?,
+        };
+        let dir = scratch.join(&m.name);
+        let mut schema = None;
+        for index in 0..batches {
+            let batch_ctx = batch_context(ctx, &inputs, &batch.by, Batch { index, count: batches }).map_err(run_err)?;
+            let df = batch_ctx.sql(&m.sql).await.map_err(sql_err)?;
+            schema = Some(crate::engine::write_files(df, &dir).await.map_err(run_err)?);
+        }
+        let schema = schema.expect("at least one batch");
+        crate::engine::register_files(ctx, &m.name, &dir, schema).await.map_err(run_err)?;
+        tracing::info!(model = m.name.as_str(), batches, by = batch.by.as_str(), "model built in batches");
+        batched.insert(m.name.clone(), batches);
     }
-    Ok(())
+    Ok(batched)
+}
+
+/// A table a batched model reads, and whether it has the batch key.
+struct BatchInput {
+    name: String,
+    df: DataFrame,
+    keyed: bool,
+}
+
+/// One batch of a model: the key values whose hash falls in bucket `index` of `count`.
+#[derive(Debug, Clone, Copy)]
+struct Batch {
+    index: usize,
+    count: usize,
+}
+
+async fn batch_inputs(ctx: &SessionContext, m: &Model, by: &str) -> Result<Vec<BatchInput>, crate::Error> {
+    let mut inputs = Vec::new();
+    for name in &m.reads {
+        // A table that does not exist fails in the model's own SQL, with its name.
+        if let Ok(df) = ctx.table(name.as_str()).await {
+            let keyed = df.schema().has_column_with_unqualified_name(by);
+            inputs.push(BatchInput { name: name.clone(), df, keyed });
+        }
+    }
+    if !inputs.iter().any(|i| i.keyed) {
+        return Err(
+            EnrichError::BatchKey { path: m.path.clone(), by: by.to_string(), tables: m.reads.join(", ") }.into()
+        );
+    }
+    Ok(inputs)
+}
+
+/// Bytes a batched model's joins hold per cell (row x column) of its keyed tables: the
+/// hash tables of every joined table at once. Measured on the retail models, see
+/// BENCHMARKS.md.
+const BYTES_PER_CELL_IN_BATCH: usize = 40;
+
+/// Enough batches for the keyed tables' cells to take at most half the memory limit. Row
+/// counts come from the tables' statistics (Parquet footers), not from a scan; a table
+/// without them counts as empty.
+async fn auto_batches(ctx: &SessionContext, inputs: &[BatchInput]) -> Result<usize, DataFusionError> {
+    let mut cells = 0usize;
+    for input in inputs.iter().filter(|i| i.keyed) {
+        let plan = input.df.clone().create_physical_plan().await?;
+        let stats = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new())?;
+        let rows = stats.num_rows.get_value().copied().unwrap_or(0);
+        cells = cells.saturating_add(rows.saturating_mul(input.df.schema().fields().len()));
+    }
+    Ok(crate::engine::shares_for_memory(ctx, cells.saturating_mul(BYTES_PER_CELL_IN_BATCH), 2))
+}
+
+/// A context whose tables hold one batch: the keyed tables only the rows whose key hashes
+/// into the batch, the others all their rows. It shares the memory pool, settings and
+/// functions of `ctx`; only its catalog is its own.
+fn batch_context(
+    ctx: &SessionContext,
+    inputs: &[BatchInput],
+    by: &str,
+    batch: Batch,
+) -> Result<SessionContext, DataFusionError> {
+    let state = ctx.state();
+    let names = state.config().options().catalog.clone();
+    let catalog = MemoryCatalogProvider::new();
+    catalog.register_schema(&names.default_schema, Arc::new(MemorySchemaProvider::new()))?;
+    let catalogs = MemoryCatalogProviderList::new();
+    catalogs.register_catalog(names.default_catalog, Arc::new(catalog));
+    let state = SessionStateBuilder::new_from_existing(state).with_catalog_list(Arc::new(catalogs)).build();
+    let batch_ctx = SessionContext::new_with_state(state);
+    let in_batch =
+        crate::udf::call(Function::HashBucket, vec![ident(by), lit(batch.count as i64)]).eq(lit(batch.index as i64));
+    for input in inputs {
+        let df = if input.keyed { input.df.clone().filter(in_batch.clone())? } else { input.df.clone() };
+        batch_ctx.register_table(input.name.as_str(), df.into_view())?;
+    }
+    Ok(batch_ctx)
 }
 
 fn one_line(s: &str) -> String {
@@ -180,6 +296,7 @@ mod tests {
             sql: String::new(),
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
             reads: Vec::new(),
+            batch: None,
         }
     }
 
@@ -201,6 +318,66 @@ mod tests {
         assert!(e.starts_with("m.sql: a model is one SELECT"), "{e}");
         let e = table_references(Path::new("m.sql"), "SELEC 1").unwrap_err().to_string();
         assert!(e.starts_with("m.sql: "), "{e}");
+    }
+
+    /// A session with the UDFs and a memory limit, holding `keyed` (200k customers, three
+    /// columns) and `other` (no customer_id, 10 rows).
+    async fn batch_session(dir: &Path, limit: Option<usize>) -> (SessionContext, Vec<BatchInput>) {
+        let options = crate::engine::EngineOptions { memory_limit: limit, ..Default::default() };
+        let ctx = crate::engine::session(&options, dir).unwrap();
+        for (name, sql) in [
+            (
+                "keyed",
+                "SELECT concat('K', value) AS customer_id, value AS a, value * 2 AS b FROM generate_series(1, 200000)",
+            ),
+            ("other", "SELECT value AS n FROM generate_series(1, 10)"),
+        ] {
+            let df = ctx.sql(sql).await.unwrap();
+            let schema = df.schema().inner().clone();
+            let table = datafusion::datasource::MemTable::try_new(schema, vec![df.collect().await.unwrap()]).unwrap();
+            ctx.register_table(name, Arc::new(table)).unwrap();
+        }
+        let m = Model { reads: vec!["keyed".into(), "other".into()], ..model("enriched", &[]) };
+        let inputs = batch_inputs(&ctx, &m, "customer_id").await.unwrap();
+        (ctx, inputs)
+    }
+
+    #[tokio::test]
+    async fn auto_batches_follow_the_rows_and_the_memory_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        // 600k cells of 40 bytes: 24 MB, in half of an 8 MB pool.
+        let (ctx, inputs) = batch_session(dir.path(), Some(8 << 20)).await;
+        assert_eq!(
+            inputs.iter().map(|i| (i.name.as_str(), i.keyed)).collect::<Vec<_>>(),
+            [("keyed", true), ("other", false)]
+        );
+        assert_eq!(auto_batches(&ctx, &inputs).await.unwrap(), 6);
+        let (ctx, inputs) = batch_session(dir.path(), Some(64 << 20)).await;
+        assert_eq!(auto_batches(&ctx, &inputs).await.unwrap(), 1);
+        let (ctx, inputs) = batch_session(dir.path(), None).await;
+        assert_eq!(auto_batches(&ctx, &inputs).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn batches_split_the_keyed_tables_and_keep_the_others_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, inputs) = batch_session(dir.path(), None).await;
+        let mut seen = 0;
+        for index in 0..3 {
+            let batch_ctx = batch_context(&ctx, &inputs, "customer_id", Batch { index, count: 3 }).unwrap();
+            let count = |sql: &'static str| {
+                let batch_ctx = batch_ctx.clone();
+                async move { batch_ctx.sql(sql).await.unwrap().count().await.unwrap() }
+            };
+            let rows = count("SELECT * FROM keyed").await;
+            assert!(rows > 50_000 && rows < 80_000, "batch {index}: {rows} rows");
+            seen += rows;
+            assert_eq!(count("SELECT * FROM other").await, 10);
+            // The UDFs come along; the tables of `ctx` that the model does not read do not.
+            assert_eq!(count("SELECT hash_bucket('a', 2) FROM other").await, 10);
+            assert!(batch_ctx.table("customers").await.is_err());
+        }
+        assert_eq!(seen, 200_000, "every customer is in exactly one batch");
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct Manifest {
     pub match_summary: MatchSummary,
     /// Models in the order they ran.
     pub models: Vec<String>,
+    /// Models built in batches (`models.batched`), with the number of batches.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_batches: BTreeMap<String, usize>,
     pub tests: Vec<check::TestOutcome>,
     pub stages: Vec<StageTiming>,
 }
@@ -220,21 +223,10 @@ async fn run_stages(
     let customers = ctx.sql(&golden::customers_sql(pipeline)?).await.map_err(Error::engine("golden customers"))?;
     materialize(ctx, CUSTOMERS, customers, scratch).await?;
     golden::register_source_views(ctx, pipeline, &present).await?;
-    let edges = ctx
-        .sql(&format!(
-            "SELECT a.source_system AS source_system_a, a.source_record_id AS source_record_id_a, \
-             b.source_system AS source_system_b, b.source_record_id AS source_record_id_b, \
-             e.rule, e.score, e.detail, e.decision \
-             FROM {} e JOIN (SELECT rid, source_system, source_record_id FROM {IDENTITY_RECORDS}) a ON a.rid = e.rid_a \
-             JOIN (SELECT rid, source_system, source_record_id FROM {IDENTITY_RECORDS}) b ON b.rid = e.rid_b",
-            resolve::EDGE_DECISIONS
-        ))
-        .await
-        .map_err(Error::engine("match edges"))?;
-    ctx.register_table(MATCH_EDGES, edges.into_view()).map_err(Error::engine("match edges"))?;
+    resolve::write_match_edges(ctx, MATCH_EDGES, match_summary.passes, scratch).await?;
 
     timer.stage("enrich");
-    enrich::run_models(ctx, &models, scratch).await?;
+    let model_batches = enrich::run_models(ctx, &models, scratch).await?;
     timer.note(&format!("{} models", models.len()));
 
     timer.stage("check");
@@ -292,6 +284,7 @@ async fn run_stages(
         tables,
         match_summary,
         models: models.iter().map(|m| m.name.clone()).collect(),
+        model_batches,
         tests: outcomes,
         stages: std::mem::take(&mut timer.timings),
     })

@@ -291,3 +291,41 @@ fn a_failing_data_test_reports_offending_rows_and_publishes_nothing() {
     let bad = klantbeeld(&["test", p.to_str().unwrap(), "--var", &format!("output={}", output.display())]);
     assert_eq!(bad.status.code(), Some(4));
 }
+
+#[tokio::test]
+async fn a_model_built_in_batches_equals_the_model_built_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    generate(&data, 1500, 9, false);
+    let (one, four) = (dir.path().join("one"), dir.path().join("four"));
+    run_retail(&data.join("dumps"), &one, &["--var", "model_batches=1"]);
+    run_retail(&data.join("dumps"), &four, &["--var", "model_batches=4"]);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(four.join("_manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["model_batches"]["customers_enriched"], 4);
+    assert_same_tables(&one, &four, &["customers_enriched"]).await;
+    // Every batch holds some customers: the key spreads, no batch is the whole table.
+    let files = std::fs::read_dir(four.join("customers_enriched")).unwrap().count();
+    assert!(files >= 4, "{files} files");
+}
+
+#[test]
+fn a_batched_model_must_exist_and_read_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output, manifest) = published_fixture(dir.path());
+    let unknown = pipeline_variant(dir.path(), |t| {
+        t.replace("customers_enriched: { by: customer_id", "customer_enriched: { by: customer_id")
+    });
+    let out = run_fixture(&unknown, &input, &output);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("models.batched: `customer_enriched` is not a model"), "{}", stderr(&out));
+    let no_key = pipeline_variant(dir.path(), |t| t.replace("{ by: customer_id", "{ by: klant_nummer"));
+    let out = run_fixture(&no_key, &input, &output);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("customers_enriched.sql: batched by `klant_nummer`, a column none of its tables has"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(output.join("_manifest.json")).unwrap(), manifest);
+}

@@ -292,8 +292,8 @@ mod tests {
         assert!(err.contains("engine.settings.datafusion.optimizer.prefer_hash_jion"), "{err}");
         let err = load(&with("    datafusion.execution.batch_size: veel\n")).unwrap_err().to_string();
         assert!(err.contains("cannot set it to `veel`"), "{err}");
-        assert_eq!(load(&format!("{MINIMAL}resolve:\n  passes: 6\n")).unwrap().spec.resolve.passes, Passes(Some(6)));
-        assert_eq!(load(&format!("{MINIMAL}resolve:\n  passes: auto\n")).unwrap().spec.resolve.passes, Passes(None));
+        assert_eq!(load(&format!("{MINIMAL}resolve:\n  passes: 6\n")).unwrap().spec.resolve.passes, AutoCount(Some(6)));
+        assert_eq!(load(&format!("{MINIMAL}resolve:\n  passes: auto\n")).unwrap().spec.resolve.passes, AutoCount(None));
         let err = load(&format!("{MINIMAL}resolve:\n  passes: 0\n")).unwrap_err().to_string();
         assert!(err.contains("expected `auto` or a number of at least 1"), "{err}");
     }

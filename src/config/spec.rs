@@ -303,15 +303,15 @@ pub struct ResolveSpec {
     /// In how many passes each rule's joins run, each over a share of the identifier
     /// values: `auto` picks enough for the engine's memory limit.
     #[serde(default)]
-    pub passes: Passes,
+    pub passes: AutoCount,
 }
 
-/// `auto` or a fixed number of passes (at least 1).
+/// `auto` or a fixed count of at least 1 (passes, batches).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "serde_yaml::Value")]
-pub struct Passes(pub Option<usize>);
+pub struct AutoCount(pub Option<usize>);
 
-impl TryFrom<serde_yaml::Value> for Passes {
+impl TryFrom<serde_yaml::Value> for AutoCount {
     type Error = String;
 
     fn try_from(value: serde_yaml::Value) -> Result<Self, String> {
@@ -321,10 +321,10 @@ impl TryFrom<serde_yaml::Value> for Passes {
             _ => String::new(),
         };
         match text.as_str() {
-            "auto" => Ok(Passes(None)),
+            "auto" => Ok(AutoCount(None)),
             t => match t.parse::<usize>() {
-                Ok(n) if n >= 1 => Ok(Passes(Some(n))),
-                _ => Err(format!("passes: expected `auto` or a number of at least 1, got `{}`", text_of(&value))),
+                Ok(n) if n >= 1 => Ok(AutoCount(Some(n))),
+                _ => Err(format!("expected `auto` or a number of at least 1, got `{}`", text_of(&value))),
             },
         }
     }
@@ -355,7 +355,7 @@ impl Default for ResolveSpec {
             default_region: default_region(),
             guardrails: GuardrailSpec::default(),
             rules: default_rules(),
-            passes: Passes::default(),
+            passes: AutoCount::default(),
         }
     }
 }
@@ -610,6 +610,22 @@ pub struct ModelsSpec {
     /// Data tests per model (published or not), as under `outputs`.
     #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
     pub tests: IndexMap<String, Vec<TestSpec>>,
+    /// Models built in batches of a key's values, so that their joins hold one share of
+    /// their tables at a time (like dbt's microbatch models, by key instead of time).
+    #[serde(default)]
+    pub batched: IndexMap<String, BatchSpec>,
+}
+
+/// How a model is built in batches: each batch reads the rows of its tables whose `by`
+/// column hashes into that batch. Only right for a model whose rows for one key come
+/// from that key's rows alone (joins and GROUP BY on the key, no ranking over all keys).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    pub by: String,
+    /// `auto`: enough batches for the engine's memory limit.
+    #[serde(default)]
+    pub batches: AutoCount,
 }
 
 /// A published table and its data tests.

@@ -209,6 +209,47 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
     })
 }
 
+/// Writes the edge decisions with each side's source system and record id as table
+/// `name`. Each side is joined in `passes` passes over buckets of the record number, so
+/// that a join holds one share of the records (two joins of every record do not fit the
+/// memory limit at 10M records).
+pub async fn write_match_edges(
+    ctx: &SessionContext,
+    name: &str,
+    passes: usize,
+    work_dir: &Path,
+) -> Result<(), ResolveError> {
+    let records = |k: usize| {
+        format!("(SELECT rid, source_system, source_record_id FROM {IDENTITY_RECORDS} WHERE rid % {passes} = {k})")
+    };
+    let with_a = work_dir.join("edges_with_a");
+    let mut schema = None;
+    for k in 0..passes {
+        let sql = format!(
+            "SELECT e.*, a.source_system AS source_system_a, a.source_record_id AS source_record_id_a \
+             FROM {EDGE_DECISIONS} e JOIN {} a ON a.rid = e.rid_a WHERE e.rid_a % {passes} = {k}",
+            records(k)
+        );
+        schema = Some(crate::engine::write_files(ctx.sql(&sql).await?, &with_a).await?);
+    }
+    crate::engine::register_files(ctx, "edges_with_a", &with_a, schema.expect("one pass at least")).await?;
+    let dir = work_dir.join(name);
+    let mut schema = None;
+    for k in 0..passes {
+        let sql = format!(
+            "SELECT e.source_system_a, e.source_record_id_a, \
+             b.source_system AS source_system_b, b.source_record_id AS source_record_id_b, \
+             e.rule, e.score, e.detail, e.decision \
+             FROM edges_with_a e JOIN {} b ON b.rid = e.rid_b WHERE e.rid_b % {passes} = {k}",
+            records(k)
+        );
+        schema = Some(crate::engine::write_files(ctx.sql(&sql).await?, &dir).await?);
+    }
+    crate::engine::register_files(ctx, name, &dir, schema.expect("one pass at least")).await?;
+    ctx.deregister_table("edges_with_a")?;
+    Ok(())
+}
+
 /// Records one pass of a rule's joins may hold: the joins keep a few hundred bytes per
 /// record of the pass in memory. Measured at 10M records in a 2 GB pool: one pass runs
 /// out, 12 and 23 passes fit (600 and 1200 bytes here); 800 keeps a margin between.
@@ -216,13 +257,7 @@ const BYTES_PER_RECORD_IN_PASS: usize = 800;
 
 /// Enough passes for a rule's joins to take at most a quarter of the memory limit.
 fn auto_passes(records: usize, ctx: &SessionContext) -> usize {
-    match ctx.runtime_env().memory_pool.memory_limit() {
-        datafusion::execution::memory_pool::MemoryLimit::Finite(limit) => {
-            let per_pass = (limit / 4 / BYTES_PER_RECORD_IN_PASS).max(1);
-            records.div_ceil(per_pass).max(1)
-        }
-        _ => 1,
-    }
+    crate::engine::shares_for_memory(ctx, records.saturating_mul(BYTES_PER_RECORD_IN_PASS), 4)
 }
 
 /// Writes a rule's candidate edges, pass by pass, as Parquet files under `dir`.
@@ -233,13 +268,10 @@ async fn write_candidate_edges(
     passes: usize,
     dir: &Path,
 ) -> Result<(), ResolveError> {
-    std::fs::create_dir_all(dir).map_err(|source| ResolveError::Io { path: dir.to_path_buf(), source })?;
-    let url = format!("{}/", dir.display());
     let mut schema = None;
     for index in 0..passes {
         let df = ctx.sql(&(queries.edges)(rules::Pass { index, count: passes })).await.map_err(rule_error(rule))?;
-        schema = Some(df.schema().inner().clone());
-        df.write_parquet(&url, Default::default(), None).await.map_err(rule_error(rule))?;
+        schema = Some(crate::engine::write_files(df, dir).await.map_err(rule_error(rule))?);
     }
     if let Some(schema) = schema {
         crate::publish::ensure_local_schema_file(dir, schema)

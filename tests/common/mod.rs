@@ -82,6 +82,27 @@ pub async fn scalar(output: &Path, tables: &[&str], sql: &str) -> i64 {
     col.as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0)
 }
 
+/// Asserts that two runs published the same rows in `tables` (as multisets), and that
+/// the tables are not nearly empty.
+pub async fn assert_same_tables(a: &Path, b: &Path, tables: &[&str]) {
+    let ctx = SessionContext::new();
+    for table in tables {
+        for (side, out) in [("a", a), ("b", b)] {
+            let url = format!("{}/{table}/", out.display());
+            ctx.register_parquet(format!("{table}_{side}"), &url, ParquetReadOptions::default()).await.unwrap();
+        }
+        let sql = format!(
+            "SELECT (SELECT count(*) FROM {table}_a), \
+             (SELECT count(*) FROM (SELECT * FROM {table}_a EXCEPT ALL SELECT * FROM {table}_b)) + \
+             (SELECT count(*) FROM (SELECT * FROM {table}_b EXCEPT ALL SELECT * FROM {table}_a))"
+        );
+        let counts = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+        let get = |i: usize| datafusion::arrow::util::display::array_value_to_string(counts[0].column(i), 0).unwrap();
+        assert!(get(0).parse::<i64>().unwrap() > 100, "{table} is nearly empty");
+        assert_eq!(get(1), "0", "{table} differs between {} and {}", a.display(), b.display());
+    }
+}
+
 /// A copy of the pipeline with its text changed, in a temporary folder next to a copy of
 /// the SQL models.
 pub fn pipeline_variant(dir: &Path, edit: impl Fn(String) -> String) -> PathBuf {
