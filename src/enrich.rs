@@ -237,8 +237,9 @@ async fn batch_inputs(ctx: &SessionContext, m: &Model, by: &str) -> Result<Vec<B
 }
 
 /// Bytes a batched model's joins hold per cell (row x column) of its keyed tables: the
-/// hash tables of every joined table at once. Measured on the retail models, see
-/// BENCHMARKS.md.
+/// hash tables of every joined table at once. On 1M people in a 600 MB pool the retail
+/// `customers_enriched` ran out in 2 batches and fit in 4; 40 bytes gives 6 there, and 6
+/// at 10M records in 2 GB (BENCHMARKS.md).
 const BYTES_PER_CELL_IN_BATCH: usize = 40;
 
 /// Enough batches for the keyed tables' cells to take at most half the memory limit. Row
