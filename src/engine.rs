@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryLimit, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -74,29 +73,36 @@ pub fn session(options: &EngineOptions, spill_dir: &Path) -> datafusion::error::
 /// Writes a query's result as Parquet under `dir/name/` and registers it as table `name`
 /// in its place: later stages read the file, not the query again.
 pub async fn materialize(ctx: &SessionContext, name: &str, df: DataFrame, dir: &Path) -> datafusion::error::Result<()> {
-    let path = dir.join(name);
-    let schema = write_files(df, &path).await?;
-    register_files(ctx, name, &path, schema).await
+    materialize_parts(ctx, name, vec![df], dir).await
 }
 
-/// Writes a query's result as new Parquet files in the folder `dir`, beside any there.
-pub async fn write_files(df: DataFrame, dir: &Path) -> datafusion::error::Result<SchemaRef> {
-    std::fs::create_dir_all(dir)?;
-    let schema = df.schema().inner().clone();
-    df.write_parquet(&format!("{}/", dir.display()), Default::default(), None).await?;
-    Ok(schema)
-}
-
-/// Registers the Parquet files of `dir` as table `name` (in place of any table so named).
-pub async fn register_files(
+/// `materialize` for a table computed in parts (passes, batches), one after the other so
+/// that only one part's work is in memory at a time.
+pub async fn materialize_parts(
     ctx: &SessionContext,
     name: &str,
+    parts: Vec<DataFrame>,
     dir: &Path,
-    schema: SchemaRef,
 ) -> datafusion::error::Result<()> {
-    crate::publish::ensure_local_schema_file(dir, schema)?;
+    let path = dir.join(name);
+    write_parts(parts, &path).await?;
     let _ = ctx.deregister_table(name);
-    ctx.register_parquet(name, &format!("{}/", dir.display()), ParquetReadOptions::default()).await
+    ctx.register_parquet(name, &format!("{}/", path.display()), ParquetReadOptions::default()).await
+}
+
+/// Writes each part's result as new Parquet files in the folder `dir`, one part after the
+/// other. An empty result still leaves a file with the schema, for readers of the folder.
+pub async fn write_parts(parts: Vec<DataFrame>, dir: &Path) -> datafusion::error::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut schema = None;
+    for df in parts {
+        schema.get_or_insert_with(|| df.schema().inner().clone());
+        df.write_parquet(&format!("{}/", dir.display()), Default::default(), None).await?;
+    }
+    if let Some(schema) = schema {
+        crate::publish::ensure_local_schema_file(dir, schema)?;
+    }
+    Ok(())
 }
 
 /// In how many shares (passes, batches) work of `bytes` fits in `1/fraction` of the

@@ -179,28 +179,31 @@ pub async fn run_models(
         // A model that plans but fails while running (memory, a bad cast in the data) is
         // an engine error of that file, not a configuration error.
         let run_err = |source: DataFusionError| crate::Error::Engine { context: m.path.display().to_string(), source };
-        let Some(batch) = &m.batch else {
-            let df = ctx.sql(&m.sql).await.map_err(sql_err)?;
-            crate::engine::materialize(ctx, &m.name, df, scratch).await.map_err(run_err)?;
-            tracing::info!(model = m.name.as_str(), "model built");
-            continue;
+        let parts = match &m.batch {
+            None => vec![ctx.sql(&m.sql).await.map_err(sql_err)?],
+            Some(batch) => {
+                let inputs = batch_inputs(ctx, m, &batch.by).await?;
+                let count = match batch.batches.0 {
+                    Some(n) => n,
+                    None => auto_batches(ctx, &inputs).await.map_err(run_err)?,
+                };
+                let mut parts = Vec::new();
+                for index in 0..count {
+                    let batch_ctx = batch_context(ctx, &inputs, &batch.by, Batch { index, count }).map_err(run_err)?;
+                    parts.push(batch_ctx.sql(&m.sql).await.map_err(sql_err)?);
+                }
+                tracing::info!(
+                    model = m.name.as_str(),
+                    batches = count,
+                    by = batch.by.as_str(),
+                    "model runs in batches"
+                );
+                batched.insert(m.name.clone(), count);
+                parts
+            }
         };
-        let inputs = batch_inputs(ctx, m, &batch.by).await?;
-        let batches = match batch.batches.0 {
-            Some(n) => n,
-            None => auto_batches(ctx, &inputs).await.map_err(run_err)?,
-        };
-        let dir = scratch.join(&m.name);
-        let mut schema = None;
-        for index in 0..batches {
-            let batch_ctx = batch_context(ctx, &inputs, &batch.by, Batch { index, count: batches }).map_err(run_err)?;
-            let df = batch_ctx.sql(&m.sql).await.map_err(sql_err)?;
-            schema = Some(crate::engine::write_files(df, &dir).await.map_err(run_err)?);
-        }
-        let schema = schema.expect("at least one batch");
-        crate::engine::register_files(ctx, &m.name, &dir, schema).await.map_err(run_err)?;
-        tracing::info!(model = m.name.as_str(), batches, by = batch.by.as_str(), "model built in batches");
-        batched.insert(m.name.clone(), batches);
+        crate::engine::materialize_parts(ctx, &m.name, parts, scratch).await.map_err(run_err)?;
+        tracing::info!(model = m.name.as_str(), "model built");
     }
     Ok(batched)
 }

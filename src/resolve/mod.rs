@@ -222,19 +222,17 @@ pub async fn write_match_edges(
     let records = |k: usize| {
         format!("(SELECT rid, source_system, source_record_id FROM {IDENTITY_RECORDS} WHERE rid % {passes} = {k})")
     };
-    let with_a = work_dir.join("edges_with_a");
-    let mut schema = None;
+    let mut with_a = Vec::new();
     for k in 0..passes {
         let sql = format!(
             "SELECT e.*, a.source_system AS source_system_a, a.source_record_id AS source_record_id_a \
              FROM {EDGE_DECISIONS} e JOIN {} a ON a.rid = e.rid_a WHERE e.rid_a % {passes} = {k}",
             records(k)
         );
-        schema = Some(crate::engine::write_files(ctx.sql(&sql).await?, &with_a).await?);
+        with_a.push(ctx.sql(&sql).await?);
     }
-    crate::engine::register_files(ctx, "edges_with_a", &with_a, schema.expect("one pass at least")).await?;
-    let dir = work_dir.join(name);
-    let mut schema = None;
+    crate::engine::materialize_parts(ctx, "edges_with_a", with_a, work_dir).await?;
+    let mut edges = Vec::new();
     for k in 0..passes {
         let sql = format!(
             "SELECT e.source_system_a, e.source_record_id_a, \
@@ -243,9 +241,9 @@ pub async fn write_match_edges(
              FROM edges_with_a e JOIN {} b ON b.rid = e.rid_b WHERE e.rid_b % {passes} = {k}",
             records(k)
         );
-        schema = Some(crate::engine::write_files(ctx.sql(&sql).await?, &dir).await?);
+        edges.push(ctx.sql(&sql).await?);
     }
-    crate::engine::register_files(ctx, name, &dir, schema.expect("one pass at least")).await?;
+    crate::engine::materialize_parts(ctx, name, edges, work_dir).await?;
     ctx.deregister_table("edges_with_a")?;
     Ok(())
 }
@@ -268,16 +266,11 @@ async fn write_candidate_edges(
     passes: usize,
     dir: &Path,
 ) -> Result<(), ResolveError> {
-    let mut schema = None;
+    let mut parts = Vec::new();
     for index in 0..passes {
-        let df = ctx.sql(&(queries.edges)(rules::Pass { index, count: passes })).await.map_err(rule_error(rule))?;
-        schema = Some(crate::engine::write_files(df, dir).await.map_err(rule_error(rule))?);
+        parts.push(ctx.sql(&(queries.edges)(rules::Pass { index, count: passes })).await.map_err(rule_error(rule))?);
     }
-    if let Some(schema) = schema {
-        crate::publish::ensure_local_schema_file(dir, schema)
-            .map_err(|source| ResolveError::Io { path: dir.to_path_buf(), source })?;
-    }
-    Ok(())
+    crate::engine::write_parts(parts, dir).await.map_err(rule_error(rule))
 }
 
 /// Counts what a rule's guardrails dropped, keeping a few examples for the manifest.
