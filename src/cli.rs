@@ -70,7 +70,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE")]
     pub memory_limit: Option<String>,
     /// Read at most N rows of every input file: a quick run on a sample.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub limit: Option<usize>,
     /// Crosswalk of an earlier run whose customer ids are kept (default: the one published
     /// at the pipeline's output).
@@ -115,6 +115,14 @@ pub enum DemoCommand {
     Generate(crate::demo::GenerateArgs),
 }
 
+/// A count of at least one (`--limit 0` would read nothing and publish an empty table).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}` is not a number of at least 1")),
+    }
+}
+
 /// Parses `--var NAME=VALUE` pairs. A value that is a relative path (`./x`, `../x`,
 /// `data/x`) is made absolute against the current folder, because that is where the user
 /// typed it from.
@@ -133,9 +141,14 @@ pub fn parse_vars(pairs: &[String]) -> Result<Vars, Error> {
 }
 
 fn absolutize_path_value(v: &str) -> String {
+    // `.`, `..` and a name that exists here are paths too: `--var output=.` is this folder.
     let looks_relative_path = !v.contains("://")
         && !v.starts_with('/')
-        && (v.starts_with("./") || v.starts_with("../") || (v.contains('/') && !v.contains(' ')));
+        && (matches!(v, "." | "..")
+            || v.starts_with("./")
+            || v.starts_with("../")
+            || (v.contains('/') && !v.contains(' '))
+            || (!v.is_empty() && std::path::Path::new(v).exists()));
     if looks_relative_path && let Ok(cwd) = std::env::current_dir() {
         return cwd.join(v).to_string_lossy().to_string();
     }

@@ -27,6 +27,8 @@ pub enum EnrichError {
     Sql { path: PathBuf, message: String },
     #[error("{path}:{line}:{column}: {message}")]
     Var { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("--var run_date=`{value}`: not a date; give it as YYYY-MM-DD")]
+    RunDate { value: String },
     #[error("models form a cycle: {}", .files.join(" -> "))]
     Cycle { files: Vec<String> },
     #[error("{path}: model `{name}` has the name of a table klantbeeld makes")]
@@ -53,10 +55,14 @@ pub struct Model {
 }
 
 /// Variables for SQL files: the pipeline's, plus `run_date` (today, UTC) when not given.
-pub fn sql_vars(vars: &Vars) -> Vars {
+pub fn sql_vars(vars: &Vars) -> Result<Vars, EnrichError> {
     let mut v = vars.clone();
-    v.given.entry("run_date".into()).or_insert_with(|| chrono::Utc::now().date_naive().to_string());
-    v
+    let run_date = v.given.entry("run_date".into()).or_insert_with(|| chrono::Utc::now().date_naive().to_string());
+    // The models put it in date literals, where a wrong value fails far from its cause.
+    if chrono::NaiveDate::parse_from_str(run_date, "%Y-%m-%d").is_err() {
+        return Err(EnrichError::RunDate { value: run_date.clone() });
+    }
+    Ok(v)
 }
 
 /// Reads and orders the models of a pipeline. Nothing runs yet: `plan` uses this too.
@@ -69,7 +75,7 @@ pub fn load_models(pipeline: &Pipeline, vars: &Vars, reserved: &[String]) -> Res
         .filter(|p| p.extension().is_some_and(|e| e == "sql"))
         .collect();
     files.sort();
-    let vars = sql_vars(vars);
+    let vars = sql_vars(vars)?;
     let mut models = Vec::new();
     for path in files {
         let text = std::fs::read_to_string(&path).map_err(|source| EnrichError::Read { path: path.clone(), source })?;

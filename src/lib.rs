@@ -86,6 +86,22 @@ impl Error {
         false
     }
 
+    /// Whether the run stopped on input the engine could not decode (a corrupt page).
+    pub fn is_decoding(&self) -> bool {
+        use datafusion::error::DataFusionError as D;
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = source {
+            if e.downcast_ref::<datafusion::parquet::errors::ParquetError>().is_some()
+                || e.downcast_ref::<D>()
+                    .is_some_and(|d| matches!(d.find_root(), D::ParquetError(_) | D::ArrowError(..)))
+            {
+                return true;
+            }
+            source = e.source();
+        }
+        false
+    }
+
     pub fn exit_code(&self) -> i32 {
         use extract::ExtractError as E;
         if self.is_out_of_memory() {
@@ -100,6 +116,7 @@ impl Error {
             Error::Stage(stage::StageError::Mapping { .. }) => exit::CONFIG,
             Error::Resolve(resolve::ResolveError::Rule { .. }) => exit::CONFIG,
             Error::Storage(storage::StorageError::BadLocation { .. }) => exit::CONFIG,
+            Error::Publish(publish::PublishError::NotOurs { .. }) => exit::CONFIG,
             Error::Extract(E::Storage(storage::StorageError::BadLocation { .. })) => exit::CONFIG,
             Error::Extract(E::Scratch { .. } | E::Engine { .. }) => exit::OTHER,
             Error::Extract(_) => exit::INPUT,

@@ -50,7 +50,11 @@ pub struct RunOptions {
 pub struct InputInfo {
     pub location: String,
     pub files: Vec<InputFile>,
+    /// Rows read; with `rejected_rows` they make up the rows of the input.
+    pub rows: u64,
     pub rejected_rows: usize,
+    /// Records read but set aside by staging (an overlong identity value).
+    pub set_aside_rows: usize,
     /// Rows dropped because their record key was repeated (the most recent row is kept).
     pub repeated_keys: u64,
 }
@@ -168,6 +172,9 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Manifest, 
         }
         Err(e) => {
             staging.abandon().await;
+            if e.is_decoding() {
+                return Err(extract::find_unreadable_parquet(&ctx, pipeline).await.map_or(e, Error::from));
+            }
             Err(e)
         }
     }
@@ -198,7 +205,18 @@ async fn run_stages(
     timer.note(&format!("{} sources, {files} files, {} bytes", extracted.len(), thousands(bytes)));
 
     timer.stage("stage");
-    let repeated = stage_records(ctx, pipeline, &present, scratch).await?;
+    let counts = stage_records(ctx, pipeline, &present, scratch).await?;
+    let mut extracted = extracted;
+    for e in extracted.iter_mut() {
+        for (key, reason) in counts.set_aside.get(&e.name).into_iter().flatten() {
+            e.set_aside.push(extract::BadRow {
+                file: e.location.display(),
+                line: 0,
+                reason: reason.clone(),
+                record: format!("{}={key}", pipeline.spec.sources[&e.name].key.as_deref().unwrap_or("key")),
+            });
+        }
+    }
 
     timer.stage("resolve");
     let (previous, published) = previous_location(ctx, pipeline, options, output).await?;
@@ -261,8 +279,10 @@ async fn run_stages(
                 InputInfo {
                     location: redact(&e.location.display()),
                     files: e.files.clone(),
+                    rows: e.rows,
                     rejected_rows: e.rejected.len(),
-                    repeated_keys: repeated.get(&e.name).copied().unwrap_or(0),
+                    set_aside_rows: e.set_aside.len(),
+                    repeated_keys: counts.repeated.get(&e.name).copied().unwrap_or(0),
                 },
             )
         })
@@ -388,19 +408,38 @@ pub fn start_session(pipeline: &Pipeline, options: &RunOptions, scratch: &Path) 
     engine::session(&engine_options, &spill).map_err(Error::engine("starting the engine"))
 }
 
+/// What staging left out, per source.
+#[derive(Debug, Default)]
+pub struct StagedCounts {
+    /// Rows dropped because their record key was repeated (the latest is kept).
+    pub repeated: BTreeMap<String, u64>,
+    /// Records set aside (an overlong value), with the reason, by source.
+    pub set_aside: BTreeMap<String, Vec<(String, String)>>,
+}
+
 /// Stages the identity sources present into `identity_records` (materialised). Returns,
-/// per source, how many rows were dropped as repeated keys.
+/// per source, the rows dropped as repeated keys and the records set aside.
 pub async fn stage_records(
     ctx: &SessionContext,
     pipeline: &Pipeline,
     present: &[String],
     scratch: &Path,
-) -> Result<BTreeMap<String, u64>, Error> {
+) -> Result<StagedCounts, Error> {
+    use datafusion::prelude::col;
     const STAGED: &str = "staged_records";
+    const KEPT: &str = "kept_records";
     let staged = stage::stage_all(ctx, pipeline, present).await?;
     materialize(ctx, STAGED, staged, scratch).await?;
-    let repeated = repeated_keys(ctx, STAGED).await?;
-    let mut records = ctx.table(STAGED).await.map_err(Error::engine("staged records"))?;
+    let all = ctx.table(STAGED).await.map_err(Error::engine("staged records"))?;
+    let set_aside = set_aside_records(all.clone()).await?;
+    let kept = all
+        .filter(col(stage::SET_ASIDE).is_null())
+        .and_then(|df| df.drop_columns(&[stage::SET_ASIDE]))
+        .map_err(Error::engine("staged records"))?;
+    let _ = ctx.deregister_table(KEPT);
+    ctx.register_table(KEPT, kept.into_view()).map_err(Error::engine("staged records"))?;
+    let repeated = repeated_keys(ctx, KEPT).await?;
+    let mut records = ctx.table(KEPT).await.map_err(Error::engine("staged records"))?;
     if !repeated.is_empty() {
         for (source, n) in &repeated {
             tracing::warn!(
@@ -412,7 +451,30 @@ pub async fn stage_records(
         records = stage::latest_per_key(records)?;
     }
     materialize(ctx, IDENTITY_RECORDS, stage::with_record_numbers(records).await?, scratch).await?;
-    Ok(repeated)
+    Ok(StagedCounts { repeated, set_aside })
+}
+
+/// The records staging set aside, as (record key, reason) per source; each is logged.
+async fn set_aside_records(all: DataFrame) -> Result<BTreeMap<String, Vec<(String, String)>>, Error> {
+    use datafusion::arrow::util::display::array_value_to_string;
+    use datafusion::prelude::col;
+    let batches = all
+        .filter(col(stage::SET_ASIDE).is_not_null())
+        .and_then(|df| df.select(vec![col("source_system"), col("source_record_id"), col(stage::SET_ASIDE)]))
+        .map_err(Error::engine("set-aside records"))?
+        .collect()
+        .await
+        .map_err(Error::engine("set-aside records"))?;
+    let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for b in &batches {
+        for i in 0..b.num_rows() {
+            let get = |c: usize| array_value_to_string(b.column(c), i).unwrap_or_default();
+            let (source, key, reason) = (get(0), get(1), get(2));
+            tracing::warn!(source = source.as_str(), record = key.as_str(), "record set aside: {reason}");
+            out.entry(source).or_default().push((key, reason));
+        }
+    }
+    Ok(out)
 }
 
 /// Rows beyond the first of each repeated record key, per source.
@@ -477,8 +539,8 @@ async fn write_rejected(ctx: &SessionContext, staging: &Staging, extracted: &[Ex
     use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use std::sync::Arc;
-    for e in extracted.iter().filter(|e| !e.rejected.is_empty()) {
-        let rows = &e.rejected.rows;
+    for e in extracted.iter().filter(|e| !e.rejected.is_empty() || !e.set_aside.is_empty()) {
+        let rows: Vec<&extract::BadRow> = e.rejected.rows.iter().chain(&e.set_aside.rows).collect();
         let schema = Arc::new(Schema::new(vec![
             Field::new("file", DataType::Utf8, false),
             Field::new("line", DataType::UInt64, false),

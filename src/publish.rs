@@ -28,7 +28,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use serde::Serialize;
 
 use crate::config::StorageSpec;
-use crate::storage::{self, Location, StoreKind};
+use crate::storage::{self, Location};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -42,6 +42,14 @@ pub enum PublishError {
     Locked { location: String, holder: String },
     #[error("writing table `{table}`: {source}")]
     Write { table: String, source: datafusion::error::DataFusionError },
+    /// The output location holds something klantbeeld did not write: nothing is touched.
+    #[error(
+        "{location}: {reason}; klantbeeld publishes only to a new or empty location or over an earlier \
+         klantbeeld publish (its `_manifest.json`); nothing was touched"
+    )]
+    NotOurs { location: String, reason: String },
+    #[error("{location}: the output cannot be used: {reason}")]
+    Unusable { location: String, reason: String },
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> PublishError + '_ {
@@ -136,12 +144,147 @@ pub fn ensure_local_schema_file(dir: &Path, schema: SchemaRef) -> std::io::Resul
     std::fs::write(dir.join("part-0.parquet"), bytes)
 }
 
+/// Names klantbeeld keeps at an output while it publishes there.
+const BOOKKEEPING: &[&str] = &[STAGING, LOCK];
+
+/// Checks, before any work, that a run may publish at `output`: it is new or empty, or
+/// holds an earlier klantbeeld publish and nothing that publish did not write. Publishing
+/// replaces what is there, so anything else would be lost.
+pub async fn check_target(store: &dyn ObjectStore, output: &Location) -> Result<(), PublishError> {
+    let not_ours = |reason: String| PublishError::NotOurs { location: output.display(), reason };
+    if let Some(dir) = output.local_path() {
+        let unusable = |reason: String| PublishError::Unusable { location: output.display(), reason };
+        // The nearest existing ancestor must be a folder to create the output under.
+        for ancestor in dir.ancestors().skip(1) {
+            match std::fs::metadata(ancestor) {
+                Ok(m) if m.is_dir() => break,
+                Ok(_) => return Err(unusable(format!("`{}` is a file, not a folder", ancestor.display()))),
+                Err(_) => continue,
+            }
+        }
+        let meta = match std::fs::metadata(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(&dir)(e)),
+            Ok(m) => m,
+        };
+        if !meta.is_dir() {
+            return Err(not_ours("it is a file, not a folder".into()));
+        }
+        let top: BTreeSet<String> = std::fs::read_dir(&dir)
+            .map_err(io(&dir))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        let manifest = std::fs::read(dir.join("_manifest.json")).ok();
+        return check_entries(&top, manifest.as_deref()).map_err(not_ours);
+    }
+    let metas: Vec<object_store::ObjectMeta> = match store.list(Some(&output.prefix)).try_collect().await {
+        Ok(m) => m,
+        Err(e) if matches!(e, object_store::Error::NotFound { .. }) || e.to_string().contains("NoSuchBucket") => {
+            return Err(PublishError::Unusable {
+                location: output.display(),
+                reason: format!("bucket `{}` does not exist", output.store_url.as_str()),
+            });
+        }
+        Err(e) => return Err(PublishError::Store { location: output.display(), source: e }),
+    };
+    let n = output.prefix.as_ref().len();
+    let top: BTreeSet<String> = metas
+        .iter()
+        .filter_map(|m| m.location.as_ref()[n..].trim_start_matches('/').split('/').next().map(str::to_string))
+        .collect();
+    let manifest = match top.contains("_manifest.json") {
+        true => match store.get(&output.child("_manifest.json").prefix).await {
+            Ok(r) => r.bytes().await.ok().map(|b| b.to_vec()),
+            Err(e) => return Err(PublishError::Store { location: output.display(), source: e }),
+        },
+        false => None,
+    };
+    check_entries(&top, manifest.as_deref()).map_err(not_ours)
+}
+
+/// Whether the top-level entries of an output may be replaced: klantbeeld's bookkeeping,
+/// and, under a klantbeeld manifest, the tables, markers and rejected rows it lists.
+fn check_entries(top: &BTreeSet<String>, manifest: Option<&[u8]>) -> Result<(), String> {
+    let mut allowed: BTreeSet<String> = BOOKKEEPING.iter().map(|s| s.to_string()).collect();
+    let published = manifest
+        .and_then(|m| serde_json::from_slice::<serde_json::Value>(m).ok())
+        .filter(|m| m.get("run_id").is_some() && m.get("klantbeeld_version").is_some());
+    match &published {
+        Some(m) => {
+            allowed.extend(["_manifest.json", "_SUCCESS", "_rejected"].map(String::from));
+            if let Some(tables) = m.get("tables").and_then(|t| t.as_object()) {
+                allowed.extend(tables.keys().filter_map(|t| t.split('/').next()).map(String::from));
+            }
+        }
+        None if top.contains("_manifest.json") => {
+            return Err("its `_manifest.json` is not a klantbeeld manifest".into());
+        }
+        None => {}
+    }
+    let foreign: Vec<&String> = top.iter().filter(|n| !allowed.contains(*n)).collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    let mut names = foreign.iter().take(5).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    if foreign.len() > 5 {
+        names.push_str(&format!(" and {} more", foreign.len() - 5));
+    }
+    Err(match published {
+        Some(_) => format!("it holds {names}, which the published run did not write"),
+        None => format!("it holds {names} and no klantbeeld publish"),
+    })
+}
+
+/// Whether a folder is the root of a mount (a volume), which `rename` cannot move.
+fn is_mount_point(dir: &Path) -> bool {
+    use rustix::fs::{AtFlags, StatxAttributes, StatxFlags, statx};
+    match statx(rustix::fs::CWD, dir, AtFlags::NO_AUTOMOUNT, StatxFlags::BASIC_STATS) {
+        Ok(st) if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) => {
+            st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+        }
+        // Older kernels: a different device than the parent's.
+        Ok(st) => dir
+            .parent()
+            .and_then(|p| statx(rustix::fs::CWD, p, AtFlags::empty(), StatxFlags::BASIC_STATS).ok())
+            .is_some_and(|p| (p.stx_dev_major, p.stx_dev_minor) != (st.stx_dev_major, st.stx_dev_minor)),
+        Err(_) => false,
+    }
+}
+
 /// How the staging location of a run is swapped into place.
 enum Swap {
     /// A hidden sibling folder, exchanged with the output folder by one rename.
     Local { output_dir: PathBuf, dir: PathBuf, _lock: std::fs::File },
     /// A prefix under the output on an object store, copied into place.
-    Remote { lock: ObjectPath },
+    Remote { lock: ObjectPath, _heartbeat: Heartbeat },
+}
+
+/// Renews the output's lock while the run lives, so that a lock nobody renews any more
+/// is known to be abandoned. Stops when dropped.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(store: Arc<dyn ObjectStore>, lock: ObjectPath, mut info: LockInfo, timeout_s: u64) -> Heartbeat {
+        // `--break-lock` sets the timeout to 0; its own lock still renews at a sane pace.
+        let every = std::time::Duration::from_secs(if timeout_s == 0 { 30 } else { (timeout_s / 4).max(1) });
+        Heartbeat(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                info.heartbeat = chrono::Utc::now();
+                let body = serde_json::to_vec(&info).expect("lock info serialises");
+                if let Err(e) = store.put(&lock, PutPayload::from(body)).await {
+                    tracing::warn!(error = %e, "could not renew the output lock");
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Where a run writes before it is published.
@@ -168,8 +311,12 @@ impl Staging {
         run_id: &str,
     ) -> Result<Staging, PublishError> {
         let store = storage::store_for(ctx, output, spec)?;
-        if output.kind == StoreKind::Local {
-            let output_dir = output.local_path().expect("local output has a path");
+        check_target(store.as_ref(), output).await?;
+        let local_dir = output.local_path();
+        // A mount point (a container volume) cannot be renamed: publish inside it, the
+        // way object stores are published to.
+        let in_place = local_dir.as_deref().is_some_and(is_mount_point);
+        if let Some(output_dir) = local_dir.filter(|_| !in_place) {
             let parent = output_dir.parent().unwrap_or(Path::new("/")).to_path_buf();
             let name = output_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
             std::fs::create_dir_all(&parent).map_err(io(&parent))?;
@@ -194,14 +341,21 @@ impl Staging {
                 swap: Swap::Local { output_dir, dir, _lock: lock },
             });
         }
+        let store: Arc<dyn ObjectStore> = if in_place {
+            // Empty table folders of the old publish are removed with their last file.
+            Arc::new(object_store::local::LocalFileSystem::new().with_automatic_cleanup(true))
+        } else {
+            store
+        };
         let lock = output.child(LOCK).prefix;
-        acquire_remote_lock(store.as_ref(), output, &lock, run_id, spec.lock_timeout_s).await?;
+        let info = acquire_remote_lock(store.as_ref(), output, &lock, run_id, spec.lock_timeout_s).await?;
+        let heartbeat = Heartbeat::start(store.clone(), lock.clone(), info, spec.lock_timeout_s);
         let staging = Staging {
             output: output.clone(),
             root: output.child(&format!("{STAGING}/{run_id}")),
             store,
             run_id: run_id.into(),
-            swap: Swap::Remote { lock },
+            swap: Swap::Remote { lock, _heartbeat: heartbeat },
         };
         if let Err(e) = staging.recover_remote().await {
             staging.release().await;
@@ -372,7 +526,7 @@ impl Staging {
     }
 
     async fn release(&self) {
-        if let Swap::Remote { lock } = &self.swap {
+        if let Swap::Remote { lock, .. } = &self.swap {
             let _ = self.store.delete(lock).await;
         }
     }
@@ -403,50 +557,74 @@ struct CommitRecord {
 }
 
 /// The lock object's content.
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 struct LockInfo {
     run_id: String,
     since: chrono::DateTime<chrono::Utc>,
+    /// Last renewal; a lock from before renewals existed counts from `since`.
+    #[serde(default = "chrono::Utc::now")]
+    heartbeat: chrono::DateTime<chrono::Utc>,
 }
 
+/// Takes the output's lock: creates it, or replaces one whose run stopped renewing it.
+/// The replacement is conditional on the stale lock's version where the store supports
+/// that, so that of two runs taking over at once only one wins.
 async fn acquire_remote_lock(
     store: &dyn ObjectStore,
     output: &Location,
     lock: &ObjectPath,
     run_id: &str,
     timeout_s: u64,
-) -> Result<(), PublishError> {
-    let info = LockInfo { run_id: run_id.into(), since: chrono::Utc::now() };
-    let body = serde_json::to_vec(&info).expect("lock info serialises");
+) -> Result<LockInfo, PublishError> {
+    let now = chrono::Utc::now();
+    let info = LockInfo { run_id: run_id.into(), since: now, heartbeat: now };
+    let body = PutPayload::from(serde_json::to_vec(&info).expect("lock info serialises"));
+    let store_err = |e| PublishError::Store { location: output.display(), source: e };
     let create = PutOptions { mode: PutMode::Create, ..Default::default() };
-    for _ in 0..2 {
-        match store.put_opts(lock, PutPayload::from(body.clone()), create.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                let held = match store.get(lock).await {
-                    Ok(r) => r.bytes().await.ok().and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok()),
-                    Err(_) => None,
-                };
-                let stale =
-                    held.as_ref().is_none_or(|h| (chrono::Utc::now() - h.since).num_seconds() >= timeout_s as i64);
-                if !stale {
-                    let h = held.expect("not stale means held");
-                    return Err(PublishError::Locked {
-                        location: output.display(),
-                        holder: format!(
-                            " (run {} since {}; the lock expires after {timeout_s}s, or pass --break-lock if that run is dead)",
-                            h.run_id,
-                            h.since.to_rfc3339()
-                        ),
-                    });
-                }
-                tracing::warn!(output = %output, "taking over a stale lock");
-                let _ = store.delete(lock).await;
-            }
-            Err(e) => return Err(PublishError::Store { location: output.display(), source: e }),
+    match store.put_opts(lock, body.clone(), create).await {
+        Ok(_) => return Ok(info),
+        Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {}
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(PublishError::Unusable {
+                location: output.display(),
+                reason: format!("bucket `{}` does not exist", output.store_url.as_str()),
+            });
         }
+        Err(e) => return Err(store_err(e)),
     }
-    Err(PublishError::Locked { location: output.display(), holder: String::new() })
+    let current = store.get(lock).await.map_err(store_err)?;
+    let version =
+        object_store::UpdateVersion { e_tag: current.meta.e_tag.clone(), version: current.meta.version.clone() };
+    let held = current.bytes().await.ok().and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok());
+    let silent_s = held.as_ref().map_or(i64::MAX, |h| (chrono::Utc::now() - h.heartbeat).num_seconds());
+    if let Some(h) = held.as_ref().filter(|_| silent_s < timeout_s as i64) {
+        return Err(PublishError::Locked {
+            location: output.display(),
+            holder: format!(
+                " (run {} since {}, renewed {silent_s}s ago; a lock not renewed for {timeout_s}s is taken over, \
+                 or pass --break-lock if that run is dead)",
+                h.run_id,
+                h.since.to_rfc3339()
+            ),
+        });
+    }
+    tracing::warn!(output = %output, "taking over a lock its run stopped renewing");
+    let update = PutOptions { mode: PutMode::Update(version), ..Default::default() };
+    match store.put_opts(lock, body.clone(), update).await {
+        Ok(_) => Ok(info),
+        // A store without conditional updates: replace it plainly.
+        Err(object_store::Error::NotImplemented { .. }) => {
+            store.put(lock, body).await.map_err(store_err)?;
+            Ok(info)
+        }
+        Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => {
+            Err(PublishError::Locked {
+                location: output.display(),
+                holder: " (another run took the lock over first)".into(),
+            })
+        }
+        Err(e) => Err(store_err(e)),
+    }
 }
 
 fn swap_local(dir: &Path, output_dir: &Path) -> Result<(), PublishError> {

@@ -7,7 +7,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::ExprFunctionExt;
-use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, col, lit, nullif, trim, upper};
+use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, col, ident, lit, nullif, trim, upper};
 
 use crate::config::{Attribute, Pipeline, SourceSpec};
 use crate::extract::raw_table;
@@ -118,10 +118,11 @@ pub async fn stage_source(
         inner.push(text(e).alias(format!("ext_{id}")));
     }
     let ext_columns: Vec<String> = external_id_names(pipeline);
-    let staged = raw.select(inner)?;
+    let staged = set_aside_overlong(raw.select(inner)?)?;
     let mut outer = vec![
         col("source_system"),
         col("source_record_id"),
+        col(SET_ASIDE),
         call(Function::NormalizeEmail, vec![col("email_raw")]).alias("email"),
         call(Function::EmailLocalPart, vec![col("email_raw")]).alias("email_local"),
         call(Function::NormalizePhone, vec![col("phone_raw"), region.clone()]).alias("phone"),
@@ -154,6 +155,55 @@ pub async fn stage_source(
     let staged = staged.select(outer)?;
     ctx.register_table(staged_table(name), staged.clone().into_view())?;
     Ok(staged)
+}
+
+/// Longest identity value read, in characters. A longer one is no name, address or
+/// identifier (a pasted text, a blob), and the comparison functions would pay for it.
+pub const MAX_VALUE_CHARS: i64 = 256;
+
+/// Column of a staged record that says why it was set aside (NULL: it was not).
+pub const SET_ASIDE: &str = "set_aside";
+
+/// Adds `set_aside` (which value is overlong) and blanks every raw value of such a
+/// record, so that no normalisation ever sees it.
+fn set_aside_overlong(staged: DataFrame) -> Result<DataFrame, StageError> {
+    use datafusion::functions::string::expr_fn::concat;
+    use datafusion::functions::unicode::expr_fn::character_length;
+    use datafusion::logical_expr::when;
+    let values: Vec<String> = staged
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .filter(|n| n != "source_system" && n != "source_record_id")
+        .collect();
+    let Some((first, rest)) = values.split_first() else { return Ok(staged) };
+    let reason = |c: &str| {
+        let name = match c {
+            "first_raw" => "first_name",
+            "last_raw" => "last_name",
+            "birth_raw" => "birth_date",
+            "house_raw" => "house_number",
+            "updated_raw" => "updated_at",
+            other => other.trim_end_matches("_raw"),
+        };
+        concat(vec![
+            lit(format!("`{name}` is ")),
+            cast(character_length(ident(c)), DataType::Utf8),
+            lit(format!(" characters long (at most {MAX_VALUE_CHARS})")),
+        ])
+    };
+    let too_long = |c: &str| character_length(ident(c)).gt(lit(MAX_VALUE_CHARS));
+    let mut case = when(too_long(first), reason(first));
+    for c in rest {
+        case = case.when(too_long(c), reason(c));
+    }
+    let with_reason = staged.with_column(SET_ASIDE, case.otherwise(null_text())?)?;
+    let mut exprs = vec![col("source_system"), col("source_record_id"), col(SET_ASIDE)];
+    for c in &values {
+        exprs.push(when(col(SET_ASIDE).is_null(), ident(c)).end()?.alias(c));
+    }
+    Ok(with_reason.select(exprs)?)
 }
 
 /// Every external id name used by any source, in file order.

@@ -25,6 +25,8 @@ pub enum StorageError {
     Configure { location: String, scheme: String, source: object_store::Error },
     #[error("{location}: {source}")]
     Io { location: String, source: object_store::Error },
+    #[error("{file}: a symbolic link to nothing, matched by {location}; remove it or restore its target")]
+    DanglingLink { location: String, file: String },
 }
 
 /// Kind of object store a location lives on.
@@ -62,6 +64,14 @@ impl Location {
             return Err(bad("empty"));
         }
         let (kind, bucket, path) = match raw.split_once("://") {
+            // A secret in a URL would be printed in errors and sent in request paths.
+            Some((_, rest)) if has_userinfo(rest) => {
+                return Err(bad(
+                    "credentials in a location are not read: remove `user:password@` and set them in the \
+                     environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, GOOGLE_SERVICE_ACCOUNT, \
+                     AZURE_STORAGE_ACCOUNT_KEY; AWS_ENDPOINT_URL for a server's address)",
+                ));
+            }
             Some((scheme, rest)) => {
                 let kind = match scheme.to_ascii_lowercase().as_str() {
                     "file" => StoreKind::Local,
@@ -148,6 +158,13 @@ impl std::fmt::Display for Location {
     }
 }
 
+/// Whether the part of a URL after `scheme://` starts with a user, password or port (a
+/// bucket name never holds `:` or `@`).
+fn has_userinfo(rest: &str) -> bool {
+    let authority = rest.split('/').next().unwrap_or_default();
+    authority.contains(':') || authority.contains('@')
+}
+
 /// Lexical absolute path (no symlink resolution, the target may not exist yet).
 fn absolute(p: &Path) -> PathBuf {
     let joined = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
@@ -164,13 +181,18 @@ fn absolute(p: &Path) -> PathBuf {
     out
 }
 
-/// Hides the password of `scheme://user:password@host` and query-string secrets, for
-/// logs and the manifest.
+/// Hides the user and password of `scheme://user:password@host` and query-string
+/// secrets, for errors, logs and the manifest.
 pub fn redact(raw: &str) -> String {
-    let Ok(mut url) = Url::parse(raw) else { return raw.to_string() };
-    if url.password().is_some() {
-        let _ = url.set_password(Some("***"));
-    }
+    // The last `@` after a `user:password` ends the secret, even one holding a `/`.
+    let raw = match raw.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((secret, host)) if secret.contains(':') || !secret.contains('/') => format!("{scheme}://***@{host}"),
+            _ => raw.to_string(),
+        },
+        None => raw.to_string(),
+    };
+    let Ok(mut url) = Url::parse(&raw) else { return raw };
     if url.query().is_some() {
         let pairs: Vec<(String, String)> = url
             .query_pairs()
@@ -281,7 +303,36 @@ pub async fn list_files(store: &dyn ObjectStore, loc: &Location) -> Result<Vec<O
         !hidden && pattern.as_ref().is_none_or(|p| p.matches(rel))
     });
     files.sort_by(|a, b| a.location.cmp(&b.location));
+    if let Some(dir) = loc.local_path() {
+        let matches = |rel: &str| {
+            let hidden = rel.split('/').any(|s| s.starts_with('.') || s.starts_with('_'));
+            !hidden && pattern.as_ref().is_none_or(|p| p.matches(rel))
+        };
+        if let Some(link) = dangling_link(&dir, &dir, &matches) {
+            return Err(StorageError::DanglingLink { location: loc.display(), file: link.display().to_string() });
+        }
+    }
     Ok(files)
+}
+
+/// A symbolic link under `dir` that points nowhere and names an input: the store's
+/// listing skips it, and with it a file the user meant to load.
+fn dangling_link(root: &Path, dir: &Path, matches: &dyn Fn(&str) -> bool) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let rel = path.strip_prefix(root).ok()?.to_string_lossy().replace('\\', "/");
+        let Ok(kind) = entry.file_type() else { continue };
+        match std::fs::metadata(&path) {
+            Err(_) if kind.is_symlink() && matches(&rel) => return Some(path),
+            Ok(m) if m.is_dir() && !kind.is_symlink() => {
+                if let Some(found) = dangling_link(root, &path, matches) {
+                    return Some(found);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -322,7 +373,16 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        assert_eq!(redact("s3://key:geheim@bucket/x"), "s3://key:***@bucket/x");
+        assert_eq!(redact("s3://key:geheim@bucket/x"), "s3://***@bucket/x");
+        assert_eq!(redact("s3://AKID:se/cr@et@bucket/x"), "s3://***@bucket/x");
+        assert_eq!(redact("s3://AKID@bucket/x"), "s3://***@bucket/x");
+        assert_eq!(redact("s3://bucket/data@2026/x"), "s3://bucket/data@2026/x");
+        for raw in ["s3://AKIDX:geheim@bucket/x", "s3://AKIDX:ge/he@im@bucket/x", "gs://piet@b/x"] {
+            let err = Location::parse(raw, Path::new("/")).unwrap_err().to_string();
+            assert!(!err.contains("geheim") && !err.contains("AKIDX") && !err.contains("piet"), "{err}");
+            assert!(err.contains("***@"), "{err}");
+            assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+        }
         assert!(!redact("https://acc.blob.core.windows.net/c?sig=abc&sv=1").contains("abc"));
         assert_eq!(redact("/plain/path"), "/plain/path");
     }

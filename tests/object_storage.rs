@@ -254,3 +254,56 @@ async fn two_runs_on_one_output_cannot_mix() {
     let xref = count(&server, "golden", "SELECT count(*) FROM customer_xref", &["customer_xref"]).await;
     assert_eq!(manifest["tables"]["customer_xref"]["rows"].as_i64().unwrap(), xref);
 }
+
+/// Puts a `_lock` object as a run that renewed it `silent_s` seconds ago would have left.
+async fn plant_lock(server: &S3Server, silent_s: i64) {
+    use object_store::ObjectStoreExt;
+    let at = chrono::Utc::now() - chrono::Duration::seconds(silent_s);
+    let body = serde_json::json!({"run_id": "20261122T010000Z-dead", "since": at, "heartbeat": at});
+    let key = object_store::path::Path::from("retail/_lock");
+    server.bucket("golden").put(&key, serde_json::to_vec(&body).unwrap().into()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_lock_nobody_renews_is_taken_over_and_a_live_one_is_respected() {
+    let server = S3Server::start();
+    server.create_buckets(&["dumps", "golden"]);
+    let dir = tempfile::tempdir().unwrap();
+    generate(&dir.path().join("data"), 300, 12, false);
+    server.upload("dumps", "d", &dir.path().join("data/dumps")).await;
+    // A run that renewed its lock a few seconds ago is alive: refused, lock kept.
+    plant_lock(&server, 5).await;
+    let out = run_s3(&server.endpoint(), "input=s3://dumps/d", "output=s3://golden/retail", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("another klantbeeld run is publishing"), "{}", stderr(&out));
+    assert!(server.get_text("golden", "retail/_lock").await.unwrap().contains("-dead"));
+    assert!(server.get_text("golden", "retail/_SUCCESS").await.is_none());
+    // Killed during publish ten minutes ago: no heartbeat since, so the next nightly run
+    // takes the lock over without --break-lock, publishes, and frees it.
+    plant_lock(&server, 600).await;
+    let out = run_s3(&server.endpoint(), "input=s3://dumps/d", "output=s3://golden/retail", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(server.get_text("golden", "retail/_SUCCESS").await.is_some());
+    assert!(server.get_text("golden", "retail/_lock").await.is_none());
+}
+
+#[tokio::test]
+async fn an_output_that_is_not_ours_or_not_there_is_refused_before_any_work() {
+    use object_store::ObjectStoreExt;
+    let server = S3Server::start();
+    server.create_buckets(&["dumps", "golden"]);
+    let dir = tempfile::tempdir().unwrap();
+    generate(&dir.path().join("data"), 150, 13, false);
+    server.upload("dumps", "d", &dir.path().join("data/dumps")).await;
+    let out = run_s3(&server.endpoint(), "input=s3://dumps/d", "output=s3://nosuchbucket/retail", &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bucket `s3://nosuchbucket/` does not exist"), "{}", stderr(&out));
+    // Someone else's objects under the output prefix stay as they are.
+    let key = object_store::path::Path::from("retail/exports/2026.csv");
+    server.bucket("golden").put(&key, "a;b\n".into()).await.unwrap();
+    let out = run_s3(&server.endpoint(), "input=s3://dumps/d", "output=s3://golden/retail", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`exports`") && stderr(&out).contains("nothing was touched"), "{}", stderr(&out));
+    assert_eq!(server.get_text("golden", "retail/exports/2026.csv").await.as_deref(), Some("a;b\n"));
+    assert!(server.get_text("golden", "retail/_lock").await.is_none());
+}

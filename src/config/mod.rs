@@ -55,7 +55,25 @@ impl Pipeline {
 
     pub fn from_text(file: &Path, raw: &str, vars: &Vars) -> Result<Pipeline, ConfigError> {
         let (text, used_vars) = substitute(raw, vars).map_err(|e| ConfigError::at(file, e.at, e.message))?;
-        let spec: PipelineSpec = serde_yaml::from_str(&text).map_err(|e| yaml_error(file, &e))?;
+        // Read as plain YAML first: a key given twice (a pasted block) is an error there,
+        // where typed maps would silently keep the last one.
+        serde_yaml::from_str::<serde_yaml::Value>(&text).map_err(|e| match yaml_error(file, &e) {
+            ConfigError::At { path, line, column, message } if message.contains("is given twice") => {
+                let key = message.split('`').nth(1).unwrap_or_default();
+                let (line, column) = locate_repeat(&text, (line, column), key);
+                ConfigError::At { path, line, column, message }
+            }
+            other => other,
+        })?;
+        let spec: PipelineSpec = serde_yaml::from_str(&text).map_err(|e| match yaml_error(file, &e) {
+            // Inside a rule serde_yaml points at the rule's start; the value's own line is
+            // the first non-finite number from there.
+            ConfigError::At { path, line, column, message } if message.contains("is not a finite number") => {
+                let (line, column) = locate_non_finite(&text, line).unwrap_or((line, column));
+                ConfigError::At { path, line, column, message }
+            }
+            other => other,
+        })?;
         let base_dir = file
             .parent()
             .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
@@ -86,6 +104,16 @@ impl Pipeline {
     /// sources and attributes that exist.
     fn check_references(&self) -> Result<(), ConfigError> {
         let spec = &self.spec;
+        // Locations are checked here so that `validate` catches them (and never prints a
+        // secret one holds).
+        let locations = [(vec!["output"], Some(&spec.output)), (vec!["previous"], spec.previous.as_ref())]
+            .into_iter()
+            .chain(spec.sources.iter().map(|(n, s)| (vec!["sources", n.as_str(), "location"], Some(&s.location))));
+        for (key, raw) in locations {
+            if let Some(Err(e)) = raw.map(|r| crate::storage::Location::parse(r, &self.base_dir)) {
+                return Err(self.error_at(&key, format!("key `{}`: {e}", key.join("."))));
+            }
+        }
         let identity: Vec<&str> = spec.identity_sources().map(|(n, _)| n.as_str()).collect();
         if identity.is_empty() {
             return Err(self.error_at(&["sources"], "no source has an `identity` mapping: nothing to match"));
@@ -182,7 +210,15 @@ fn yaml_error(file: &Path, e: &serde_yaml::Error) -> ConfigError {
         None => full,
     };
     let message = improve_unknown(&message);
-    ConfigError::at(file, at, message)
+    let duplicate = message
+        .split_once("duplicate entry with key \"")
+        .and_then(|(_, k)| k.split_once('"'))
+        .or_else(|| message.split_once("duplicate field `").and_then(|(_, k)| k.split_once('`')))
+        .map(|(key, _)| key.to_string());
+    match duplicate {
+        Some(key) => ConfigError::at(file, at, format!("key `{key}` is given twice at the same level; keep one")),
+        None => ConfigError::at(file, at, message),
+    }
 }
 
 /// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" into
@@ -230,6 +266,40 @@ pub fn suggest<'a>(wrong: &str, candidates: impl Iterator<Item = &'a str>) -> St
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| format!(", did you mean `{c}`?"))
         .unwrap_or_default()
+}
+
+/// The first line at or after `from` whose value is YAML's `.nan` or `.inf`.
+fn locate_non_finite(text: &str, from: usize) -> Option<(usize, usize)> {
+    text.lines().enumerate().skip(from.saturating_sub(1)).find_map(|(i, line)| {
+        let (_, value) = line.split_once(':')?;
+        let v = value.split('#').next().unwrap_or_default().trim().trim_start_matches(['-', '+']).to_ascii_lowercase();
+        (v == ".nan" || v == ".inf").then(|| (i + 1, line.len() - line.trim_start().len() + 1))
+    })
+}
+
+/// The second occurrence of `key` in the mapping that starts at `start` (where serde_yaml
+/// reports a repeated key), so that the error points at the copy.
+fn locate_repeat(text: &str, start: (usize, usize), key: &str) -> (usize, usize) {
+    let indent = start.1.saturating_sub(1);
+    let mut seen = 0;
+    for (i, line) in text.lines().enumerate().skip(start.0.saturating_sub(1)) {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let at = line.len() - trimmed.len();
+        if at < indent {
+            break;
+        }
+        let name = trimmed.split(':').next().unwrap_or_default().trim().trim_matches(['"', '\'']);
+        if at == indent && name == key {
+            seen += 1;
+            if seen == 2 {
+                return (i + 1, at + 1);
+            }
+        }
+    }
+    start
 }
 
 /// Finds the line and column of a nested key in YAML text by following indentation:
@@ -344,6 +414,19 @@ mod tests {
         let err = load(&text).unwrap_err().to_string();
         assert!(err.starts_with("p.yaml:13:"), "{err}");
         assert!(err.contains("`webshp` is not an identity source"), "{err}");
+    }
+
+    #[test]
+    fn a_key_given_twice_is_an_error_at_its_line() {
+        let text = format!(
+            "{MINIMAL}  crm:\n    location: other/*.csv\n    format: {{type: csv}}\n    key: id\n    identity:\n      email: email\n"
+        );
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.contains("`crm`") && err.contains("twice"), "{err}");
+        assert!(err.starts_with("p.yaml:10:"), "{err}");
+        let err =
+            load(&MINIMAL.replace("    key: klant_id\n", "    key: klant_id\n    key: id\n")).unwrap_err().to_string();
+        assert!(err.contains("`key`") && err.contains("twice") && err.starts_with("p.yaml:8:"), "{err}");
     }
 
     #[test]

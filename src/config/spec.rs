@@ -86,13 +86,14 @@ pub struct StorageSpec {
     /// Per-request timeout.
     #[serde(default = "default_request_timeout_s")]
     pub request_timeout_s: u64,
-    /// An object-store output lock older than this is taken over (its run died).
+    /// An object-store output lock whose run has not renewed it for this long is taken
+    /// over (that run died); a live run renews it every quarter of this.
     #[serde(default = "default_lock_timeout_s")]
     pub lock_timeout_s: u64,
 }
 
 fn default_lock_timeout_s() -> u64 {
-    7200
+    120
 }
 
 fn default_retries() -> usize {
@@ -505,6 +506,7 @@ pub struct FuzzyRule {
     pub blocking: Vec<Vec<String>>,
     pub comparisons: Vec<ComparisonSpec>,
     /// Minimum total weight for a link.
+    #[serde(deserialize_with = "finite")]
     pub threshold: f64,
     #[serde(default)]
     pub unless_conflict: Vec<String>,
@@ -559,7 +561,7 @@ pub struct LevelSpec {
     #[serde(default)]
     pub exact: Option<ExactOn>,
     /// Jaro-Winkler similarity at least this.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "finite_opt")]
     pub jaro_winkler: Option<f64>,
     /// Damerau-Levenshtein distance at most this.
     #[serde(default)]
@@ -570,7 +572,18 @@ pub struct LevelSpec {
     /// The level for everything else.
     #[serde(default, rename = "else")]
     pub otherwise: bool,
+    #[serde(deserialize_with = "finite")]
     pub weight: f64,
+}
+
+/// A number that SQL can compare with: YAML's `.nan` and `.inf` are refused at their key.
+fn finite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v.is_finite() { Ok(v) } else { Err(serde::de::Error::custom(format!("`{v}` is not a finite number"))) }
+}
+
+fn finite_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    finite(d).map(Some)
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -115,6 +115,14 @@ fn check_file(reader: Box<dyn Read + Send>, checks: &Checks) -> Result<FileRepor
     }
     let width = report.columns.len();
     let key_at = checks.key.as_ref().and_then(|k| report.columns.iter().position(|c| c == k));
+    // A file without the key column would give all its rows one empty key.
+    if let (Some(key), None) = (&checks.key, key_at) {
+        return Err(format!(
+            "the header has no key column `{key}`{} (columns: {})",
+            crate::config::suggest(key, report.columns.iter().map(String::as_str)),
+            report.columns.join(", ")
+        ));
+    }
     let typed: Vec<(usize, &DataType, &str)> = checks
         .declared
         .iter()
@@ -158,6 +166,15 @@ fn check_file(reader: Box<dyn Read + Send>, checks: &Checks) -> Result<FileRepor
             })
         };
         match reason {
+            // A row that runs on over the lines after it has swallowed them: setting it
+            // aside would lose them too, so the file fails under either policy.
+            Some(reason) if spans_lines && !checks.stop_at_first_bad => {
+                return Err(format!(
+                    "line {line}: {reason}, to line {end_line}: the {} lines it swallowed cannot be set aside \
+                     one by one; fix the quoting",
+                    end_line.saturating_sub(line)
+                ));
+            }
             Some(reason) => {
                 report.bad.push(bad(line, reason, &row, checks.dialect.delimiter));
                 if checks.stop_at_first_bad {
@@ -220,13 +237,14 @@ pub(super) async fn read(
     src: &SourceCtx<'_>,
     files: &[(ObjectMeta, String)],
     rejected: &mut RejectedRows,
-) -> Result<(Option<DataFrame>, Vec<String>), ExtractError> {
+) -> Result<(Option<DataFrame>, Vec<String>, u64), ExtractError> {
     let dialect = Dialect::from_spec(&src.spec.format);
     // Header names are lower-cased, so declared names are too.
     let declared: Vec<(String, DataType)> =
         declared_types(src.spec).into_iter().map(|(c, t)| (c.to_lowercase(), t)).collect();
     // Files with the same header (same columns in the same order) share one listing table.
     let mut groups: IndexMap<Vec<String>, (Vec<String>, bool)> = IndexMap::new();
+    let mut rows = 0;
     for (index, (meta, url)) in files.iter().enumerate() {
         let checks = Arc::new(Checks {
             url: url.clone(),
@@ -258,6 +276,7 @@ pub(super) async fn read(
             )?;
             continue;
         }
+        rows += report.rows;
         let skip: HashSet<u64> = report.bad.iter().map(|b| b.line).collect();
         for b in report.bad {
             lint::bad_row(src, b, &mut rejected.rows)?;
@@ -296,9 +315,9 @@ pub(super) async fn read(
             }
         }
     }
-    let Some(df) = union_by_name(src.name, frames)? else { return Ok((None, all_columns)) };
+    let Some(df) = union_by_name(src.name, frames)? else { return Ok((None, all_columns, 0)) };
     let df = apply_declared(src.name, df, &declared)?;
-    Ok((Some(df), all_columns))
+    Ok((Some(df), all_columns, rows))
 }
 
 #[cfg(test)]
@@ -330,7 +349,7 @@ mod tests {
 
     #[test]
     fn each_kind_of_bad_row_is_found_with_its_line() {
-        let text = b"id;naam;bedrag\n1;Jan;1\n2;Piet\n;Kees;2\n4;Jos;twee\n5;Caf\xe9;1\n6;\"open;3\n7;x;1\n";
+        let text = b"id;naam;bedrag\n1;Jan;1\n2;Piet\n;Kees;2\n4;Jos;twee\n5;Caf\xe9;1\n7;x;1\n";
         let r = run(text, false);
         let lines: Vec<(u64, &str)> = r.bad.iter().map(|b| (b.line, b.reason.as_str())).collect();
         assert_eq!(lines[0].0, 3);
@@ -340,9 +359,21 @@ mod tests {
         assert!(lines[2].1.contains("`twee` is not a valid"));
         assert_eq!(lines[3].0, 6);
         assert!(lines[3].1.contains("UTF-8"));
-        assert_eq!(lines[4].0, 7);
-        assert!(lines[4].1.contains("unterminated quote"), "{:?}", lines[4]);
-        assert_eq!(r.rows, 1);
+        assert_eq!(r.rows, 2);
+    }
+
+    #[test]
+    fn an_unterminated_quote_fails_the_file_instead_of_swallowing_rows() {
+        let text = b"id;naam;bedrag\n1;Jan;1\n6;\"open;3\n7;x;1\n8;y;2\n";
+        let err = check_file(Box::new(std::io::Cursor::new(text.to_vec())), &checks(false)).unwrap_err();
+        assert!(err.starts_with("line 3: unterminated quote") && err.contains("cannot be set aside"), "{err}");
+    }
+
+    #[test]
+    fn a_header_without_the_key_column_fails_the_file() {
+        let err =
+            check_file(Box::new(std::io::Cursor::new(b"ident;naam\n1;Jan\n".to_vec())), &checks(false)).unwrap_err();
+        assert!(err.contains("no key column `id`") && err.contains("columns: ident, naam"), "{err}");
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub enum ExtractError {
     Storage(#[from] StorageError),
     #[error("source `{source_name}`: no file matches {location}")]
     NoFiles { source_name: String, location: String },
+    #[error(
+        "source `{source_name}`: no row of {location} could be read ({rejected} rejected); a required dump \
+         with a header only is an export that went wrong (mark the source `optional: true` if it can be empty)"
+    )]
+    NoRows { source_name: String, location: String, rejected: usize },
     #[error("{file}: file is empty (source `{source_name}`)")]
     EmptyFile { source_name: String, file: String },
     #[error("{file}:{line}: {reason} (source `{source_name}`; set `on_bad_rows: quarantine` to set such rows aside)")]
@@ -59,6 +64,10 @@ pub struct ExtractedSource {
     pub rejected: RejectedRows,
     /// Columns of the raw table (before `source_system`/`source_record_id`).
     pub columns: Vec<String>,
+    /// Rows read (the rejected ones not counted).
+    pub rows: u64,
+    /// Records read but set aside by staging (overlong values), written with the rejected.
+    pub set_aside: RejectedRows,
 }
 
 impl ExtractedSource {
@@ -176,6 +185,8 @@ async fn extract_source(
                 files: Vec::new(),
                 rejected: RejectedRows::default(),
                 columns: Vec::new(),
+                rows: 0,
+                set_aside: RejectedRows::default(),
             }));
         }
         return Err(ExtractError::NoFiles { source_name: name.into(), location: location.display() });
@@ -211,11 +222,19 @@ async fn extract_source(
         usable.push((meta.clone(), file.url.clone()));
     }
     let ctx_source = SourceCtx { name, spec: source, store: store.clone(), scratch, limit };
-    let (df, columns) = match &source.format {
+    let (df, columns, rows) = match &source.format {
         FormatSpec::Csv { .. } => csv::read(ctx, &ctx_source, &usable, &mut rejected).await?,
         FormatSpec::Ndjson {} => ndjson::read(ctx, &ctx_source, &usable, &mut rejected).await?,
-        FormatSpec::Parquet {} => parquet::read(ctx, &ctx_source, &usable).await?,
+        FormatSpec::Parquet {} => parquet::read(ctx, &ctx_source, &usable, &mut rejected).await?,
     };
+    // A required dump that holds no rows (a header only) is an export that went wrong.
+    if rows == 0 && !source.optional {
+        return Err(ExtractError::NoRows {
+            source_name: name.into(),
+            location: location.display(),
+            rejected: rejected.len(),
+        });
+    }
     let df = match df {
         Some(df) => df,
         None => {
@@ -231,7 +250,44 @@ async fn extract_source(
         None => df,
     };
     ctx.register_table(raw_table(name), df.into_view()).map_err(|e| engine(name, e))?;
-    Ok(Some(ExtractedSource { name: name.into(), location, files, rejected, columns }))
+    Ok(Some(ExtractedSource {
+        name: name.into(),
+        location,
+        files,
+        rejected,
+        columns,
+        rows,
+        set_aside: RejectedRows::default(),
+    }))
+}
+
+/// After a run failed on data it could not decode, finds the Parquet input that is
+/// corrupt: the engine reads Parquet pages lazily, deep inside whichever model touched
+/// them first, and its error names neither the file nor the source.
+pub async fn find_unreadable_parquet(ctx: &SessionContext, pipeline: &Pipeline) -> Option<ExtractError> {
+    use futures::StreamExt;
+    for (name, source) in &pipeline.spec.sources {
+        if !matches!(source.format, FormatSpec::Parquet {}) {
+            continue;
+        }
+        let Ok((location, metas)) = list_source(ctx, pipeline, name, source).await else { continue };
+        for meta in metas {
+            let url = location.object_url(&meta.location);
+            let read = async {
+                let df = ctx.read_parquet(url.as_str(), Default::default()).await?;
+                let mut stream = df.execute_stream().await?;
+                while let Some(batch) = stream.next().await {
+                    batch?;
+                }
+                Ok::<(), datafusion::error::DataFusionError>(())
+            };
+            if let Err(e) = read.await {
+                let reason = format!("cannot be read: {}", e.find_root());
+                return Some(ExtractError::BadFile { source_name: name.clone(), file: url, reason });
+            }
+        }
+    }
+    None
 }
 
 /// Everything a format reader needs about the source at hand.

@@ -193,7 +193,7 @@ pub(super) async fn read(
     src: &SourceCtx<'_>,
     files: &[(ObjectMeta, String)],
     rejected: &mut RejectedRows,
-) -> Result<(Option<DataFrame>, Vec<String>), ExtractError> {
+) -> Result<(Option<DataFrame>, Vec<String>, u64), ExtractError> {
     let declared = declared_types(src.spec);
     let mut reports = Vec::new();
     for (meta, url) in files {
@@ -224,8 +224,9 @@ pub(super) async fn read(
             *kinds.entry(k.clone()).or_default() |= v;
         }
     }
+    let rows: u64 = reports.iter().map(|r| r.rows).sum();
     if kinds.is_empty() && declared.is_empty() {
-        return Ok((None, Vec::new()));
+        return Ok((None, Vec::new(), 0));
     }
     let types: IndexMap<String, DataType> = kinds
         .iter()
@@ -257,13 +258,13 @@ pub(super) async fn read(
         urls.push(format!("file://{}", dest.display()));
     }
     if urls.is_empty() {
-        return Ok((None, Vec::new()));
+        return Ok((None, Vec::new(), 0));
     }
     let schema = Arc::new(Schema::new(types.iter().map(|(k, t)| Field::new(k, t.clone(), true)).collect::<Vec<_>>()));
     let options = ListingOptions::new(Arc::new(JsonFormat::default())).with_file_extension("");
     let df = listing_frame(ctx, src.name, &urls, options, schema).await?;
     let df = apply_declared(src.name, df, &declared)?;
-    Ok((Some(df), types.keys().cloned().collect()))
+    Ok((Some(df), types.keys().cloned().collect(), rows))
 }
 
 #[cfg(test)]

@@ -269,6 +269,13 @@ fn deletion_index() -> &'static std::collections::HashMap<String, Vec<&'static s
     })
 }
 
+fn longest_known_name() -> usize {
+    static LONGEST: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LONGEST.get_or_init(|| {
+        NICKNAMES.iter().flat_map(|g| g.iter()).chain(COMMON_FIRST_NAMES).map(|n| n.chars().count()).max().unwrap_or(0)
+    })
+}
+
 fn deletions(word: &str) -> Vec<String> {
     let chars: Vec<char> = word.chars().collect();
     (0..chars.len()).map(|i| chars.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| *c).collect()).collect()
@@ -284,7 +291,9 @@ fn corrections(word: &str) -> Vec<&'static str> {
     if let Some(known) = NICKNAMES.iter().flat_map(|g| g.iter()).chain(COMMON_FIRST_NAMES).find(|n| **n == word) {
         return vec![known];
     }
-    if word.len() < 4 {
+    // One edit from a known name means at most one letter longer; checking that first
+    // keeps the work linear in the word (its deletions are quadratic).
+    if word.len() < 4 || word.chars().count() > longest_known_name() + 1 {
         return Vec::new();
     }
     let mut found: Vec<&'static str> = Vec::new();
@@ -425,6 +434,14 @@ pub fn first_names_compatible(a: &str, b: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_word_is_not_corrected_and_costs_little() {
+        // Its deletions alone would be 25 TB: the test only finishes when they are skipped.
+        let huge = "a".repeat(5_000_000);
+        assert!(corrections(&huge).is_empty());
+        assert_eq!(corrections("hasn"), ["hans"]);
+    }
 
     #[test]
     fn particles_in_any_position_fold_alike() {
