@@ -1,4 +1,5 @@
--- Customer lifetime value. Historical: everything the customer spent. Predicted: the
+-- Customer lifetime value. Historical: what the customer spent, less refunds (it can be
+-- negative when refunds concern purchases from before the dumps' history). Predicted: the
 -- three factors of CLV (revenue, cost, duration of the relationship) as
 --   average order value x purchases per year x margin x discounted expected lifetime,
 -- where the expected lifetime follows from the yearly retention rate r of all customers
@@ -30,10 +31,12 @@ factors AS (
     -- retention is one row: the small side of the join.
     FROM retention t CROSS JOIN rfm r
 )
-SELECT customer_id,
-       CAST(monetary_eur AS DECIMAL(18, 2)) AS historical_revenue_eur,
+SELECT f.customer_id,
+       CAST(f.monetary_eur - COALESCE(x.refunds_eur, CAST(0 AS DECIMAL(18, 2))) AS DECIMAL(18, 2)) AS historical_revenue_eur,
+       COALESCE(x.refunds_eur, CAST(0 AS DECIMAL(18, 2))) AS refunds_eur,
        CAST(average_order_value AS DECIMAL(18, 2)) AS average_order_value_eur,
        round(purchases_per_year, 3) AS purchases_per_year,
        round(q / (1.0 - q), 3) AS expected_lifetime_years,
        CAST(average_order_value * purchases_per_year * ${clv_margin:-0.30} * q / (1.0 - q) AS DECIMAL(18, 2)) AS predicted_clv_eur
-FROM factors
+FROM factors f
+LEFT JOIN refunds x ON x.customer_id = f.customer_id

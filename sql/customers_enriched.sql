@@ -9,7 +9,8 @@ SELECT c.*,
        r.f_score,
        r.m_score,
        CASE WHEN r.customer_id IS NOT NULL THEN concat(CAST(r.r_score AS VARCHAR), CAST(r.f_score AS VARCHAR), CAST(r.m_score AS VARCHAR)) END AS rfm_score,
-       COALESCE(v.historical_revenue_eur, CAST(0 AS DECIMAL(18, 2))) AS historical_revenue_eur,
+       COALESCE(v.historical_revenue_eur, CAST(0 AS DECIMAL(18, 2)) - x.refunds_eur, CAST(0 AS DECIMAL(18, 2))) AS historical_revenue_eur,
+       COALESCE(x.refunds_eur, CAST(0 AS DECIMAL(18, 2))) AS refunds_eur,
        v.average_order_value_eur,
        v.purchases_per_year,
        v.expected_lifetime_years,
@@ -33,6 +34,7 @@ SELECT c.*,
 FROM customers c
 LEFT JOIN rfm r ON r.customer_id = c.customer_id
 LEFT JOIN clv v ON v.customer_id = c.customer_id
+LEFT JOIN refunds x ON x.customer_id = c.customer_id
 LEFT JOIN last_sign_of_life l ON l.customer_id = c.customer_id
 LEFT JOIN email_engagement e ON e.customer_id = c.customer_id
 LEFT JOIN preferences p ON p.customer_id = c.customer_id

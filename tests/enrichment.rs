@@ -56,19 +56,25 @@ fn fixture(dir: &Path) -> PathBuf {
         RecordBatch::try_new(
             Arc::new(orders),
             vec![
-                Arc::new(StringArray::from(vec!["O1", "O2", "O3", "O4"])),
-                Arc::new(StringArray::from(vec!["A1", "A1", "A1", "A3"])),
+                Arc::new(StringArray::from(vec!["O1", "O2", "O3", "O4", "O5"])),
+                Arc::new(StringArray::from(vec!["A1", "A1", "A1", "A3", "A3"])),
                 Arc::new(
                     TimestampMicrosecondArray::from(vec![
                         micros("2026-11-12T12:00:00Z"),
                         micros("2026-10-23T12:00:00Z"),
                         micros("2025-11-22T12:00:00Z"),
                         micros("2026-11-01T12:00:00Z"),
+                        micros("2026-11-03T12:00:00Z"),
                     ])
                     .with_timezone("UTC"),
                 ),
-                Arc::new(Decimal128Array::from(vec![10000, 5000, 3000, 8000]).with_precision_and_scale(12, 2).unwrap()),
-                Arc::new(StringArray::from(vec!["kleding", "kleding", "wonen", "sport"])),
+                // Carla's refund of 100 euro is for an order from before the dump's history.
+                Arc::new(
+                    Decimal128Array::from(vec![10000, 5000, 3000, 8000, -10000])
+                        .with_precision_and_scale(12, 2)
+                        .unwrap(),
+                ),
+                Arc::new(StringArray::from(vec!["kleding", "kleding", "wonen", "sport", "sport"])),
             ],
         )
         .unwrap(),
@@ -77,7 +83,11 @@ fn fixture(dir: &Path) -> PathBuf {
         &d.join("pos/loyalty_cards.csv"),
         "card_number,full_name,postcode,phone,enrolled_on\n100,Anna de Vries,1234AB,0611111111,2024-05-01\n",
     );
-    write(&d.join("pos/transactions.csv"), "card_number,store_id,ts,amount_eur\n100,W001,2026-11-20 12:00:00,20.00\n");
+    // Anna returns something at the till: a refund, not a fifth purchase.
+    write(
+        &d.join("pos/transactions.csv"),
+        "card_number,store_id,ts,amount_eur\n100,W001,2026-11-20 12:00:00,20.00\n100,W001,2026-11-21 10:00:00,-30.00\n",
+    );
     write(
         &d.join("service/tickets.jsonl"),
         "{\"ticket_id\":\"T1\",\"caller_name\":\"Anna de Vries\",\"caller_email\":\"anna@ziggo.nl\",\"opened_at\":\"2026-11-15T10:00:00Z\",\"topic\":\"retour\",\"csat\":4}\n\
@@ -165,7 +175,9 @@ async fn models_match_values_worked_out_by_hand() {
     // Anna: four purchases (three web, one shop), 100 + 50 + 30 + 20 euro.
     assert_eq!(get("C1", "frequency"), "4");
     assert_eq!(get("C1", "monetary_eur"), "200.00");
-    assert_eq!(get("C1", "historical_revenue_eur"), "200.00");
+    // ... less the 30 euro refunded.
+    assert_eq!(get("C1", "refunds_eur"), "30.00");
+    assert_eq!(get("C1", "historical_revenue_eur"), "170.00");
     assert_eq!(get("C1", "average_order_value_eur"), "50.00");
     // Last purchase 2026-11-20 12:00; the run date ends at 2026-11-23 00:00: 2.5 days.
     assert_eq!(get("C1", "recency_days"), "2");
@@ -201,6 +213,12 @@ async fn models_match_values_worked_out_by_hand() {
     assert_eq!(get("A3", "rfm_score"), "111");
     assert_eq!(get("A3", "segment"), "new");
     assert_eq!(get("A3", "cohort_month"), "2026-11-01");
+    // Her refund of an older order exceeds what she bought here: revenue is negative, the
+    // run publishes, and her order value and predicted value come from purchases only.
+    assert_eq!(get("A3", "refunds_eur"), "100.00");
+    assert_eq!(get("A3", "historical_revenue_eur"), "-20.00");
+    assert_eq!(get("A3", "average_order_value_eur"), "80.00");
+    assert!(!get("A3", "predicted_clv_eur").starts_with('-'));
 
     // Bob: never bought; his only sign of life is a call on 2026-01-10 12:00.
     assert_eq!(get("C2", "frequency"), "0");
@@ -272,7 +290,7 @@ fn a_failing_data_test_reports_offending_rows_and_publishes_nothing() {
     let (input, output, manifest) = published_fixture(dir.path());
     let p = pipeline_variant(dir.path(), |t| {
         t.replace("  path: ../sql", &format!("  path: {}", repo().join("sql").display())).replace(
-            "      - expression: historical_revenue_eur >= 0 AND predicted_clv_eur >= 0",
+            "      - expression: predicted_clv_eur >= 0 AND refunds_eur >= 0",
             "      - expression: frequency >= 1",
         )
     });
