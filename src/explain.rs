@@ -317,13 +317,7 @@ async fn compare_pair(ctx: &SessionContext, rule: &RuleSpec, a: &RecordRef, b: &
             Ok(format!("equal ({}): a candidate edge; see its decision in match_edges", r[0]))
         }
         RuleSpec::Fuzzy(f) => {
-            let keys: Vec<String> = f
-                .blocking
-                .iter()
-                .map(|key| {
-                    key.iter().map(|c| format!("COALESCE(l.{c} = r.{c}, false)")).collect::<Vec<_>>().join(" AND ")
-                })
-                .collect();
+            let keys = shared_block(&f.blocking);
             let cases: Vec<(String, String)> = f.comparisons.iter().map(rules::comparison_cases).collect();
             let score = cases.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>().join(" + ");
             let detail = cases.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join(", ");
@@ -354,7 +348,26 @@ async fn compare_pair(ctx: &SessionContext, rule: &RuleSpec, a: &RecordRef, b: &
             ))
         }
         RuleSpec::ExternalId(_) => Ok("external ids: compare the ext_* columns of the two records".into()),
+        RuleSpec::Probabilistic(p) => {
+            let r = rows(ctx, &format!("SELECT ({}) {pair}", shared_block(&p.blocking).join(") OR ("))).await?;
+            let Some(r) = r.first() else { return Ok("records not staged".into()) };
+            if r[0] != "true" {
+                let blocks = p.blocking.iter().map(|k| k.join("+")).collect::<Vec<_>>().join(", ");
+                return Ok(format!("no candidate pair: they share no blocking key ({blocks})"));
+            }
+            Ok("a candidate pair: its levels, their weights and the match probability are in match_edges \
+                (`detail`, `score`), the fitted weights in `_model.json`"
+                .into())
+        }
     }
+}
+
+/// Per blocking rule, SQL that is true when the pair `l`, `r` shares its key.
+fn shared_block(blocking: &[Vec<String>]) -> Vec<String> {
+    blocking
+        .iter()
+        .map(|key| key.iter().map(|c| format!("COALESCE(l.{c} = r.{c}, false)")).collect::<Vec<_>>().join(" AND "))
+        .collect()
 }
 
 #[cfg(test)]

@@ -76,6 +76,9 @@ pub struct Manifest {
     pub tables: TableInfos,
     #[serde(rename = "match")]
     pub match_summary: MatchSummary,
+    /// The fitted weights of the probabilistic rules (`_model.json`), when there are any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// Models in the order they ran.
     pub models: Vec<String>,
     /// Models built in batches (`models.batched`), with the number of batches.
@@ -269,6 +272,13 @@ async fn run_stages(
         tables.insert(table, info);
     }
     write_rejected(ctx, staging, &extracted).await?;
+    let model = if match_summary.models.is_empty() {
+        None
+    } else {
+        let json = serde_json::to_vec_pretty(&match_summary.models).expect("models serialise");
+        staging.write_file(crate::publish::MODEL_FILE, json).await?;
+        Some(crate::publish::MODEL_FILE.to_string())
+    };
     timer.finish();
 
     let inputs = extracted
@@ -303,6 +313,7 @@ async fn run_stages(
         inputs,
         tables,
         match_summary,
+        model,
         models: models.iter().map(|m| m.name.clone()).collect(),
         model_batches,
         tests: outcomes,

@@ -212,7 +212,7 @@ fn check_entries(top: &BTreeSet<String>, manifest: Option<&[u8]>) -> Result<(), 
         .filter(|m| m.get("run_id").is_some() && m.get("klantbeeld_version").is_some());
     match &published {
         Some(m) => {
-            allowed.extend(["_manifest.json", "_SUCCESS", "_rejected"].map(String::from));
+            allowed.extend(["_manifest.json", "_SUCCESS", "_rejected", MODEL_FILE].map(String::from));
             if let Some(tables) = m.get("tables").and_then(|t| t.as_object()) {
                 allowed.extend(tables.keys().filter_map(|t| t.split('/').next()).map(String::from));
             }
@@ -300,6 +300,8 @@ pub struct Staging {
 const STAGING: &str = "_staging";
 const LOCK: &str = "_lock";
 const COMMIT: &str = "_COMMIT";
+/// The fitted weights of the probabilistic rules, beside the tables.
+pub const MODEL_FILE: &str = "_model.json";
 
 impl Staging {
     /// Takes the output's lock, finishes or cleans up what earlier runs left, and makes a
@@ -415,6 +417,12 @@ impl Staging {
             })
             .unwrap_or(0);
         Ok(TableInfo { rows, path: self.output.child(table).url(), schema })
+    }
+
+    /// Writes one file of the publish (such as `_model.json`) beside the tables.
+    pub async fn write_file(&self, name: &str, bytes: Vec<u8>) -> Result<(), PublishError> {
+        self.store.put(&self.root.child(name).prefix, PutPayload::from(bytes)).await.map_err(|e| self.store_err(e))?;
+        Ok(())
     }
 
     /// Writes the manifest and `_SUCCESS`, then swaps the staging location into place.

@@ -409,6 +409,19 @@ pub const MATCH_COLUMNS: &[&str] = &[
     "country",
 ];
 
+/// The identity attribute a staged column is derived from (`last_name_phonetic` ->
+/// `last_name`): columns of one attribute agree together, so a blocking rule on one of
+/// them says nothing about a comparison of another.
+pub fn attribute_of(column: &str) -> &str {
+    match column {
+        "email_local" => "email",
+        "phone_kind" => "phone",
+        "first_name_key" | "first_name_root" | "first_initial" | "first_name_known" => "first_name",
+        "last_name_key" | "last_name_core" | "last_name_phonetic" => "last_name",
+        other => other,
+    }
+}
+
 /// Attributes whose disagreement can block a link.
 pub const CONFLICT_ATTRIBUTES: &[&str] = &["first_name", "last_name", "birth_date", "house_number", "postcode"];
 
@@ -422,6 +435,9 @@ pub enum RuleSpec {
     Fuzzy(FuzzyRule),
     /// Records carrying the same external id (`external_ids` in the sources).
     ExternalId(ExternalIdRule),
+    /// Candidate pairs from blocking keys, scored by comparison levels whose weights are
+    /// estimated from the data (Fellegi-Sunter, as Splink does).
+    Probabilistic(ProbabilisticRule),
 }
 
 impl RuleSpec {
@@ -430,6 +446,7 @@ impl RuleSpec {
             RuleSpec::Deterministic(r) => &r.name,
             RuleSpec::Fuzzy(r) => &r.name,
             RuleSpec::ExternalId(r) => &r.name,
+            RuleSpec::Probabilistic(r) => &r.name,
         }
     }
 
@@ -471,6 +488,23 @@ impl RuleSpec {
                 Ok(())
             }
             RuleSpec::ExternalId(r) => r.unless_conflict.iter().try_for_each(conflict),
+            RuleSpec::Probabilistic(r) => {
+                if r.blocking.is_empty() || r.blocking.iter().any(Vec::is_empty) {
+                    return Err("`blocking` needs at least one non-empty list of columns".into());
+                }
+                r.blocking.iter().flatten().try_for_each(column)?;
+                r.unless_conflict.iter().try_for_each(conflict)?;
+                if r.comparisons.is_empty() {
+                    return Err("`comparisons` needs at least one comparison".into());
+                }
+                for c in &r.comparisons {
+                    column(&c.column)?;
+                    if c.levels.is_empty() {
+                        return Err(format!("comparison `{}` has no levels", c.name()));
+                    }
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -520,6 +554,164 @@ pub struct FuzzyRule {
 
 fn default_max_block() -> usize {
     200
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbabilisticRule {
+    pub name: String,
+    /// Each list is a blocking rule: records equal on all its columns are compared.
+    pub blocking: Vec<Vec<String>>,
+    pub comparisons: Vec<ProbabilisticComparison>,
+    /// Match probability at or above which a pair links.
+    #[serde(deserialize_with = "probability")]
+    pub threshold: f64,
+    #[serde(default)]
+    pub unless_conflict: Vec<String>,
+    /// Guardrail: blocks with more records than this are skipped (and counted), so that
+    /// a common value never makes pairs quadratic.
+    #[serde(default = "default_max_block")]
+    pub max_block_size: usize,
+    /// SQL condition on a record for it to take part.
+    #[serde(default, rename = "where")]
+    pub filter: Option<String>,
+}
+
+/// One attribute compared in levels: the first level a pair meets is its level; a pair
+/// with either value missing has none (no evidence either way), one that meets no level
+/// is in the implicit last level, disagreement.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbabilisticComparison {
+    /// Display name; the column when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub column: String,
+    pub levels: Vec<Level>,
+    /// Exact agreement on a rare value weighs more than on a common one (`de Jong`).
+    #[serde(default)]
+    pub term_frequency: bool,
+}
+
+impl ProbabilisticComparison {
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.column)
+    }
+}
+
+/// A comparison level: a kind of agreement, and optionally a weight that replaces the
+/// estimated one.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "RawLevel")]
+pub struct Level {
+    pub kind: LevelKind,
+    pub weight: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LevelKind {
+    /// Equal values.
+    Exact,
+    /// One value is a single letter, the other starts with it (`K.` and `Kees`).
+    Initials,
+    /// Jaro-Winkler similarity at least this.
+    JaroWinkler(f64),
+    /// Damerau-Levenshtein distance at most this.
+    DamerauLevenshtein(u32),
+    /// Any SQL condition over `l.<column>` and `r.<column>`.
+    Sql(String),
+}
+
+impl LevelKind {
+    pub fn label(&self) -> String {
+        match self {
+            LevelKind::Exact => "exact".into(),
+            LevelKind::Initials => "initials".into(),
+            LevelKind::JaroWinkler(t) => format!("jaro_winkler>={t}"),
+            LevelKind::DamerauLevenshtein(d) => format!("damerau_levenshtein<={d}"),
+            LevelKind::Sql(_) => "sql".into(),
+        }
+    }
+}
+
+/// A level as written: a word (`exact`, `initials`) or a one-kind map with an optional
+/// `weight`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawLevel {
+    Word(String),
+    Map(RawLevelMap),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLevelMap {
+    #[serde(default)]
+    exact: Option<bool>,
+    #[serde(default)]
+    initials: Option<bool>,
+    #[serde(default)]
+    jaro_winkler: Option<f64>,
+    #[serde(default)]
+    damerau_levenshtein: Option<u32>,
+    #[serde(default)]
+    sql: Option<String>,
+    #[serde(default)]
+    weight: Option<f64>,
+}
+
+const LEVEL_KINDS: &str = "`exact`, `initials`, `{jaro_winkler: 0.9}`, `{damerau_levenshtein: 1}` or `{sql: ...}`";
+
+impl TryFrom<RawLevel> for Level {
+    type Error = String;
+
+    fn try_from(raw: RawLevel) -> Result<Level, String> {
+        let m = match raw {
+            RawLevel::Word(w) => match w.as_str() {
+                "exact" => return Ok(Level { kind: LevelKind::Exact, weight: None }),
+                "initials" => return Ok(Level { kind: LevelKind::Initials, weight: None }),
+                other => return Err(format!("unknown level `{other}`: a level is {LEVEL_KINDS}")),
+            },
+            RawLevel::Map(m) => m,
+        };
+        let mut kinds = Vec::new();
+        if m.exact == Some(true) {
+            kinds.push(LevelKind::Exact);
+        }
+        if m.initials == Some(true) {
+            kinds.push(LevelKind::Initials);
+        }
+        if let Some(t) = m.jaro_winkler {
+            if !(0.0..=1.0).contains(&t) {
+                return Err(format!("jaro_winkler: `{t}` is not a similarity between 0 and 1"));
+            }
+            kinds.push(LevelKind::JaroWinkler(t));
+        }
+        if let Some(d) = m.damerau_levenshtein {
+            kinds.push(LevelKind::DamerauLevenshtein(d));
+        }
+        if let Some(sql) = m.sql {
+            kinds.push(LevelKind::Sql(sql));
+        }
+        if let Some(w) = m.weight.filter(|w| !w.is_finite()) {
+            return Err(format!("weight: `{w}` is not a finite number"));
+        }
+        match kinds.len() {
+            1 => Ok(Level { kind: kinds.remove(0), weight: m.weight }),
+            0 => Err(format!("a level needs one kind: {LEVEL_KINDS}")),
+            _ => Err(format!("a level has one kind, this one has {}: split it into levels", kinds.len())),
+        }
+    }
+}
+
+/// A match probability: strictly between 0 and 1.
+fn probability<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v > 0.0 && v < 1.0 {
+        Ok(v)
+    } else {
+        Err(serde::de::Error::custom(format!("`{v}` is not a match probability (between 0 and 1, such as 0.99)")))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

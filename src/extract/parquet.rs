@@ -76,14 +76,13 @@ pub(super) async fn read(
     for (schema, urls) in groups {
         let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension("");
         let checks = row_checks(&schema, src.spec.key.as_deref(), &declared);
-        if checks.is_empty() {
-            let df = listing_frame(ctx, src.name, &urls, options, schema).await?;
+        let df = listing_frame(ctx, src.name, &urls, options.clone(), schema.clone()).await?;
+        if !any_fails(src, &df, &checks).await? {
             frames.push(apply_declared(src.name, df, &declared)?);
             continue;
         }
-        // Each file is checked on its own, so that a row that would be lost (an empty
-        // key, a value that would turn into NULL) fails the run or is set aside, named by
-        // its file.
+        // A row that would be lost (an empty key, a value that would turn into NULL)
+        // fails the run or is set aside, named by its file: the files are read one by one.
         for url in urls {
             let df = listing_frame(ctx, src.name, std::slice::from_ref(&url), options.clone(), schema.clone()).await?;
             let df = set_aside_failing_rows(src, &url, df, &checks, rejected).await?;
@@ -144,6 +143,15 @@ fn row_checks(schema: &SchemaRef, key: Option<&str>, declared: &[(String, DataTy
         checks.push(RowCheck { column: c.clone(), fails, what: Some(format!("is not a valid {t}")) });
     }
     checks
+}
+
+/// Whether any row of the frame fails a check (one scan of the checked columns).
+async fn any_fails(src: &SourceCtx<'_>, df: &DataFrame, checks: &[RowCheck]) -> Result<bool, ExtractError> {
+    let Some(any) = checks.iter().map(|c| c.fails.clone()).reduce(Expr::or) else { return Ok(false) };
+    let engine = |e| super::engine(src.name, e);
+    let found =
+        df.clone().filter(any).and_then(|d| d.limit(0, Some(1))).map_err(engine)?.count().await.map_err(engine)?;
+    Ok(found > 0)
 }
 
 /// Fails on the first row of a file that a check finds, or (quarantine) sets those rows

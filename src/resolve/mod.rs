@@ -5,6 +5,7 @@
 mod cluster;
 pub mod ids;
 mod lookup;
+pub mod probabilistic;
 pub(crate) mod rules;
 
 pub use cluster::{Clusters, Decision, RecordAttrs, Refusal};
@@ -21,7 +22,7 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::config::Pipeline;
+use crate::config::{Pipeline, ProbabilisticRule, RuleSpec};
 use crate::stage::{IDENTITY_RECORDS, external_id_names};
 
 /// The identity records with `cluster_id` and `matched_by` after clustering.
@@ -79,6 +80,9 @@ pub struct MatchSummary {
     pub rules: Vec<RuleSummary>,
     /// Cluster size -> number of customers with that many records.
     pub cluster_sizes: BTreeMap<u32, u64>,
+    /// The fitted models of the probabilistic rules (published as `_model.json`).
+    #[serde(skip)]
+    pub models: Vec<probabilistic::RuleModel>,
 }
 
 fn edge_schema() -> SchemaRef {
@@ -144,11 +148,22 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
         tracing::info!(passes, "rules run in passes to stay within the memory limit");
     }
     let mut summaries = Vec::new();
+    let mut models = Vec::new();
     for (index, rule) in spec.rules.iter().enumerate() {
         let rule_no = (index + 1) as u16;
         let name = rule.name();
         let mut summary = RuleSummary { rule: name.into(), ..Default::default() };
-        for (part, queries) in rules::rule_queries(rule, &external_ids).into_iter().enumerate() {
+        let fitted = match rule {
+            RuleSpec::Probabilistic(r) => {
+                let mut model = probabilistic::estimate(ctx, r).await?;
+                let from = term_frequencies(ctx, r, &mut model, rule_no, work_dir).await?;
+                Some((model, from))
+            }
+            _ => None,
+        };
+        let queries = rules::rule_queries(rule, &external_ids, fitted.as_ref().map(|(m, f)| (m, f.as_str())));
+        models.extend(fitted.map(|(m, _)| m));
+        for (part, queries) in queries.into_iter().enumerate() {
             count_dropped(ctx, name, &queries.dropped, &mut summary).await?;
             let dir = work_dir.join(format!("edges_{rule_no}_{part}"));
             write_candidate_edges(ctx, name, &queries, passes, &dir).await?;
@@ -206,7 +221,44 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
         passes,
         rules: summaries,
         cluster_sizes: sizes,
+        models,
     })
+}
+
+/// The records a probabilistic rule compares. With term-frequency comparisons, they are
+/// materialised once with `tf_<i>`: how many records share the value (and the model gets
+/// the totals those counts are shares of).
+async fn term_frequencies(
+    ctx: &SessionContext,
+    rule: &ProbabilisticRule,
+    model: &mut probabilistic::RuleModel,
+    rule_no: u16,
+    work_dir: &Path,
+) -> Result<String, ResolveError> {
+    let records = probabilistic::rule_records(rule);
+    let tf: Vec<(usize, &str)> = rule
+        .comparisons
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.term_frequency)
+        .map(|(i, c)| (i, c.column.as_str()))
+        .collect();
+    if tf.is_empty() {
+        return Ok(records);
+    }
+    let counts: Vec<String> =
+        tf.iter().map(|(i, c)| format!("count({c}) OVER (PARTITION BY {c}) AS {}", rules::tf_column(*i))).collect();
+    let totals: Vec<String> = tf.iter().map(|(_, c)| format!("count({c})")).collect();
+    let b = ctx.sql(&format!("SELECT {} FROM {records}", totals.join(", "))).await?.collect().await?;
+    for (k, (i, _)) in tf.iter().enumerate() {
+        let total =
+            b.first().map_or(0, |b| b.column(k).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0));
+        model.comparisons[*i].tf_total = Some(total as u64);
+    }
+    let name = format!("tf_records_{rule_no}");
+    let df = ctx.sql(&format!("SELECT *, {} FROM {records}", counts.join(", "))).await?;
+    crate::engine::materialize(ctx, &name, df, work_dir).await?;
+    Ok(name)
 }
 
 /// Writes the edge decisions with each side's source system and record id as table

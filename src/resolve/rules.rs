@@ -1,7 +1,11 @@
 //! Candidate edges per rule, as SQL over `identity_records`. Each query returns
 //! `rid_a < rid_b`, a `score` and a `detail` text that says what was compared.
 
-use crate::config::{ComparisonSpec, DeterministicRule, ExactOn, ExternalIdRule, FuzzyRule, LevelSpec, RuleSpec};
+use super::probabilistic::{self, RuleModel};
+use crate::config::{
+    ComparisonSpec, DeterministicRule, ExactOn, ExternalIdRule, FuzzyRule, LevelKind, LevelSpec, ProbabilisticRule,
+    RuleSpec,
+};
 use crate::stage::IDENTITY_RECORDS;
 
 /// SQL that must hold for a pair not to conflict on an attribute; pairs with a missing
@@ -221,48 +225,140 @@ pub fn fuzzy(rule: &FuzzyRule) -> RuleSql {
         blocking
             .iter()
             .map(|key| {
-                let not_null = key.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
-                let cols = key.join(", ");
                 let join_lr = key.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
-                let join_b = key.iter().map(|c| format!("b.{c} = k.{c}")).collect::<Vec<_>>().join(" AND ");
                 format!(
                     "SELECT rid_a, rid_b, score, detail FROM (\
-                     WITH k AS (SELECT * FROM {from} WHERE {not_null} AND {pass}), \
-                     b AS (SELECT {cols}, count(*) AS n FROM k GROUP BY {cols}), \
-                     kb AS (SELECT k.* FROM k JOIN b ON {join_b} WHERE b.n <= {max}) \
+                     WITH {blocks} \
                      SELECT l.rid AS rid_a, r.rid AS rid_b, CAST({score} AS DOUBLE) AS score, \
                      concat_ws(' ', {detail}) AS detail \
                      FROM kb l JOIN kb r ON {join_lr} AND l.rid < r.rid WHERE {conflicts}) \
                      WHERE score >= {threshold}",
-                    pass = pass.filter(key),
+                    blocks = blocks_sql(&from, key, max, &pass.filter(key)),
                 )
             })
             .collect::<Vec<_>>()
             .join(" UNION ALL ")
     };
-    let skipped = rule
-        .blocking
+    let skipped = skipped_blocks(&records, &rule.blocking, rule.max_block_size);
+    RuleSql { edges: Box::new(edges), dropped: skipped }
+}
+
+/// The SQL of blocks: `k` the records with the key, `kb` those in blocks within the size
+/// limit; `pass` keeps one share of the key values.
+fn blocks_sql(from: &str, key: &[String], max: usize, pass: &str) -> String {
+    let not_null = key.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
+    let cols = key.join(", ");
+    let join_b = key.iter().map(|c| format!("b.{c} = k.{c}")).collect::<Vec<_>>().join(" AND ");
+    format!(
+        "k AS (SELECT * FROM {from} WHERE {not_null} AND {pass}),          b AS (SELECT {cols}, count(*) AS n FROM k GROUP BY {cols}),          kb AS (SELECT k.* FROM k JOIN b ON {join_b} WHERE b.n <= {max})"
+    )
+}
+
+/// What a blocking rule's size limit left out: one row per skipped block.
+fn skipped_blocks(from: &str, blocking: &[Vec<String>], max: usize) -> String {
+    blocking
         .iter()
         .map(|key| {
             let cols = key.join(", ");
             let not_null = key.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
             let value = key.iter().map(|c| format!("CAST({c} AS VARCHAR)")).collect::<Vec<_>>().join(", ' | ', ");
             format!(
-                "SELECT concat({value}) AS value, count(*) AS records, CAST(0 AS BIGINT) AS people FROM {records} \
-                 WHERE {not_null} GROUP BY {cols} HAVING count(*) > {max}",
-                max = rule.max_block_size
+                "SELECT concat({value}) AS value, count(*) AS records, CAST(0 AS BIGINT) AS people FROM {from} \
+                 WHERE {not_null} GROUP BY {cols} HAVING count(*) > {max}"
             )
         })
         .collect::<Vec<_>>()
-        .join(" UNION ALL ");
-    RuleSql { edges: Box::new(edges), dropped: skipped }
+        .join(" UNION ALL ")
 }
 
-/// Per rule: the edge query and the query of what its guardrails left out.
-pub fn rule_queries(rule: &RuleSpec, external_ids: &[String]) -> Vec<RuleSql> {
+/// Column of a record with how many records share its value of a term-frequency
+/// comparison (`tf_<i>`), and the table of records that carries them.
+pub(crate) fn tf_column(comparison: usize) -> String {
+    format!("tf_{comparison}")
+}
+
+/// Candidate pairs of a probabilistic rule from its blocking rules, scored with the
+/// fitted model: the prior plus each comparison's level weight (exact agreement on a
+/// term-frequency comparison weighs log2(m / share of records with that value)). Pairs
+/// whose match probability reaches the threshold are edges; `score` is that probability.
+/// `from` holds the records, with the `tf_<i>` counts where needed.
+pub fn probabilistic(rule: &ProbabilisticRule, model: &RuleModel, from: &str) -> RuleSql {
+    let mut weights = Vec::new();
+    let mut labels = Vec::new();
+    for (i, (c, fitted)) in rule.comparisons.iter().zip(&model.comparisons).enumerate() {
+        let mut weight = format!("CASE WHEN l.{0} IS NULL OR r.{0} IS NULL THEN 0.0", c.column);
+        let mut label = format!(
+            "CASE WHEN l.{0} IS NULL OR r.{0} IS NULL THEN {1}",
+            c.column,
+            quote(&format!("{}:null(+0)", c.name()))
+        );
+        for (level, lm) in c.levels.iter().zip(&fitted.levels) {
+            let cond = probabilistic::level_condition(&c.column, &level.kind);
+            let w = if c.term_frequency && level.kind == LevelKind::Exact && !lm.fixed {
+                // The share of records with this value stands in for u.
+                format!(
+                    "log2({m} / greatest(CAST(l.{tf} AS DOUBLE) / {total}, 1e-9))",
+                    m = lm.m,
+                    tf = tf_column(i),
+                    total = fitted.tf_total.unwrap_or(1).max(1)
+                )
+            } else {
+                format!("{:.6}", lm.weight)
+            };
+            weight.push_str(&format!(" WHEN {cond} THEN {w}"));
+            let shown = if w.starts_with("log2") {
+                format!(
+                    "concat({}, CAST(round({w}, 2) AS VARCHAR), ')')",
+                    quote(&format!("{}:{}(tf ", c.name(), lm.level))
+                )
+            } else {
+                quote(&format!("{}:{}({:+.2})", c.name(), lm.level, lm.weight))
+            };
+            label.push_str(&format!(" WHEN {cond} THEN {shown}"));
+        }
+        let otherwise = fitted.levels.last().expect("else level");
+        weight.push_str(&format!(" ELSE {:.6} END", otherwise.weight));
+        label.push_str(&format!(" ELSE {} END", quote(&format!("{}:else({:+.2})", c.name(), otherwise.weight))));
+        weights.push(weight);
+        labels.push(label);
+    }
+    let total = format!("{:.6} + {}", model.prior_weight(), weights.join(" + "));
+    let detail =
+        format!("concat_ws(' ', {}, {})", quote(&format!("prior({:+.2})", model.prior_weight())), labels.join(", "));
+    let conflicts = conflicts_clause(&rule.unless_conflict);
+    let threshold = (rule.threshold / (1.0 - rule.threshold)).log2();
+    let (blocking, max, from) = (rule.blocking.clone(), rule.max_block_size, from.to_string());
+    let dropped = skipped_blocks(&from, &rule.blocking, max);
+    let edges = move |pass: Pass| {
+        blocking
+            .iter()
+            .map(|key| {
+                let join_lr = key.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
+                format!(
+                    "SELECT rid_a, rid_b, 1.0 / (1.0 + power(2.0, -w)) AS score, detail FROM (\
+                     WITH {blocks} \
+                     SELECT l.rid AS rid_a, r.rid AS rid_b, CAST({total} AS DOUBLE) AS w, {detail} AS detail \
+                     FROM kb l JOIN kb r ON {join_lr} AND l.rid < r.rid WHERE {conflicts}) \
+                     WHERE w >= {threshold}",
+                    blocks = blocks_sql(&from, key, max, &pass.filter(key)),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ")
+    };
+    RuleSql { edges: Box::new(edges), dropped }
+}
+
+/// Per rule: the edge query and the query of what its guardrails left out. A
+/// probabilistic rule needs its fitted model and the table of its records.
+pub fn rule_queries(rule: &RuleSpec, external_ids: &[String], fitted: Option<(&RuleModel, &str)>) -> Vec<RuleSql> {
     match rule {
         RuleSpec::Deterministic(r) => vec![deterministic(r)],
         RuleSpec::ExternalId(r) => external_id(r, external_ids),
         RuleSpec::Fuzzy(r) => vec![fuzzy(r)],
+        RuleSpec::Probabilistic(r) => {
+            let (model, from) = fitted.expect("a probabilistic rule is estimated before its queries");
+            vec![probabilistic(r, model, from)]
+        }
     }
 }

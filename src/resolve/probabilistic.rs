@@ -1,0 +1,365 @@
+//! The probabilistic rule (Fellegi-Sunter, in Splink's vocabulary). Every compared pair
+//! falls in one level per comparison. `u` (how often a level occurs between two different
+//! people) is counted on random pairs of records, `m` (how often between two records of
+//! one person) is estimated by expectation-maximisation over the blocked pairs, leaving
+//! out, per blocking rule, the comparisons of its own attributes (its pairs agree on them
+//! by construction). A level weighs log2(m/u); a pair's match weight is the prior log-odds
+//! plus its levels' weights, and exact agreement on a rare value weighs more than on a
+//! common one (term frequencies). The counting is SQL (one row per level pattern); only
+//! EM over those few patterns runs here.
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::prelude::SessionContext;
+use serde::{Deserialize, Serialize};
+
+use super::ResolveError;
+use crate::config::{LevelKind, ProbabilisticComparison, ProbabilisticRule, attribute_of};
+
+/// Records in the random sample that `u` is counted on (their pairs: about 2 million).
+const U_SAMPLE_RECORDS: u64 = 2_000;
+/// Blocked pairs that EM sees at most, by sampling the left record of each pair.
+const M_SAMPLE_PAIRS: u64 = 1_000_000;
+const EM_ITERATIONS: usize = 40;
+/// No probability is taken as exactly 0 or 1: a level seen nowhere is rare, not impossible.
+const FLOOR: f64 = 1e-6;
+
+/// The fitted model of one rule, as `_model.json` holds it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleModel {
+    pub rule: String,
+    /// Share of the blocked pairs that are one person (the prior).
+    pub lambda: f64,
+    /// Random pairs `u` was counted on.
+    pub u_pairs: u64,
+    /// Blocked pairs (a sample) that EM saw, per blocking rule.
+    pub m_pairs: Vec<u64>,
+    pub comparisons: Vec<ComparisonModel>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComparisonModel {
+    pub name: String,
+    pub column: String,
+    pub term_frequency: bool,
+    /// Records with a value, that term frequencies are shares of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tf_total: Option<u64>,
+    /// The levels in order, the implicit `else` (disagreement) last.
+    pub levels: Vec<LevelModel>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LevelModel {
+    pub level: String,
+    pub m: f64,
+    pub u: f64,
+    /// log2(m / u), or the weight the YAML gives.
+    pub weight: f64,
+    /// Whether `weight` comes from the YAML.
+    pub fixed: bool,
+    /// Whether EM estimated `m` (false when every blocking rule uses this comparison's
+    /// column: then `m` keeps its starting value).
+    pub m_estimated: bool,
+}
+
+impl RuleModel {
+    /// log2 of the prior odds that a blocked pair is one person.
+    pub fn prior_weight(&self) -> f64 {
+        (self.lambda / (1.0 - self.lambda)).log2()
+    }
+}
+
+/// A column as text, for the similarity functions.
+fn text(side: &str, column: &str) -> String {
+    format!("CAST({side}.{column} AS VARCHAR)")
+}
+
+/// The SQL condition of a level over `l.` and `r.`.
+pub(crate) fn level_condition(column: &str, kind: &LevelKind) -> String {
+    let (l, r) = (text("l", column), text("r", column));
+    match kind {
+        LevelKind::Exact => format!("l.{column} = r.{column}"),
+        LevelKind::Initials => {
+            let letters = |side: &str| format!("length(regexp_replace({side}, '[^[:alpha:]]', '', 'g'))");
+            format!("(({} = 1 OR {} = 1) AND upper(left({l}, 1)) = upper(left({r}, 1)))", letters(&l), letters(&r))
+        }
+        LevelKind::JaroWinkler(t) => format!("jaro_winkler({l}, {r}) >= {t}"),
+        LevelKind::DamerauLevenshtein(d) => format!("damerau_levenshtein({l}, {r}) <= {d}"),
+        LevelKind::Sql(sql) => format!("({sql})"),
+    }
+}
+
+/// `CASE` giving a comparison's level index: -1 when either value is missing, the
+/// number of levels for the implicit `else`.
+pub(crate) fn gamma(c: &ProbabilisticComparison) -> String {
+    let mut sql = format!("CASE WHEN l.{0} IS NULL OR r.{0} IS NULL THEN -1", c.column);
+    for (i, level) in c.levels.iter().enumerate() {
+        sql.push_str(&format!(" WHEN {} THEN {i}", level_condition(&c.column, &level.kind)));
+    }
+    sql.push_str(&format!(" ELSE {} END", c.levels.len()));
+    sql
+}
+
+/// The records a rule compares, as SQL.
+pub(crate) fn rule_records(rule: &ProbabilisticRule) -> String {
+    match &rule.filter {
+        Some(f) => format!("(SELECT * FROM {} WHERE {f})", crate::stage::IDENTITY_RECORDS),
+        None => crate::stage::IDENTITY_RECORDS.to_string(),
+    }
+}
+
+/// Level patterns and their pair counts from a query that returns `g0..gN, n`.
+async fn patterns(ctx: &SessionContext, sql: &str, comparisons: usize) -> Result<Vec<(Vec<i64>, f64)>, ResolveError> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    let mut out = Vec::new();
+    for b in &batches {
+        let columns: Vec<_> = (0..=comparisons)
+            .map(|i| datafusion::arrow::compute::cast(b.column(i), &DataType::Int64))
+            .collect::<Result<_, _>>()?;
+        for row in 0..b.num_rows() {
+            let values: Vec<i64> = columns
+                .iter()
+                .map(|c| {
+                    let a = c.as_primitive::<Int64Type>();
+                    if a.is_null(row) { -1 } else { a.value(row) }
+                })
+                .collect();
+            let (levels, n) = values.split_at(comparisons);
+            out.push((levels.to_vec(), n[0] as f64));
+        }
+    }
+    Ok(out)
+}
+
+/// Starting `m` of a comparison with `levels` levels plus `else`: halving from the first
+/// (most exact) level down, so that EM starts from "people mostly agree".
+fn starting_m(levels: usize) -> Vec<f64> {
+    let raw: Vec<f64> = (0..=levels).map(|i| 0.5f64.powi(i as i32)).collect();
+    let sum: f64 = raw.iter().sum();
+    raw.iter().map(|v| v / sum).collect()
+}
+
+/// Level shares among pattern counts, per comparison, with one pseudo-count per level so
+/// that none is zero.
+fn level_shares(patterns: &[(Vec<i64>, f64)], sizes: &[usize]) -> Vec<Vec<f64>> {
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(c, &size)| {
+            let mut counts = vec![1.0; size];
+            for (levels, n) in patterns {
+                if let Ok(l) = usize::try_from(levels[c]) {
+                    counts[l] += n;
+                }
+            }
+            let total: f64 = counts.iter().sum();
+            counts.iter().map(|v| v / total).collect()
+        })
+        .collect()
+}
+
+/// Expectation-maximisation of `m` and the prior over pattern counts, with `u` fixed.
+/// Comparisons with `free[c] == false` stay out of the likelihood (a blocking rule's own
+/// columns). Returns `m` per comparison and the prior.
+pub(crate) fn em(
+    patterns: &[(Vec<i64>, f64)],
+    u: &[Vec<f64>],
+    free: &[bool],
+    m_start: &[Vec<f64>],
+    lambda_start: f64,
+) -> (Vec<Vec<f64>>, f64) {
+    let mut m = m_start.to_vec();
+    let mut lambda = lambda_start;
+    let total: f64 = patterns.iter().map(|(_, n)| n).sum();
+    if total == 0.0 {
+        return (m, lambda);
+    }
+    for _ in 0..EM_ITERATIONS {
+        let mut m_counts: Vec<Vec<f64>> = u.iter().map(|levels| vec![0.0; levels.len()]).collect();
+        let mut matches = 0.0;
+        for (levels, n) in patterns {
+            let (mut pm, mut pu) = (lambda, 1.0 - lambda);
+            for (c, &g) in levels.iter().enumerate() {
+                if let (true, Ok(l)) = (free[c], usize::try_from(g)) {
+                    pm *= m[c][l];
+                    pu *= u[c][l];
+                }
+            }
+            let p = pm / (pm + pu);
+            matches += p * n;
+            for (c, &g) in levels.iter().enumerate() {
+                if let Ok(l) = usize::try_from(g) {
+                    m_counts[c][l] += p * n;
+                }
+            }
+        }
+        lambda = (matches / total).clamp(FLOOR, 1.0 - FLOOR);
+        for (c, counts) in m_counts.iter().enumerate() {
+            let sum: f64 = counts.iter().sum();
+            if free[c] && sum > 0.0 {
+                m[c] = counts.iter().map(|v| (v / sum).max(FLOOR)).collect();
+            }
+        }
+    }
+    (m, lambda)
+}
+
+/// Estimates a rule's model from the identity records.
+pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<RuleModel, ResolveError> {
+    let records = rule_records(rule);
+    let n: u64 = {
+        let b = ctx.sql(&format!("SELECT count(*) FROM {records}")).await?.collect().await?;
+        b.first().map_or(0, |b| b.column(0).as_primitive::<Int64Type>().value(0) as u64)
+    };
+    let gammas: Vec<String> =
+        rule.comparisons.iter().enumerate().map(|(i, c)| format!("{} AS g{i}", gamma(c))).collect();
+    let group: Vec<String> = (0..rule.comparisons.len()).map(|i| format!("g{i}")).collect();
+    let (gammas, group) = (gammas.join(", "), group.join(", "));
+    let k = rule.comparisons.len();
+    let sizes: Vec<usize> = rule.comparisons.iter().map(|c| c.levels.len() + 1).collect();
+
+    // u: every pair of a seeded random sample of records (the sample is the same on every
+    // run over the same records).
+    let buckets = (n / U_SAMPLE_RECORDS).max(1);
+    let u_sql = format!(
+        "WITH s AS (SELECT * FROM {records} WHERE hash_bucket(concat('u:', CAST(rid AS VARCHAR)), {buckets}) = 0) \
+         SELECT {gammas}, count(*) AS n FROM s l JOIN s r ON l.rid < r.rid GROUP BY {group}"
+    );
+    let u_patterns = patterns(ctx, &u_sql, k).await?;
+    let u_pairs = u_patterns.iter().map(|(_, n)| *n as u64).sum();
+    let u = level_shares(&u_patterns, &sizes);
+
+    // m: EM over each blocking rule's pairs (a sample of them), its own columns left out.
+    let m_start: Vec<Vec<f64>> = sizes.iter().map(|s| starting_m(s - 1)).collect();
+    let mut m_sum: Vec<Vec<f64>> = sizes.iter().map(|s| vec![0.0; *s]).collect();
+    let mut m_runs = vec![0usize; k];
+    let (mut lambda_sum, mut lambda_weight) = (0.0, 0.0);
+    let mut m_pairs = Vec::new();
+    for key in &rule.blocking {
+        let not_null = key.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
+        let cols = key.join(", ");
+        let join_lr = key.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
+        let join_b = key.iter().map(|c| format!("b.{c} = k.{c}")).collect::<Vec<_>>().join(" AND ");
+        let blocks = format!(
+            "k AS (SELECT * FROM {records} WHERE {not_null}), \
+             b AS (SELECT {cols}, count(*) AS n FROM k GROUP BY {cols}), \
+             kb AS (SELECT k.* FROM k JOIN b ON {join_b} WHERE b.n <= {max})",
+            max = rule.max_block_size
+        );
+        let count_sql = format!(
+            "WITH {blocks}, c AS (SELECT {cols}, count(*) AS n FROM kb GROUP BY {cols}) \
+             SELECT CAST(COALESCE(sum(n * (n - 1) / 2), 0) AS BIGINT) FROM c"
+        );
+        let pairs: u64 = {
+            let b = ctx.sql(&count_sql).await?.collect().await?;
+            b.first().map_or(0, |b| b.column(0).as_primitive::<Int64Type>().value(0) as u64)
+        };
+        let share = (pairs / M_SAMPLE_PAIRS).max(1);
+        let m_sql = format!(
+            "WITH {blocks} SELECT {gammas}, count(*) AS n FROM kb l JOIN kb r ON {join_lr} AND l.rid < r.rid \
+             WHERE hash_bucket(concat('m:', CAST(l.rid AS VARCHAR)), {share}) = 0 GROUP BY {group}"
+        );
+        let pats = patterns(ctx, &m_sql, k).await?;
+        let seen: f64 = pats.iter().map(|(_, n)| n).sum();
+        m_pairs.push(seen as u64);
+        let blocked: Vec<&str> = key.iter().map(|c| attribute_of(c)).collect();
+        let free: Vec<bool> = rule.comparisons.iter().map(|c| !blocked.contains(&attribute_of(&c.column))).collect();
+        let (m, lambda) = em(&pats, &u, &free, &m_start, 0.1);
+        for c in (0..k).filter(|c| free[*c] && seen > 0.0) {
+            m_runs[c] += 1;
+            for (sum, v) in m_sum[c].iter_mut().zip(&m[c]) {
+                *sum += v;
+            }
+        }
+        lambda_sum += lambda * seen;
+        lambda_weight += seen;
+    }
+    let lambda = if lambda_weight > 0.0 { lambda_sum / lambda_weight } else { 0.01 };
+    let comparisons = rule
+        .comparisons
+        .iter()
+        .enumerate()
+        .map(|(c, spec)| {
+            let estimated = m_runs[c] > 0;
+            if !estimated {
+                tracing::warn!(
+                    rule = rule.name.as_str(),
+                    comparison = spec.name(),
+                    "every blocking rule uses this column, so its m cannot be estimated; it keeps its starting value"
+                );
+            }
+            let labels = spec.levels.iter().map(|l| (l.kind.label(), l.weight)).chain([("else".to_string(), None)]);
+            let levels = labels
+                .enumerate()
+                .map(|(l, (label, fixed))| {
+                    let m = if estimated { m_sum[c][l] / m_runs[c] as f64 } else { m_start[c][l] };
+                    let u = u[c][l];
+                    LevelModel {
+                        level: label,
+                        m,
+                        u,
+                        weight: fixed.unwrap_or_else(|| (m.max(FLOOR) / u.max(FLOOR)).log2()),
+                        fixed: fixed.is_some(),
+                        m_estimated: estimated,
+                    }
+                })
+                .collect();
+            ComparisonModel {
+                name: spec.name().to_string(),
+                column: spec.column.clone(),
+                term_frequency: spec.term_frequency,
+                tf_total: None,
+                levels,
+            }
+        })
+        .collect();
+    tracing::info!(
+        rule = rule.name.as_str(),
+        lambda,
+        u_pairs,
+        "estimated the probabilistic rule's weights from the data"
+    );
+    Ok(RuleModel { rule: rule.name.clone(), lambda, u_pairs, m_pairs, comparisons })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two comparisons, two levels each (agree / else). Matches agree on both 90% of the
+    /// time, non-matches 10%: EM recovers m and the share of matches.
+    #[test]
+    fn em_recovers_m_and_the_prior_from_pattern_counts() {
+        let (matches, others) = (1_000.0, 9_000.0);
+        let (m, u) = (0.9, 0.1);
+        let mut patterns = Vec::new();
+        for a in 0..2i64 {
+            for b in 0..2i64 {
+                let p = |agree: bool, x: f64| if agree { x } else { 1.0 - x };
+                let n = matches * p(a == 0, m) * p(b == 0, m) + others * p(a == 0, u) * p(b == 0, u);
+                patterns.push((vec![a, b], n));
+            }
+        }
+        let u_levels = vec![vec![u, 1.0 - u]; 2];
+        let (m_fit, lambda) = em(&patterns, &u_levels, &[true, true], &[starting_m(1), starting_m(1)], 0.3);
+        assert!((lambda - 0.1).abs() < 0.01, "{lambda}");
+        assert!((m_fit[0][0] - 0.9).abs() < 0.02 && (m_fit[1][0] - 0.9).abs() < 0.02, "{m_fit:?}");
+    }
+
+    #[test]
+    fn a_comparison_left_out_keeps_its_starting_m_and_missing_values_are_no_evidence() {
+        let patterns = vec![(vec![0, -1], 50.0), (vec![1, 0], 50.0)];
+        let start = vec![starting_m(1), starting_m(1)];
+        let (m, _) = em(&patterns, &[vec![0.1, 0.9], vec![0.1, 0.9]], &[true, false], &start, 0.5);
+        assert_eq!(m[1], start[1]);
+        assert!(m[0].iter().all(|v| *v > 0.0 && *v < 1.0));
+    }
+
+    #[test]
+    fn level_shares_never_give_zero() {
+        let shares = level_shares(&[(vec![0], 10.0)], &[3]);
+        assert!(shares[0].iter().all(|v| *v > 0.0));
+        assert!((shares[0].iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+}
