@@ -430,6 +430,14 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_cluster_check_is_refused_at_its_line() {
+        let text = format!("{MINIMAL}resolve:\n  guardrails:\n    conflicting: [birthdate, last_name]\n");
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:12:"), "{err}");
+        assert!(err.contains("`birthdate`") && err.contains("did you mean `birth_date`?"), "{err}");
+    }
+
+    #[test]
     fn locate_nested_keys() {
         let text = "a:\n  b:\n    c: 1\n  d:\n    c: 2\n";
         assert_eq!(locate_key(text, &["a", "d", "c"]), Some((5, 5)));

@@ -368,16 +368,26 @@ pub struct GuardrailSpec {
     /// No customer grows beyond this many records; larger merges are refused.
     #[serde(default = "default_max_cluster")]
     pub max_cluster_size: usize,
-    /// Attributes that may not disagree inside one customer (`birth_date`, `first_name`).
+    /// Attributes that may not disagree inside one customer.
     #[serde(default = "default_conflicts")]
-    pub conflicting: Vec<String>,
+    pub conflicting: Vec<ClusterCheck>,
+}
+
+/// An attribute that clustering checks over whole customers before a merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterCheck {
+    /// Two birth dates that are no typo of each other.
+    BirthDate,
+    /// More distinct first names than one person goes by.
+    FirstName,
 }
 
 fn default_max_cluster() -> usize {
     50
 }
-fn default_conflicts() -> Vec<String> {
-    vec!["birth_date".into(), "first_name".into()]
+fn default_conflicts() -> Vec<ClusterCheck> {
+    vec![ClusterCheck::BirthDate, ClusterCheck::FirstName]
 }
 
 impl Default for GuardrailSpec {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use chrono::NaiveDate;
 
+use crate::config::ClusterCheck;
 use crate::udf::{birth_dates_compatible, first_names_compatible};
 
 /// Why a merge was refused.
@@ -81,13 +82,12 @@ pub struct RecordAttrs<'a> {
 }
 
 impl Clusters {
-    pub fn new(max_size: usize, conflicts: &[String]) -> Self {
+    pub fn new(max_size: usize, conflicts: &[ClusterCheck]) -> Self {
         let conflicts = conflicts
             .iter()
-            .filter_map(|c| match c.as_str() {
-                "birth_date" => Some(Refusal::BirthDate),
-                "first_name" => Some(Refusal::FirstName),
-                _ => None,
+            .map(|c| match c {
+                ClusterCheck::BirthDate => Refusal::BirthDate,
+                ClusterCheck::FirstName => Refusal::FirstName,
             })
             .collect();
         Clusters {
@@ -260,7 +260,7 @@ mod tests {
     use super::*;
 
     fn clusters(records: &[(Option<&str>, Option<&str>)]) -> Clusters {
-        let mut c = Clusters::new(4, &["birth_date".into(), "first_name".into()]);
+        let mut c = Clusters::new(4, &[ClusterCheck::BirthDate, ClusterCheck::FirstName]);
         let mut interner = HashMap::new();
         for (name, date) in records {
             c.push(RecordAttrs { first_name: *name, birth_date: date.and_then(crate::udf::parse_date) }, &mut interner);
