@@ -218,27 +218,15 @@ pub fn fuzzy(rule: &FuzzyRule) -> RuleSql {
     let score = cases.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>().join(" + ");
     let detail = cases.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join(", ");
     let conflicts = conflicts_clause(&rule.unless_conflict);
-    let (blocking, max, threshold) = (rule.blocking.clone(), rule.max_block_size, rule.threshold);
-    let from = records.clone();
-    // The pairs are scored straight from the two blocked records: no lookups by rid.
-    let edges = move |pass: Pass| {
-        blocking
-            .iter()
-            .map(|key| {
-                let join_lr = key.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
-                format!(
-                    "SELECT rid_a, rid_b, score, detail FROM (\
-                     WITH {blocks} \
-                     SELECT l.rid AS rid_a, r.rid AS rid_b, CAST({score} AS DOUBLE) AS score, \
-                     concat_ws(' ', {detail}) AS detail \
-                     FROM kb l JOIN kb r ON {join_lr} AND l.rid < r.rid WHERE {conflicts}) \
-                     WHERE score >= {threshold}",
-                    blocks = blocks_sql(&from, key, max, &pass.filter(key)),
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ")
+    let scoring = Scoring {
+        weight: score,
+        detail: format!("concat_ws(' ', {detail})"),
+        conflicts,
+        min_weight: rule.threshold,
+        score: "w".into(),
     };
+    let (blocking, max, from) = (rule.blocking.clone(), rule.max_block_size, records.clone());
+    let edges = move |pass: Pass| scored_pairs(&from, &blocking, max, pass, &scoring);
     let skipped = skipped_blocks(&records, &rule.blocking, rule.max_block_size);
     RuleSql { edges: Box::new(edges), dropped: skipped }
 }
@@ -252,6 +240,45 @@ fn blocks_sql(from: &str, key: &[String], max: usize, pass: &str) -> String {
     format!(
         "k AS (SELECT * FROM {from} WHERE {not_null} AND {pass}),          b AS (SELECT {cols}, count(*) AS n FROM k GROUP BY {cols}),          kb AS (SELECT k.* FROM k JOIN b ON {join_b} WHERE b.n <= {max})"
     )
+}
+
+/// How the pairs of blocked records are scored, all SQL over `l.` and `r.`.
+struct Scoring {
+    /// The pair's weight `w`.
+    weight: String,
+    detail: String,
+    /// Pairs for which this is false are no candidates.
+    conflicts: String,
+    /// Pairs below this weight are no edges.
+    min_weight: f64,
+    /// The edge's `score`, from `w`.
+    score: String,
+}
+
+/// The candidate edges of one pass over every blocking rule. The pairs are scored straight
+/// from the two blocked records: no lookups by rid. A pair that shares several blocking
+/// keys comes once per key; the caller keeps one.
+fn scored_pairs(from: &str, blocking: &[Vec<String>], max: usize, pass: Pass, s: &Scoring) -> String {
+    blocking
+        .iter()
+        .map(|key| {
+            let join_lr = key.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
+            format!(
+                "SELECT rid_a, rid_b, {score} AS score, detail FROM (\
+                 WITH {blocks} \
+                 SELECT l.rid AS rid_a, r.rid AS rid_b, CAST({weight} AS DOUBLE) AS w, {detail} AS detail \
+                 FROM kb l JOIN kb r ON {join_lr} AND l.rid < r.rid WHERE {conflicts}) \
+                 WHERE w >= {min}",
+                score = s.score,
+                blocks = blocks_sql(from, key, max, &pass.filter(key)),
+                weight = s.weight,
+                detail = s.detail,
+                conflicts = s.conflicts,
+                min = s.min_weight,
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
 }
 
 /// What a blocking rule's size limit left out: one row per skipped block.
@@ -327,25 +354,16 @@ pub fn probabilistic(rule: &ProbabilisticRule, model: &RuleModel, from: &str) ->
         format!("concat_ws(' ', {}, {})", quote(&format!("prior({:+.2})", model.prior_weight())), labels.join(", "));
     let conflicts = conflicts_clause(&rule.unless_conflict);
     let threshold = (rule.threshold / (1.0 - rule.threshold)).log2();
+    let scoring = Scoring {
+        weight: total,
+        detail,
+        conflicts,
+        min_weight: threshold,
+        score: "1.0 / (1.0 + power(2.0, -w))".into(),
+    };
     let (blocking, max, from) = (rule.blocking.clone(), rule.max_block_size, from.to_string());
     let dropped = skipped_blocks(&from, &rule.blocking, max);
-    let edges = move |pass: Pass| {
-        blocking
-            .iter()
-            .map(|key| {
-                let join_lr = key.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
-                format!(
-                    "SELECT rid_a, rid_b, 1.0 / (1.0 + power(2.0, -w)) AS score, detail FROM (\
-                     WITH {blocks} \
-                     SELECT l.rid AS rid_a, r.rid AS rid_b, CAST({total} AS DOUBLE) AS w, {detail} AS detail \
-                     FROM kb l JOIN kb r ON {join_lr} AND l.rid < r.rid WHERE {conflicts}) \
-                     WHERE w >= {threshold}",
-                    blocks = blocks_sql(&from, key, max, &pass.filter(key)),
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" UNION ALL ")
-    };
+    let edges = move |pass: Pass| scored_pairs(&from, &blocking, max, pass, &scoring);
     RuleSql { edges: Box::new(edges), dropped }
 }
 
