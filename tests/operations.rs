@@ -104,3 +104,22 @@ async fn rerunning_a_date_gives_the_same_result() {
     assert_eq!(text(&first), text(&second));
     assert_eq!(scalar(&output, &["customer_changes"], "SELECT count(*) FROM customer_changes").await, 0);
 }
+
+#[test]
+fn text_logs_to_a_file_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("data"), dir.path().join("out"));
+    generate(&input, 100, 7, false);
+    // stderr is a pipe here, as it is for cron or a redirected log file.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_klantbeeld"))
+        .args(["run", retail_yaml().to_str().unwrap()])
+        .args(["--var", &format!("input={}", input.join("dumps").display())])
+        .args(["--var", &format!("output={}", output.display())])
+        .env("KLANTBEELD_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("stage finished"), "{err}");
+    assert!(!err.contains('\u{1b}'), "ANSI escape codes in a log file: {err}");
+}
