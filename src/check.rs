@@ -12,6 +12,9 @@ use crate::config::{Bounds, TestSpec};
 pub enum CheckError {
     #[error("data test {test} on `{table}` cannot run: {message}")]
     Sql { table: String, test: String, message: String },
+    /// The memory limit, not the test, is at fault: the run exits 1 with a hint.
+    #[error("data test {test} on `{table}` cannot run: {source}")]
+    Memory { table: String, test: String, source: datafusion::error::DataFusionError },
 }
 
 /// The result of one data test.
@@ -95,10 +98,15 @@ fn within(value: f64, b: &Bounds) -> bool {
 /// Runs one test against a registered table.
 pub async fn run_test(ctx: &SessionContext, table: &str, test: &TestSpec) -> Result<TestOutcome, CheckError> {
     let name = describe(test);
-    let err = |e: datafusion::error::DataFusionError| CheckError::Sql {
-        table: table.into(),
-        test: name.clone(),
-        message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+    let err = |e: datafusion::error::DataFusionError| match e.find_root() {
+        datafusion::error::DataFusionError::ResourcesExhausted(_) => {
+            CheckError::Memory { table: table.into(), test: name.clone(), source: e }
+        }
+        _ => CheckError::Sql {
+            table: table.into(),
+            test: name.clone(),
+            message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+        },
     };
     let outcome = |passed: bool, failures: u64, sample: String| TestOutcome {
         table: table.into(),

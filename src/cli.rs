@@ -359,7 +359,8 @@ async fn dispatch(command: Command, live_progress: bool, run_id: Option<String>)
 /// The text `plan` prints: every source with its files, the rules and the outputs.
 pub async fn plan(p: &Pipeline) -> Result<String, Error> {
     use std::fmt::Write;
-    let ctx = crate::engine::session(&Default::default(), &std::env::temp_dir()).map_err(Error::engine("engine"))?;
+    let scratch = tempfile::tempdir().map_err(|e| Error::Other(e.to_string()))?;
+    let ctx = crate::pipeline::start_session(p, &Default::default(), scratch.path())?;
     let mut out = String::new();
     let spec = &p.spec;
     let _ = writeln!(out, "pipeline {} ({})", spec.name, p.file.display());

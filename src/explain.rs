@@ -84,7 +84,7 @@ pub async fn explain(pipeline: &Pipeline, records: &[RecordRef]) -> Result<Strin
     let ctx = if records.len() == 2 {
         crate::pipeline::staged_session(pipeline, scratch.path()).await?
     } else {
-        crate::engine::session(&Default::default(), scratch.path()).map_err(Error::engine("engine"))?
+        crate::pipeline::start_session(pipeline, &Default::default(), scratch.path())?
     };
     let store = crate::storage::store_for(&ctx, &output, &pipeline.spec.storage)?;
     crate::publish::published_manifest(store.as_ref(), &output).await.ok_or_else(|| {

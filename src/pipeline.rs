@@ -327,7 +327,7 @@ async fn run_stages(
 pub async fn test_published(pipeline: &Pipeline) -> Result<(Vec<check::TestOutcome>, Vec<String>), Error> {
     let output = Location::parse(&pipeline.spec.output, &pipeline.base_dir)?;
     let scratch = tempfile::tempdir().map_err(|e| Error::Other(e.to_string()))?;
-    let ctx = engine::session(&EngineOptions::default(), scratch.path()).map_err(Error::engine("engine"))?;
+    let ctx = start_session(pipeline, &RunOptions::default(), scratch.path())?;
     let store = storage::store_for(&ctx, &output, &pipeline.spec.storage)?;
     let manifest = crate::publish::published_manifest(store.as_ref(), &output)
         .await
@@ -402,7 +402,8 @@ pub fn data_tests(pipeline: &Pipeline) -> Vec<(String, Vec<TestSpec>)> {
     tests
 }
 
-/// The engine session of a run, spilling under `scratch`.
+/// The engine session of a run (and of `plan`, `test` and `explain`), with the YAML's
+/// `engine` options, spilling under `scratch`.
 pub fn start_session(pipeline: &Pipeline, options: &RunOptions, scratch: &Path) -> Result<SessionContext, Error> {
     let spec = &pipeline.spec;
     let engine_options = EngineOptions {

@@ -123,3 +123,18 @@ fn text_logs_to_a_file_carry_no_colour_codes() {
     assert!(err.contains("stage finished"), "{err}");
     assert!(!err.contains('\u{1b}'), "ANSI escape codes in a log file: {err}");
 }
+
+#[test]
+fn test_uses_the_engine_options_of_the_yaml() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("data"), dir.path().join("out"));
+    generate(&input, 300, 8, false);
+    run_retail(&input.join("dumps"), &output, &[]);
+    let out_var = format!("output={}", output.display());
+    let ok = klantbeeld(&["test", retail_yaml().to_str().unwrap(), "--var", &out_var]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    // The same tests in a memory limit they cannot fit: `test` runs in the YAML's engine.
+    let tiny = klantbeeld(&["test", retail_yaml().to_str().unwrap(), "--var", &out_var, "--var", "memory_limit=16KB"]);
+    assert_eq!(tiny.status.code(), Some(1), "{}", stderr(&tiny));
+    assert!(stderr(&tiny).contains("hint: raise `engine.memory_limit`"), "{}", stderr(&tiny));
+}
