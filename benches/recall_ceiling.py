@@ -1,12 +1,15 @@
 """How much recall the data allows: for each person of the truth, link their records only
-where two of them share hard evidence (normalised e-mail, phone, or postcode + surname;
-optionally also an exact full first name + surname) and count the same-person pairs
-that this joins, transitively. No matcher that relies on that evidence can recall more.
+where two of them share evidence and count the same-person pairs that this joins,
+transitively. No matcher that relies on that evidence can recall more. Three kinds of
+evidence: hard (normalised e-mail, phone, or postcode + surname), hard plus an exact full
+name, and the robustness matrix's ceiling (an identifier, or surname + first name or
+initial).
 
-usage: python recall_ceiling.py DATA_DIR      (the folder with dumps/ and truth/)
+usage: python recall_ceiling.py DATA_DIR [--json]   (the folder with dumps/ and truth/)
 """
 
 import collections
+import json
 import re
 import sys
 
@@ -67,7 +70,14 @@ def full_name(n):
     return (w[0], surname(n))
 
 
-def reachable_pairs(records, with_names):
+def name_initial(n):
+    w = [x for x in words(n) if x not in PARTICLES]
+    if len(w) < 2:
+        return None
+    return (w[0][0], surname(n))
+
+
+def reachable_pairs(records, evidence_kind):
     parent = list(range(len(records)))
 
     def find(i):
@@ -81,8 +91,10 @@ def reachable_pairs(records, with_names):
         evidence = [("e", email(mail)), ("p", phone(tel))]
         if pc and surname(name):
             evidence.append(("np", (re.sub(r"\s", "", pc).upper(), surname(name))))
-        if with_names:
+        if evidence_kind == "names":
             evidence.append(("n", full_name(name)))
+        if evidence_kind == "initial":
+            evidence = evidence[:2] + [("i", name_initial(name))]
         for key in evidence:
             if key[1]:
                 keys[key].append(i)
@@ -97,6 +109,16 @@ people = collections.defaultdict(list)
 for person, *record in rows:
     people[person].append(record)
 total = sum(len(r) * (len(r) - 1) // 2 for r in people.values())
-for label, with_names in [("e-mail, phone, postcode + surname", False), ("... and exact full name", True)]:
-    reach = sum(reachable_pairs(r, with_names) for r in people.values())
-    print(f"recall ceiling ({label}): {reach / total:.4f}  ({reach} of {total} same-person pairs)")
+kinds = {
+    "hard": "e-mail, phone, postcode + surname",
+    "names": "... and exact full name",
+    "initial": "identifier, or surname + first name or initial",
+}
+ceilings = {}
+for kind, label in kinds.items():
+    reach = sum(reachable_pairs(r, kind) for r in people.values())
+    ceilings[kind] = reach / total
+    if "--json" not in sys.argv:
+        print(f"recall ceiling ({label}): {reach / total:.4f}  ({reach} of {total} same-person pairs)")
+if "--json" in sys.argv:
+    print(json.dumps(ceilings))

@@ -43,6 +43,9 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Runs the pipeline's data tests against its last published output.
     Test(PipelineArgs),
+    /// Estimates the probabilistic rules' weights from the inputs and writes the model
+    /// file that `resolve.model` pins.
+    Estimate(EstimateArgs),
     /// Scores a crosswalk against ground truth: pairwise precision, recall and F1.
     Eval(EvalArgs),
     /// Demo data.
@@ -91,6 +94,15 @@ pub struct ExplainArgs {
     /// A record as SYSTEM:ID (the source's name and its key), once or twice.
     #[arg(long = "record", value_name = "SYSTEM:ID", required = true, num_args = 1)]
     pub records: Vec<crate::explain::RecordRef>,
+}
+
+#[derive(Debug, Args)]
+pub struct EstimateArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Where to write the model file (JSON); standard output when absent.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -271,6 +283,7 @@ async fn dispatch(command: Command, live_progress: bool, run_id: Option<String>)
     match command {
         Command::Validate(args) => {
             let p = load(&args)?;
+            crate::resolve::probabilistic::read_pinned(&p)?;
             println!(
                 "{}: ok ({} sources, {} rules)",
                 args.pipeline.display(),
@@ -330,6 +343,24 @@ async fn dispatch(command: Command, live_progress: bool, run_id: Option<String>)
                 return Err(Error::DataTests(outcomes));
             }
             println!("{} data tests passed", outcomes.len());
+            Ok(())
+        }
+        Command::Estimate(args) => {
+            let p = load(&args.pipeline)?;
+            let models = crate::pipeline::estimate(&p).await?;
+            let json = serde_json::to_string_pretty(&models).map_err(|e| Error::Other(e.to_string()))?;
+            match &args.out {
+                Some(path) => {
+                    std::fs::write(path, format!("{json}\n"))
+                        .map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+                    println!(
+                        "wrote the model of {} rule(s) to {}; pin it with `resolve: {{ model: ... }}`",
+                        models.len(),
+                        path.display()
+                    );
+                }
+                None => println!("{json}"),
+            }
             Ok(())
         }
         Command::Eval(args) => {

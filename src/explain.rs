@@ -14,6 +14,7 @@ use crate::Error;
 use crate::config::{Pipeline, RuleSpec};
 use crate::golden::CUSTOMER_XREF;
 use crate::pipeline::MATCH_EDGES;
+use crate::resolve::probabilistic::RuleModel;
 use crate::resolve::rules;
 use crate::stage::IDENTITY_RECORDS;
 use crate::storage::Location;
@@ -129,8 +130,10 @@ pub async fn explain(pipeline: &Pipeline, records: &[RecordRef]) -> Result<Strin
             let _ = writeln!(out, "\n{a} and {b} are not joined.");
             refused_between(&ctx, &customers[0], &customers[1], &mut out).await?;
             let _ = writeln!(out, "\nrule by rule, for these two records:");
-            for rule in &pipeline.spec.resolve.rules {
-                let line = compare_pair(&ctx, rule, a, b).await?;
+            let models = published_models(store.as_ref(), &output).await;
+            for (i, rule) in pipeline.spec.resolve.rules.iter().enumerate() {
+                let weighing = Weighing { models: &models, rule_no: (i + 1) as u16, scratch: scratch.path() };
+                let line = compare_pair(&ctx, rule, a, b, &weighing).await?;
                 let _ = writeln!(out, "  {}: {line}", rule.name());
             }
         }
@@ -259,16 +262,42 @@ async fn meets(ctx: &SessionContext, filter: &Option<String>, rec: &RecordRef) -
     Ok(r.first().is_some_and(|r| r[0] == "true"))
 }
 
+/// The fitted models the published run decided with (`_model.json`), if any.
+async fn published_models(store: &dyn object_store::ObjectStore, output: &Location) -> Vec<RuleModel> {
+    use object_store::ObjectStoreExt;
+    let path = output.child(crate::publish::MODEL_FILE).prefix;
+    let Ok(found) = store.get(&path).await else { return Vec::new() };
+    let Ok(bytes) = found.bytes().await else { return Vec::new() };
+    serde_json::from_slice(&bytes).unwrap_or_default()
+}
+
+/// What a probabilistic rule is weighed with in an explanation: the published models, and
+/// where to count the term frequencies.
+struct Weighing<'a> {
+    models: &'a [RuleModel],
+    rule_no: u16,
+    scratch: &'a std::path::Path,
+}
+
 /// What one rule makes of the pair, in words.
-async fn compare_pair(ctx: &SessionContext, rule: &RuleSpec, a: &RecordRef, b: &RecordRef) -> Result<String, Error> {
-    let pair = format!(
-        "FROM {IDENTITY_RECORDS} l, {IDENTITY_RECORDS} r WHERE l.source_system = {} AND l.source_record_id = {} \
-         AND r.source_system = {} AND r.source_record_id = {}",
-        lit(&a.system),
-        lit(&a.id),
-        lit(&b.system),
-        lit(&b.id)
-    );
+async fn compare_pair(
+    ctx: &SessionContext,
+    rule: &RuleSpec,
+    a: &RecordRef,
+    b: &RecordRef,
+    weighing: &Weighing<'_>,
+) -> Result<String, Error> {
+    let pair_in = |table: &str| {
+        format!(
+            "FROM {table} l, {table} r WHERE l.source_system = {} AND l.source_record_id = {} \
+             AND r.source_system = {} AND r.source_record_id = {}",
+            lit(&a.system),
+            lit(&a.id),
+            lit(&b.system),
+            lit(&b.id)
+        )
+    };
+    let pair = pair_in(IDENTITY_RECORDS);
     let conflicts = |attrs: &[String]| -> String {
         if attrs.is_empty() {
             "'none'".into()
@@ -355,9 +384,41 @@ async fn compare_pair(ctx: &SessionContext, rule: &RuleSpec, a: &RecordRef, b: &
                 let blocks = p.blocking.iter().map(|k| k.join("+")).collect::<Vec<_>>().join(", ");
                 return Ok(format!("no candidate pair: they share no blocking key ({blocks})"));
             }
-            Ok("a candidate pair: its levels, their weights and the match probability are in match_edges \
-                (`detail`, `score`), the fitted weights in `_model.json`"
-                .into())
+            if !(meets(ctx, &p.filter, a).await? && meets(ctx, &p.filter, b).await?) {
+                return Ok("a record does not meet the rule's `where`".into());
+            }
+            let Some(model) = weighing.models.iter().find(|m| m.rule == p.name) else {
+                return Ok("a candidate pair; the published output has no model of this rule to weigh it".into());
+            };
+            let mut model = model.clone();
+            let from = crate::resolve::term_frequencies(ctx, p, &mut model, weighing.rule_no, weighing.scratch).await?;
+            let (weights, details) = rules::probabilistic_scores(p, &model);
+            let per_block: Vec<String> = shared_block(&p.blocking)
+                .iter()
+                .zip(weights.iter().zip(&details))
+                .map(|(shared, (w, d))| format!("{shared}, CAST({w} AS DOUBLE), {d}"))
+                .collect();
+            let sql = format!("SELECT {}, {} {}", per_block.join(", "), conflicts(&p.unless_conflict), pair_in(&from));
+            let r = rows(ctx, &sql).await?;
+            let Some(r) = r.first() else { return Ok("records not staged".into()) };
+            // The best score over the blocking rules that find the pair, as the run keeps.
+            let best = (0..p.blocking.len())
+                .filter(|i| r[3 * i] == "true")
+                .map(|i| (r[3 * i + 1].parse::<f64>().unwrap_or(f64::NEG_INFINITY), &r[3 * i + 2]))
+                .max_by(|x, y| x.0.total_cmp(&y.0));
+            let Some((weight, detail)) = best else { return Ok("no candidate pair".into()) };
+            let probability = 1.0 / (1.0 + (-weight).exp2());
+            let verdict = if probability >= p.threshold { "reaches" } else { "is below" };
+            let conflict = &r[3 * p.blocking.len()];
+            let mut line = format!(
+                "match weight {weight:+.2}, probability {probability:.4} {verdict} the threshold {}\n      {}",
+                p.threshold,
+                detail.replace(' ', "\n      ")
+            );
+            if conflict != "none" {
+                line.push_str(&format!("\n      but they conflict on {conflict}"));
+            }
+            Ok(line)
         }
     }
 }

@@ -114,7 +114,7 @@ impl Error {
             Error::Enrich(_) | Error::Check(_) => exit::CONFIG,
             Error::DataTests(_) => exit::DATA_TEST,
             Error::Stage(stage::StageError::Mapping { .. }) => exit::CONFIG,
-            Error::Resolve(resolve::ResolveError::Rule { .. }) => exit::CONFIG,
+            Error::Resolve(resolve::ResolveError::Rule { .. } | resolve::ResolveError::Model { .. }) => exit::CONFIG,
             Error::Storage(storage::StorageError::BadLocation { .. }) => exit::CONFIG,
             Error::Publish(publish::PublishError::NotOurs { .. }) => exit::CONFIG,
             Error::Extract(E::Storage(storage::StorageError::BadLocation { .. })) => exit::CONFIG,

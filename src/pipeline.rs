@@ -198,6 +198,7 @@ async fn run_stages(
     // Models and outputs are checked before any data is read: a typo fails in a second.
     let models = enrich::load_models(pipeline, &pipeline.vars, &reserved_names(pipeline))?;
     check_outputs(pipeline, &models)?;
+    resolve::probabilistic::read_pinned(pipeline)?;
     let mut timer = Progress::new(options.progress);
 
     timer.stage("extract");
@@ -522,6 +523,32 @@ pub async fn staged_session(pipeline: &Pipeline, scratch: &Path) -> Result<Sessi
     let present: Vec<String> = extracted.iter().map(|e| e.name.clone()).collect();
     stage_records(&ctx, pipeline, &present, scratch).await?;
     Ok(ctx)
+}
+
+/// Estimates the weights of the pipeline's probabilistic rules from its inputs, as a run
+/// would, without resolving or publishing (`klantbeeld estimate`): the model file that
+/// `resolve.model` pins.
+pub async fn estimate(pipeline: &Pipeline) -> Result<Vec<resolve::probabilistic::RuleModel>, Error> {
+    let rules: Vec<&crate::config::ProbabilisticRule> = pipeline
+        .spec
+        .resolve
+        .rules
+        .iter()
+        .filter_map(|r| match r {
+            crate::config::RuleSpec::Probabilistic(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    if rules.is_empty() {
+        return Err(Error::Usage("the pipeline has no probabilistic rule: there are no weights to estimate".into()));
+    }
+    let scratch = tempfile::tempdir().map_err(|e| Error::Other(format!("scratch folder: {e}")))?;
+    let ctx = staged_session(pipeline, scratch.path()).await?;
+    let mut models = Vec::new();
+    for rule in rules {
+        models.push(resolve::probabilistic::estimate(&ctx, rule).await?);
+    }
+    Ok(models)
 }
 
 async fn max_assigned(ctx: &SessionContext) -> Result<u64, Error> {

@@ -166,6 +166,7 @@ fn a_mount_point_is_published_into_without_moving_it() {
     assert!(!names.iter().any(|n| n == "_staging" || n == "_lock"), "{names:?}");
     let mut expected: Vec<String> = second["tables"].as_object().unwrap().keys().cloned().collect();
     expected.extend(["_SUCCESS".to_string(), "_manifest.json".to_string()]);
+    expected.extend(second["model"].as_str().map(String::from));
     expected.sort();
     assert_eq!(names, expected);
 }
@@ -379,8 +380,10 @@ fn messages_name_what_is_wrong() {
     assert_eq!(code, 2);
     assert!(err.contains("run_date=`notadate`") && err.contains("YYYY-MM-DD"), "{err}");
 
-    let p = pipeline_variant(dir.path(), |t| t.replace("      threshold: 6\n", "      threshold: .nan\n"));
-    let line = std::fs::read_to_string(&p).unwrap().lines().position(|l| l.contains("threshold: .nan")).unwrap() + 1;
+    let p = pipeline_variant(dir.path(), |t| {
+        t.replace("{damerau_levenshtein: 1}", "{damerau_levenshtein: 1, weight: .nan}")
+    });
+    let line = std::fs::read_to_string(&p).unwrap().lines().position(|l| l.contains("weight: .nan")).unwrap() + 1;
     let (code, err) = failed(&klantbeeld(&["validate", p.to_str().unwrap()]));
     assert_eq!(code, 2);
     assert!(err.contains("not a finite number") && err.contains(&format!(":{line}:")), "{err}");

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// The retail pipeline with its hand-weighted rule replaced by a probabilistic one.
+/// The retail pipeline with its probabilistic rule replaced by this one (the same, with
+/// a veto on conflicting first names and birth dates).
 const RULE: &str = "    # The same person, by weights learned from this data.
     - name: person
       type: probabilistic
@@ -29,7 +30,7 @@ const RULE: &str = "    # The same person, by weights learned from this data.
 
 fn probabilistic_variant(dir: &Path, rule: &str) -> PathBuf {
     pipeline_variant(dir, |t| {
-        let start = t.find("    # Same person at the same postcode").expect("the fuzzy rule");
+        let start = t.find("    # The same person without a shared identifier").expect("the probabilistic rule");
         let end = t.find("\ngolden:").expect("golden section");
         format!("{}{rule}{}", &t[..start], &t[end..])
     })
@@ -55,8 +56,17 @@ async fn weights_are_learned_from_the_data_and_published_with_the_output() {
     let model: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(output.join("_model.json")).unwrap()).unwrap();
     assert_eq!(model[0]["rule"], "person");
-    let lambda = model[0]["lambda"].as_f64().unwrap();
-    assert!(lambda > 0.0 && lambda < 1.0, "{lambda}");
+    // A prior per blocking rule: the share of the pairs it finds that are one person.
+    let blocking = model[0]["blocking"].as_array().unwrap();
+    assert_eq!(blocking.len(), 3);
+    for b in blocking {
+        let lambda = b["lambda"].as_f64().unwrap();
+        assert!(lambda > 0.0 && lambda < 1.0 && b["em_pairs"].as_u64().unwrap() > 0, "{b}");
+        assert!(b["pairs"].as_u64().unwrap() >= b["em_pairs"].as_u64().unwrap(), "{b}");
+    }
+    // The manifest gives the pairs each blocking rule made.
+    let rule = manifest["match"]["rules"].as_array().unwrap().iter().find(|r| r["rule"] == "person").unwrap();
+    assert_eq!(rule["blocked_pairs"]["postcode"], blocking[0]["pairs"], "{rule}");
     assert!(model[0]["u_pairs"].as_u64().unwrap() > 100_000);
     // Agreement is evidence for, disagreement against; a near match in between.
     for (comparison, near) in [("last_name", "jaro_winkler>=0.9"), ("birth_date", "damerau_levenshtein<=1")] {
@@ -82,7 +92,7 @@ async fn weights_are_learned_from_the_data_and_published_with_the_output() {
     assert!(min.parse::<f64>().unwrap() >= 0.99, "{min}");
     let detail = query(&output, &["match_edges"], "SELECT detail FROM match_edges WHERE rule = 'person' LIMIT 1").await;
     let detail = datafusion::arrow::util::display::array_value_to_string(detail[0].column(0), 0).unwrap();
-    assert!(detail.starts_with("prior(") && detail.contains("last_name:"), "{detail}");
+    assert!(detail.starts_with("prior(") && detail.contains("blocked_on:"), "{detail}");
     // And the matching holds on this data.
     let ctx = datafusion::prelude::SessionContext::new();
     let truth =
@@ -111,4 +121,115 @@ fn a_level_is_checked_when_the_pipeline_is_loaded() {
     let p = probabilistic_variant(dir.path(), &RULE.replace("threshold: 0.99", "threshold: 6"));
     let out = klantbeeld(&["validate", p.to_str().unwrap()]);
     assert!(stderr(&out).contains("not a match probability"), "{}", stderr(&out));
+}
+
+/// The levels' m and u of a model file, in order.
+fn m_and_u(path: &Path) -> Vec<(f64, f64)> {
+    let model: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for c in model[0]["comparisons"].as_array().unwrap() {
+        for l in c["levels"].as_array().unwrap() {
+            out.push((l["m"].as_f64().unwrap(), l["u"].as_f64().unwrap()));
+        }
+    }
+    out
+}
+
+/// `estimate` writes the model file; `resolve.model` pins it, so that a later run on other
+/// data decides with those weights instead of estimating afresh; a pinned model that no
+/// longer fits the rule is a configuration error.
+#[tokio::test]
+async fn a_model_estimated_once_decides_later_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (day1, day2) = (dir.path().join("day1"), dir.path().join("day2"));
+    generate(&day1, 1500, 5, false);
+    generate(&day2, 1500, 6, false);
+    let p = probabilistic_variant(dir.path(), RULE);
+    let model = dir.path().join("model.json");
+    let input = format!("input={}", day1.join("dumps").display());
+    let out = klantbeeld(&["estimate", p.to_str().unwrap(), "--var", &input, "--out", model.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("wrote the model of 1 rule(s)"));
+    let estimated = m_and_u(&model);
+
+    // Unpinned, the other day's data gives other estimates; pinned, the same weights.
+    let (free, pinned) = (dir.path().join("free"), dir.path().join("pinned"));
+    let out = run_pipeline(&p, &day2.join("dumps"), &free, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_ne!(m_and_u(&free.join("_model.json")), estimated);
+    let p = pipeline_variant(dir.path(), |t| {
+        let t = t.replace("resolve:\n", "resolve:\n  model: model.json\n");
+        let start = t.find("    # The same person without a shared identifier").expect("the probabilistic rule");
+        let end = t.find("\ngolden:").expect("golden section");
+        format!("{}{RULE}{}", &t[..start], &t[end..])
+    });
+    let out = run_pipeline(&p, &day2.join("dumps"), &pinned, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(m_and_u(&pinned.join("_model.json")), estimated);
+
+    // A rule changed since the estimate: the model does not fit it.
+    let changed = std::fs::read_to_string(&p).unwrap().replace("{damerau_levenshtein: 1}", "{damerau_levenshtein: 2}");
+    std::fs::write(&p, changed).unwrap();
+    let out = klantbeeld(&["validate", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("another version of rule `person`"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("damerau_levenshtein<=2"), "{}", stderr(&out));
+}
+
+/// `explain` of two records that a probabilistic rule compared but did not join shows the
+/// weighing: the prior of the blocking rule that found them, each level with its weight,
+/// and the match probability against the threshold.
+#[tokio::test]
+async fn explain_weighs_a_pair_the_way_the_run_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("data"), dir.path().join("out"));
+    generate(&input, 1500, 12, false);
+    let p = probabilistic_variant(dir.path(), RULE);
+    let out = run_pipeline(&p, &input.join("dumps"), &output, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Two CRM records at one postcode that are two customers: a household.
+    let ctx = datafusion::prelude::SessionContext::new();
+    let crm = datafusion::prelude::CsvReadOptions::new().delimiter(b';').file_extension(".csv");
+    ctx.register_csv("crm", &format!("{}/", input.join("dumps/crm").display()), crm).await.unwrap();
+    ctx.register_parquet(
+        "xref",
+        &format!("{}/", output.join("customer_xref").display()),
+        datafusion::prelude::ParquetReadOptions::default(),
+    )
+    .await
+    .unwrap();
+    let pairs = ctx
+        .sql(
+            "WITH c AS (SELECT klant_id, upper(replace(postcode, ' ', '')) AS pc, x.customer_id FROM crm \
+             JOIN xref x ON x.source_system = 'crm' AND x.source_record_id = klant_id WHERE postcode IS NOT NULL) \
+             SELECT a.klant_id, b.klant_id FROM c a JOIN c b ON a.pc = b.pc AND a.klant_id < b.klant_id \
+             WHERE a.customer_id <> b.customer_id ORDER BY 1, 2 LIMIT 1",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = |i: usize| datafusion::arrow::util::display::array_value_to_string(pairs[0].column(i), 0).unwrap();
+    let (a, b) = (format!("crm:{}", text(0)), format!("crm:{}", text(1)));
+    let output_var = format!("output={}", output.display());
+    let input_var = format!("input={}", input.join("dumps").display());
+    let out = klantbeeld(&[
+        "explain",
+        p.to_str().unwrap(),
+        "--var",
+        &input_var,
+        "--var",
+        &output_var,
+        "--record",
+        &a,
+        "--record",
+        &b,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    let line = said.lines().skip_while(|l| !l.trim_start().starts_with("person:")).collect::<Vec<_>>().join("\n");
+    assert!(line.contains("match weight") && line.contains("the threshold 0.99"), "{said}");
+    assert!(line.contains("prior(") && line.contains("blocked_on:") && line.contains("first_name:"), "{said}");
+    assert!(line.contains("is below the threshold") || line.contains("but they conflict on"), "{said}");
 }

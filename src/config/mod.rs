@@ -271,9 +271,13 @@ pub fn suggest<'a>(wrong: &str, candidates: impl Iterator<Item = &'a str>) -> St
 /// The first line at or after `from` whose value is YAML's `.nan` or `.inf`.
 fn locate_non_finite(text: &str, from: usize) -> Option<(usize, usize)> {
     text.lines().enumerate().skip(from.saturating_sub(1)).find_map(|(i, line)| {
-        let (_, value) = line.split_once(':')?;
-        let v = value.split('#').next().unwrap_or_default().trim().trim_start_matches(['-', '+']).to_ascii_lowercase();
-        (v == ".nan" || v == ".inf").then(|| (i + 1, line.len() - line.trim_start().len() + 1))
+        let code = line.split(" #").next().unwrap_or_default().to_ascii_lowercase();
+        // A value after `key:`, in block style or inside a flow map (`{weight: .nan}`).
+        code.match_indices(':').find_map(|(at, _)| {
+            let value = code[at + 1..].trim_start().trim_start_matches(['-', '+']);
+            let word = value.split([',', '}', ']', ' ']).next().unwrap_or_default();
+            (word == ".nan" || word == ".inf").then(|| (i + 1, code.len() - code[at + 1..].trim_start().len() + 1))
+        })
     })
 }
 

@@ -305,6 +305,11 @@ pub struct ResolveSpec {
     /// values: `auto` picks enough for the engine's memory limit.
     #[serde(default)]
     pub passes: AutoCount,
+    /// A model file (`klantbeeld estimate`, or a run's `_model.json`) whose weights the
+    /// probabilistic rules use instead of estimating afresh, relative to the YAML's folder:
+    /// nightly runs then decide the same way.
+    #[serde(default)]
+    pub model: Option<std::path::PathBuf>,
 }
 
 /// `auto` or a fixed count of at least 1 (passes, batches).
@@ -357,6 +362,7 @@ impl Default for ResolveSpec {
             guardrails: GuardrailSpec::default(),
             rules: default_rules(),
             passes: AutoCount::default(),
+            model: None,
         }
     }
 }

@@ -16,6 +16,7 @@ use chrono::NaiveDate;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+pub use noise::Profile;
 pub use world::World;
 
 /// Arguments of `demo generate`.
@@ -36,12 +37,15 @@ pub struct GenerateArgs {
     /// The dumps' date (facts happen before it).
     #[arg(long, default_value = "2026-11-22")]
     pub as_of: NaiveDate,
+    /// How dirty the records are: the base rates, or one kind of dirt turned up.
+    #[arg(long, value_enum, default_value_t = Profile::Base)]
+    pub noise: Profile,
 }
 
 /// Builds the world of day one (and, when `day2`, of day two).
 pub fn build(args: &GenerateArgs) -> (World, Option<World>) {
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
-    let mut world = World::new(args.as_of);
+    let mut world = World::new(args.as_of, args.noise);
     world.add_people(&mut rng, args.persons, 1);
     let mut keys = world::Keys::default();
     let persons = world.persons.clone();

@@ -9,7 +9,7 @@ use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
 
 use super::names::{FEMALE, MAIL_DOMAINS, MALE, PLACES, STREETS, SURNAMES};
-use super::noise;
+use super::noise::{self, Profile};
 
 #[derive(Debug, Clone)]
 pub struct Address {
@@ -114,6 +114,7 @@ pub struct World {
     pub tickets: Vec<Ticket>,
     pub subscribers: Vec<Subscriber>,
     pub as_of: NaiveDate,
+    pub profile: Profile,
     used_emails: HashSet<String>,
     used_phones: HashSet<String>,
     used_addresses: HashSet<String>,
@@ -142,8 +143,8 @@ fn ts(dt: NaiveDateTime) -> String {
 }
 
 impl World {
-    pub fn new(as_of: NaiveDate) -> World {
-        World { as_of, ..Default::default() }
+    pub fn new(as_of: NaiveDate, profile: Profile) -> World {
+        World { as_of, profile, ..Default::default() }
     }
 
     fn random_time_before(&self, rng: &mut ChaCha8Rng, max_days: i64) -> NaiveDateTime {
@@ -344,6 +345,7 @@ pub struct Keys {
 
 impl World {
     fn name_for(&self, rng: &mut ChaCha8Rng, p: &Person, nickname_p: f64, initial_p: f64) -> String {
+        let (nickname_p, initial_p) = (nickname_p * self.profile.nicknames(), initial_p * self.profile.nicknames());
         let first = if chance(rng, initial_p) {
             format!("{}.", &p.first[..1])
         } else if !p.nicknames.is_empty() && chance(rng, nickname_p) {
@@ -351,11 +353,12 @@ impl World {
         } else {
             p.first.to_string()
         };
-        if chance(rng, 0.03) { noise::typo(rng, &first) } else { first }
+        if chance(rng, 0.03 * self.profile.typos()) { noise::typo(rng, &first) } else { first }
     }
 
     fn surname_for(&self, rng: &mut ChaCha8Rng, p: &Person, with_particle: bool) -> String {
-        let s = if chance(rng, 0.02) { noise::typo(rng, p.surname) } else { p.surname.to_string() };
+        let s =
+            if chance(rng, 0.02 * self.profile.typos()) { noise::typo(rng, p.surname) } else { p.surname.to_string() };
         if with_particle && !p.particle.is_empty() {
             let particle = if chance(rng, 0.15) { noise::capitalize(p.particle) } else { p.particle.to_string() };
             format!("{particle} {s}")
@@ -386,7 +389,15 @@ impl World {
             (None, Some(l)) => l,
             (None, None) => return None,
         };
+        if self.profile == Profile::Formats && chance(rng, 0.5) {
+            return Some(noise::phone_format_other(rng, &digits));
+        }
         Some(noise::phone_format(rng, &digits))
+    }
+
+    /// Whether this record has its name fields the wrong way round.
+    fn swaps_names(&self, rng: &mut ChaCha8Rng) -> bool {
+        self.profile.swapped() > 0.0 && chance(rng, self.profile.swapped())
     }
 
     /// The e-mail a person gives a system: own, work, the family mailbox, a company's
@@ -400,7 +411,7 @@ impl World {
             _ if (0.16..0.165).contains(&r) => self.company_emails.choose(rng).expect("companies").clone(),
             _ => p.email.clone(),
         };
-        noise::email_variant(rng, &e)
+        noise::email_variant(rng, &e, self.profile.typos())
     }
 
     fn address_for(&self, rng: &mut ChaCha8Rng, p: &Person) -> Address {
@@ -414,11 +425,19 @@ impl World {
         let split_particle = chance(rng, 0.85);
         let a = self.address_for(rng, p);
         let birth = chance(rng, 0.85).then(|| {
-            let d = if chance(rng, 0.02) { noise::date_typo(rng, p.birth) } else { p.birth };
-            if chance(rng, 0.3) { d.format("%d-%m-%Y").to_string() } else { d.format("%Y-%m-%d").to_string() }
+            let d = if chance(rng, 0.02 * self.profile.typos()) { noise::date_typo(rng, p.birth) } else { p.birth };
+            if self.profile == Profile::Formats && chance(rng, 0.5) {
+                noise::date_format_other(rng, d)
+            } else if chance(rng, 0.3) {
+                d.format("%d-%m-%Y").to_string()
+            } else {
+                d.format("%Y-%m-%d").to_string()
+            }
         });
         let voornaam = self.name_for(rng, p, 0.1, 0.15);
         let achternaam = self.surname_for(rng, p, !split_particle);
+        let (voornaam, achternaam) =
+            if self.swaps_names(rng) { (achternaam, voornaam) } else { (voornaam, achternaam) };
         let mut email = chance(rng, 0.92).then(|| self.email_for(rng, p));
         let mut telefoon = self.phone_for(rng, p, 0.85);
         // The CRM asks for a way to reach the customer; few contacts have none.
@@ -439,7 +458,8 @@ impl World {
             telefoon,
             straat: chance(rng, 0.95).then(|| a.street.to_string()),
             huisnummer: Some(noise::house_number(rng, a.number, a.addition)),
-            postcode: chance(rng, 0.97).then(|| noise::postcode_format(rng, &a.postcode)),
+            postcode: chance(rng, self.profile.postcode_present(0.97))
+                .then(|| noise::postcode_format(rng, &a.postcode)),
             woonplaats: chance(rng, 0.95).then(|| noise::case_noise(rng, a.city)),
             geboortedatum: birth,
             gewijzigd_op: ts(self.random_time_before(rng, 1500)),
@@ -467,6 +487,7 @@ impl World {
             let first = self.name_for(rng, p, 0.2, 0.02);
             let with_particle = chance(rng, 0.95);
             let last = self.surname_for(rng, p, with_particle);
+            let (first, last) = if self.swaps_names(rng) { (last, first) } else { (first, last) };
             let phone = self.phone_for(rng, p, 0.7);
             let created = ts(self.random_time_before(rng, 2000));
             self.accounts.push(Account {
@@ -487,6 +508,8 @@ impl World {
             let full = if chance(rng, 0.03) {
                 let (particle, core) = (p.particle, self.surname_for(rng, p, false));
                 if particle.is_empty() { format!("{core}, {first}") } else { format!("{core}, {first} {particle}") }
+            } else if self.swaps_names(rng) {
+                format!("{last} {first}")
             } else {
                 format!("{first} {last}")
             };
@@ -496,7 +519,8 @@ impl World {
                 card_number: format!("{}", 2_600_000_000u64 + keys.card as u64 * 7),
                 person: p.id,
                 full_name: chance(rng, 0.98).then(|| noise::case_noise(rng, &full)),
-                postcode: chance(rng, 0.9).then(|| noise::postcode_format(rng, &a.postcode)),
+                postcode: chance(rng, self.profile.postcode_present(0.9))
+                    .then(|| noise::postcode_format(rng, &a.postcode)),
                 phone,
                 enrolled_on: self.random_time_before(rng, 2500).date().format("%Y-%m-%d").to_string(),
             });
@@ -570,7 +594,7 @@ impl World {
                 let p = &persons[r.person as usize - 1];
                 match rng.random_range(0..3) {
                     0 => r.telefoon = p.mobile.as_ref().map(|m| noise::phone_format(rng, m)),
-                    1 => r.email = Some(noise::email_variant(rng, &p.email)),
+                    1 => r.email = Some(noise::email_variant(rng, &p.email, self.profile.typos())),
                     _ => {
                         let a = &households[p.household].address;
                         r.straat = Some(a.street.to_string());

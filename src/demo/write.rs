@@ -187,7 +187,8 @@ fn write_webshop(w: &World, seed: u64, dumps: &Path) -> IoResult<()> {
             id.append_value(format!("O{}{:03}", &a.account_id[1..], n % 1000));
             acc.append_value(&a.account_id);
             ts.append_value((created + Duration::seconds(rng.random_range(0..span))).and_utc().timestamp_micros());
-            amount.append_value(rng.random_range(500..25_000i128));
+            let cents = rng.random_range(500..25_000i128);
+            amount.append_value(if refunded(&mut rng, w) { -cents } else { cents });
             cat.append_value(if rng.random_bool(0.6) { favourite } else { CATEGORIES.choose(&mut rng).expect("c") });
             items.append_value(rng.random_range(1..6));
         }
@@ -221,6 +222,11 @@ fn flush_orders(
     Ok(())
 }
 
+/// Whether a transaction is a refund, under the noise profile (no draw when none are).
+fn refunded(rng: &mut ChaCha8Rng, w: &World) -> bool {
+    w.profile.refunds() > 0.0 && rng.random_bool(w.profile.refunds())
+}
+
 fn write_pos(w: &World, seed: u64, dumps: &Path) -> IoResult<()> {
     let mut cards = csv_writer(&dumps.join("pos/loyalty_cards.csv"), b',')?;
     cards.write_record(["card_number", "full_name", "postcode", "phone", "enrolled_on"])?;
@@ -242,11 +248,12 @@ fn write_pos(w: &World, seed: u64, dumps: &Path) -> IoResult<()> {
         for _ in 0..count {
             let t = enrolled + Duration::seconds(rng.random_range(0..span));
             let cents: i64 = rng.random_range(150..12_000);
+            let cents = if refunded(&mut rng, w) { -cents } else { cents };
             tx.write_record([
                 c.card_number.as_str(),
                 &store,
                 &t.format("%Y-%m-%d %H:%M:%S").to_string(),
-                &format!("{}.{:02}", cents / 100, cents % 100),
+                &format!("{}{}.{:02}", if cents < 0 { "-" } else { "" }, cents.abs() / 100, cents.abs() % 100),
             ])?;
         }
     }

@@ -44,6 +44,9 @@ pub enum ResolveError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("resolve: previous crosswalk {location}: {message}")]
     Previous { location: String, message: String },
+    /// The pinned model (`resolve.model`) cannot be read or does not fit the rules.
+    #[error("resolve.model {path}: {message}")]
+    Model { path: PathBuf, message: String },
 }
 
 /// An identifier value a guardrail kept from being evidence.
@@ -66,6 +69,9 @@ pub struct RuleSummary {
     pub dropped_values: u64,
     pub dropped_records: u64,
     pub dropped_examples: Vec<DroppedValue>,
+    /// Probabilistic rules: the pairs each blocking rule makes, by its key.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocked_pairs: BTreeMap<String, u64>,
 }
 
 /// The match summary the manifest carries.
@@ -149,18 +155,25 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
     }
     let mut summaries = Vec::new();
     let mut models = Vec::new();
+    let pinned = probabilistic::read_pinned(pipeline)?;
     for (index, rule) in spec.rules.iter().enumerate() {
         let rule_no = (index + 1) as u16;
         let name = rule.name();
         let mut summary = RuleSummary { rule: name.into(), ..Default::default() };
         let fitted = match rule {
             RuleSpec::Probabilistic(r) => {
-                let mut model = probabilistic::estimate(ctx, r).await?;
+                let mut model = match &pinned {
+                    Some((path, models)) => probabilistic::pinned_for(path, models, r)?,
+                    None => probabilistic::estimate(ctx, r).await?,
+                };
                 let from = term_frequencies(ctx, r, &mut model, rule_no, work_dir).await?;
                 Some((model, from))
             }
             _ => None,
         };
+        if let Some((model, _)) = &fitted {
+            summary.blocked_pairs = model.blocking.iter().map(|b| (b.key.join("+"), b.pairs)).collect();
+        }
         let queries = rules::rule_queries(rule, &external_ids, fitted.as_ref().map(|(m, f)| (m, f.as_str())));
         models.extend(fitted.map(|(m, _)| m));
         for (part, queries) in queries.into_iter().enumerate() {
@@ -228,7 +241,7 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
 /// The records a probabilistic rule compares. With term-frequency comparisons, they are
 /// materialised once with `tf_<i>`: how many records share the value (and the model gets
 /// the totals those counts are shares of).
-async fn term_frequencies(
+pub(crate) async fn term_frequencies(
     ctx: &SessionContext,
     rule: &ProbabilisticRule,
     model: &mut probabilistic::RuleModel,

@@ -3,10 +3,14 @@
 //! people) is counted on random pairs of records, `m` (how often between two records of
 //! one person) is estimated by expectation-maximisation over the blocked pairs, leaving
 //! out, per blocking rule, the comparisons of its own attributes (its pairs agree on them
-//! by construction). A level weighs log2(m/u); a pair's match weight is the prior log-odds
-//! plus its levels' weights, and exact agreement on a rare value weighs more than on a
-//! common one (term frequencies). The counting is SQL (one row per level pattern); only
+//! by construction). A level weighs log2(m/u). A pair is scored under the model of the
+//! blocking rule that found it: that rule's prior (the share of its pairs that are one
+//! person, which already holds the evidence of agreeing on its key) plus the weights of
+//! the other comparisons; counting the key's agreement again would count it twice. Exact
+//! agreement on a rare value weighs more than on a common one (term frequencies). The counting is SQL (one row per level pattern); only
 //! EM over those few patterns runs here.
+
+use std::path::{Path, PathBuf};
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
@@ -14,7 +18,7 @@ use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
 use super::ResolveError;
-use crate::config::{LevelKind, ProbabilisticComparison, ProbabilisticRule, attribute_of};
+use crate::config::{LevelKind, Pipeline, ProbabilisticComparison, ProbabilisticRule, RuleSpec, attribute_of};
 
 /// Records in the random sample that `u` is counted on (their pairs: about 2 million).
 const U_SAMPLE_RECORDS: u64 = 2_000;
@@ -28,13 +32,23 @@ const FLOOR: f64 = 1e-6;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RuleModel {
     pub rule: String,
-    /// Share of the blocked pairs that are one person (the prior).
-    pub lambda: f64,
     /// Random pairs `u` was counted on.
     pub u_pairs: u64,
-    /// Blocked pairs (a sample) that EM saw, per blocking rule.
-    pub m_pairs: Vec<u64>,
+    /// Per blocking rule, in the rule's order.
+    pub blocking: Vec<BlockingModel>,
     pub comparisons: Vec<ComparisonModel>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlockingModel {
+    /// The key: pairs agree on these columns.
+    pub key: Vec<String>,
+    /// Share of its pairs that are one person: the prior of the pairs it finds.
+    pub lambda: f64,
+    /// Pairs it makes (blocks within the size limit).
+    pub pairs: u64,
+    /// Of those, the sample EM saw.
+    pub em_pairs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,11 +77,84 @@ pub struct LevelModel {
     pub m_estimated: bool,
 }
 
-impl RuleModel {
-    /// log2 of the prior odds that a blocked pair is one person.
+impl BlockingModel {
+    /// log2 of the prior odds that a pair this blocking rule finds is one person.
     pub fn prior_weight(&self) -> f64 {
         (self.lambda / (1.0 - self.lambda)).log2()
     }
+
+    /// Whether a comparison of `column` is left out of this blocking rule's scores: its
+    /// pairs agree on that attribute by construction.
+    pub fn covers(&self, column: &str) -> bool {
+        self.key.iter().any(|k| attribute_of(k) == attribute_of(column))
+    }
+}
+
+impl RuleModel {
+    /// Why this model cannot decide for `rule`, if it cannot: it was estimated for other
+    /// blocking rules, comparisons or levels.
+    fn mismatch(&self, rule: &ProbabilisticRule) -> Option<String> {
+        let keys: Vec<&Vec<String>> = self.blocking.iter().map(|b| &b.key).collect();
+        if keys != rule.blocking.iter().collect::<Vec<_>>() {
+            return Some(format!("its blocking rules are {keys:?}, the rule's are {:?}", rule.blocking));
+        }
+        let fitted: Vec<(&str, &str)> = self.comparisons.iter().map(|c| (c.name.as_str(), c.column.as_str())).collect();
+        let wanted: Vec<(&str, &str)> = rule.comparisons.iter().map(|c| (c.name(), c.column.as_str())).collect();
+        if fitted != wanted {
+            return Some(format!("its comparisons (name, column) are {fitted:?}, the rule's are {wanted:?}"));
+        }
+        for (c, spec) in self.comparisons.iter().zip(&rule.comparisons) {
+            let fitted: Vec<&str> = c.levels.iter().map(|l| l.level.as_str()).collect();
+            let wanted: Vec<String> = spec.levels.iter().map(|l| l.kind.label()).chain(["else".to_string()]).collect();
+            if fitted != wanted {
+                return Some(format!("comparison `{}` has levels {fitted:?}, the rule has {wanted:?}", c.name));
+            }
+        }
+        None
+    }
+}
+
+/// The models of `resolve.model`, when the pipeline pins one; each probabilistic rule must
+/// have its model there, estimated for the same blocking, comparisons and levels.
+pub fn read_pinned(pipeline: &Pipeline) -> Result<Option<(PathBuf, Vec<RuleModel>)>, ResolveError> {
+    let Some(file) = &pipeline.spec.resolve.model else { return Ok(None) };
+    let path = pipeline.base_dir.join(file);
+    let error = |message: String| ResolveError::Model { path: path.clone(), message };
+    let text = std::fs::read_to_string(&path).map_err(|e| error(e.to_string()))?;
+    let models: Vec<RuleModel> =
+        serde_json::from_str(&text).map_err(|e| error(format!("not a model file of `klantbeeld estimate` ({e})")))?;
+    for rule in &pipeline.spec.resolve.rules {
+        if let RuleSpec::Probabilistic(r) = rule {
+            pinned_for(&path, &models, r)?;
+        }
+    }
+    Ok(Some((path, models)))
+}
+
+/// The pinned model of a rule, with the weights the YAML fixes applied.
+pub fn pinned_for(path: &Path, models: &[RuleModel], rule: &ProbabilisticRule) -> Result<RuleModel, ResolveError> {
+    let error = |message: String| ResolveError::Model { path: path.to_path_buf(), message };
+    let found = models.iter().find(|m| m.rule == rule.name).ok_or_else(|| {
+        let names: Vec<&str> = models.iter().map(|m| m.rule.as_str()).collect();
+        error(format!("has no model of rule `{}` (it has {names:?}); run `klantbeeld estimate` again", rule.name))
+    })?;
+    if let Some(why) = found.mismatch(rule) {
+        return Err(error(format!(
+            "was estimated for another version of rule `{}`: {why}; run `klantbeeld estimate` again",
+            rule.name
+        )));
+    }
+    let mut model = found.clone();
+    for (c, spec) in model.comparisons.iter_mut().zip(&rule.comparisons) {
+        c.tf_total = None;
+        let fixed = spec.levels.iter().map(|l| l.weight).chain([None]);
+        for (level, fixed) in c.levels.iter_mut().zip(fixed) {
+            level.fixed = fixed.is_some();
+            level.weight = fixed.unwrap_or_else(|| (level.m.max(FLOOR) / level.u.max(FLOOR)).log2());
+        }
+    }
+    tracing::info!(rule = rule.name.as_str(), model = %path.display(), "weights from the pinned model");
+    Ok(model)
 }
 
 /// A column as text, for the similarity functions.
@@ -234,8 +321,7 @@ pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<
     let m_start: Vec<Vec<f64>> = sizes.iter().map(|s| starting_m(s - 1)).collect();
     let mut m_sum: Vec<Vec<f64>> = sizes.iter().map(|s| vec![0.0; *s]).collect();
     let mut m_runs = vec![0usize; k];
-    let (mut lambda_sum, mut lambda_weight) = (0.0, 0.0);
-    let mut m_pairs = Vec::new();
+    let mut blocking = Vec::new();
     for key in &rule.blocking {
         let not_null = key.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
         let cols = key.join(", ");
@@ -262,20 +348,18 @@ pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<
         );
         let pats = patterns(ctx, &m_sql, k).await?;
         let seen: f64 = pats.iter().map(|(_, n)| n).sum();
-        m_pairs.push(seen as u64);
-        let blocked: Vec<&str> = key.iter().map(|c| attribute_of(c)).collect();
-        let free: Vec<bool> = rule.comparisons.iter().map(|c| !blocked.contains(&attribute_of(&c.column))).collect();
-        let (m, lambda) = em(&pats, &u, &free, &m_start, 0.1);
+        let mut fitted = BlockingModel { key: key.clone(), lambda: 0.1, pairs, em_pairs: seen as u64 };
+        let free: Vec<bool> = rule.comparisons.iter().map(|c| !fitted.covers(&c.column)).collect();
+        let (m, lambda) = em(&pats, &u, &free, &m_start, fitted.lambda);
+        fitted.lambda = lambda;
+        blocking.push(fitted);
         for c in (0..k).filter(|c| free[*c] && seen > 0.0) {
             m_runs[c] += 1;
             for (sum, v) in m_sum[c].iter_mut().zip(&m[c]) {
                 *sum += v;
             }
         }
-        lambda_sum += lambda * seen;
-        lambda_weight += seen;
     }
-    let lambda = if lambda_weight > 0.0 { lambda_sum / lambda_weight } else { 0.01 };
     let comparisons = rule
         .comparisons
         .iter()
@@ -316,11 +400,10 @@ pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<
         .collect();
     tracing::info!(
         rule = rule.name.as_str(),
-        lambda,
         u_pairs,
-        "estimated the probabilistic rule's weights from the data"
+        "estimated the weights afresh from this data (pin them with `klantbeeld estimate` and resolve.model)"
     );
-    Ok(RuleModel { rule: rule.name.clone(), lambda, u_pairs, m_pairs, comparisons })
+    Ok(RuleModel { rule: rule.name.clone(), u_pairs, blocking, comparisons })
 }
 
 #[cfg(test)]

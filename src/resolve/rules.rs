@@ -219,8 +219,8 @@ pub fn fuzzy(rule: &FuzzyRule) -> RuleSql {
     let detail = cases.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join(", ");
     let conflicts = conflicts_clause(&rule.unless_conflict);
     let scoring = Scoring {
-        weight: score,
-        detail: format!("concat_ws(' ', {detail})"),
+        weight: vec![score; rule.blocking.len()],
+        detail: vec![format!("concat_ws(' ', {detail})"); rule.blocking.len()],
         conflicts,
         min_weight: rule.threshold,
         score: "w".into(),
@@ -244,9 +244,10 @@ fn blocks_sql(from: &str, key: &[String], max: usize, pass: &str) -> String {
 
 /// How the pairs of blocked records are scored, all SQL over `l.` and `r.`.
 struct Scoring {
-    /// The pair's weight `w`.
-    weight: String,
-    detail: String,
+    /// The pair's weight `w`, per blocking rule.
+    weight: Vec<String>,
+    /// What the weight is made of, per blocking rule.
+    detail: Vec<String>,
     /// Pairs for which this is false are no candidates.
     conflicts: String,
     /// Pairs below this weight are no edges.
@@ -261,7 +262,8 @@ struct Scoring {
 fn scored_pairs(from: &str, blocking: &[Vec<String>], max: usize, pass: Pass, s: &Scoring) -> String {
     blocking
         .iter()
-        .map(|key| {
+        .enumerate()
+        .map(|(i, key)| {
             let join_lr = key.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
             format!(
                 "SELECT rid_a, rid_b, {score} AS score, detail FROM (\
@@ -271,8 +273,8 @@ fn scored_pairs(from: &str, blocking: &[Vec<String>], max: usize, pass: Pass, s:
                  WHERE w >= {min}",
                 score = s.score,
                 blocks = blocks_sql(from, key, max, &pass.filter(key)),
-                weight = s.weight,
-                detail = s.detail,
+                weight = s.weight[i],
+                detail = s.detail[i],
                 conflicts = s.conflicts,
                 min = s.min_weight,
             )
@@ -304,12 +306,34 @@ pub(crate) fn tf_column(comparison: usize) -> String {
     format!("tf_{comparison}")
 }
 
-/// Candidate pairs of a probabilistic rule from its blocking rules, scored with the
-/// fitted model: the prior plus each comparison's level weight (exact agreement on a
-/// term-frequency comparison weighs log2(m / share of records with that value)). Pairs
-/// whose match probability reaches the threshold are edges; `score` is that probability.
-/// `from` holds the records, with the `tf_<i>` counts where needed.
+/// Candidate pairs of a probabilistic rule from its blocking rules, each scored with the
+/// model of the blocking rule that found it: its prior plus the level weight of every
+/// comparison of another attribute (exact agreement on a term-frequency comparison weighs
+/// log2(m / share of records with that value)). Pairs whose match probability reaches the
+/// threshold are edges; `score` is that probability. `from` holds the records, with the
+/// `tf_<i>` counts where needed.
 pub fn probabilistic(rule: &ProbabilisticRule, model: &RuleModel, from: &str) -> RuleSql {
+    let (total, detail) = probabilistic_scores(rule, model);
+    let conflicts = conflicts_clause(&rule.unless_conflict);
+    let threshold = (rule.threshold / (1.0 - rule.threshold)).log2();
+    let scoring = Scoring {
+        weight: total,
+        detail,
+        conflicts,
+        min_weight: threshold,
+        score: "1.0 / (1.0 + power(2.0, -w))".into(),
+    };
+    let (blocking, max, from) = (rule.blocking.clone(), rule.max_block_size, from.to_string());
+    let dropped = skipped_blocks(&from, &rule.blocking, max);
+    let edges = move |pass: Pass| scored_pairs(&from, &blocking, max, pass, &scoring);
+    RuleSql { edges: Box::new(edges), dropped }
+}
+
+/// Per blocking rule of a probabilistic rule, the SQL over `l.` and `r.` (records with
+/// their `tf_<i>` counts) of a pair's match weight and of what it is made of: the prior
+/// and blocking rule, then each scored comparison's level and weight. The resolve stage
+/// and `explain` both score with this, so an explanation cannot disagree with a decision.
+pub(crate) fn probabilistic_scores(rule: &ProbabilisticRule, model: &RuleModel) -> (Vec<String>, Vec<String>) {
     let mut weights = Vec::new();
     let mut labels = Vec::new();
     for (i, (c, fitted)) in rule.comparisons.iter().zip(&model.comparisons).enumerate() {
@@ -336,7 +360,7 @@ pub fn probabilistic(rule: &ProbabilisticRule, model: &RuleModel, from: &str) ->
             let shown = if w.starts_with("log2") {
                 format!(
                     "concat({}, CAST(round({w}, 2) AS VARCHAR), ')')",
-                    quote(&format!("{}:{}(tf ", c.name(), lm.level))
+                    quote(&format!("{}:{}(tf:", c.name(), lm.level))
                 )
             } else {
                 quote(&format!("{}:{}({:+.2})", c.name(), lm.level, lm.weight))
@@ -349,22 +373,18 @@ pub fn probabilistic(rule: &ProbabilisticRule, model: &RuleModel, from: &str) ->
         weights.push(weight);
         labels.push(label);
     }
-    let total = format!("{:.6} + {}", model.prior_weight(), weights.join(" + "));
-    let detail =
-        format!("concat_ws(' ', {}, {})", quote(&format!("prior({:+.2})", model.prior_weight())), labels.join(", "));
-    let conflicts = conflicts_clause(&rule.unless_conflict);
-    let threshold = (rule.threshold / (1.0 - rule.threshold)).log2();
-    let scoring = Scoring {
-        weight: total,
-        detail,
-        conflicts,
-        min_weight: threshold,
-        score: "1.0 / (1.0 + power(2.0, -w))".into(),
-    };
-    let (blocking, max, from) = (rule.blocking.clone(), rule.max_block_size, from.to_string());
-    let dropped = skipped_blocks(&from, &rule.blocking, max);
-    let edges = move |pass: Pass| scored_pairs(&from, &blocking, max, pass, &scoring);
-    RuleSql { edges: Box::new(edges), dropped }
+    let (mut total, mut detail) = (Vec::new(), Vec::new());
+    for block in &model.blocking {
+        let prior = block.prior_weight();
+        let scored: Vec<usize> =
+            (0..rule.comparisons.len()).filter(|c| !block.covers(&rule.comparisons[*c].column)).collect();
+        let sum: Vec<&str> = scored.iter().map(|c| weights[*c].as_str()).collect();
+        let shown: Vec<&str> = scored.iter().map(|c| labels[*c].as_str()).collect();
+        total.push(format!("{prior:.6} + {}", if sum.is_empty() { "0.0".to_string() } else { sum.join(" + ") }));
+        let head = quote(&format!("prior({prior:+.2}) blocked_on:{}", block.key.join(",")));
+        detail.push(format!("concat_ws(' ', {head}{}{})", if shown.is_empty() { "" } else { ", " }, shown.join(", ")));
+    }
+    (total, detail)
 }
 
 /// Per rule: the edge query and the query of what its guardrails left out. A

@@ -24,6 +24,7 @@ pub fn generate(out: &Path, persons: usize, seed: u64, day2: bool) {
         out: out.to_path_buf(),
         day2,
         as_of: chrono::NaiveDate::from_ymd_opt(2026, 11, 22).unwrap(),
+        noise: klantbeeld::demo::Profile::Base,
     };
     klantbeeld::demo::generate(&args).expect("generate demo data");
 }
