@@ -68,16 +68,10 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().to_string()
 }
 
-/// Registers `stg_<source>` for one identity source and returns it.
-pub async fn stage_source(
-    ctx: &SessionContext,
-    pipeline: &Pipeline,
-    name: &str,
-    source: &SourceSpec,
-) -> Result<DataFrame, StageError> {
-    let raw = ctx.table(raw_table(name)).await?;
-    let region = lit(pipeline.spec.resolve.default_region.clone());
-    let get = |a: Attribute| mapping(pipeline, &raw, name, source, a);
+/// One identity source's raw values per attribute (`first_raw`, `email_raw`, ...), a
+/// record with an overlong value set aside.
+fn raw_values(pipeline: &Pipeline, raw: &DataFrame, name: &str, source: &SourceSpec) -> Result<DataFrame, StageError> {
+    let get = |a: Attribute| mapping(pipeline, raw, name, source, a);
     let full = get(Attribute::FullName)?;
     let first = match (get(Attribute::FirstName)?, &full) {
         (Some(e), _) => e,
@@ -117,8 +111,98 @@ pub async fn stage_source(
         })?;
         inner.push(text(e).alias(format!("ext_{id}")));
     }
+    set_aside_overlong(raw.clone().select(inner)?)
+}
+
+/// Table of how often each name is written in a first-name field and in a last-name
+/// field, over every identity source of this run.
+const NAME_ROLES: &str = "name_roles";
+
+/// The word a name is counted under: folded, particles dropped (`de Vries` -> `vries`).
+fn name_core(e: Expr) -> Expr {
+    call(Function::StripParticles, vec![e])
+}
+
+/// Counts how often each name is written as a first and as a last name in these records
+/// and registers the counts as `name_roles`: the data says which names are given names.
+async fn register_name_roles(ctx: &SessionContext, raws: &[DataFrame]) -> Result<(), StageError> {
+    use datafusion::functions_aggregate::expr_fn::sum;
+    let mut all: Option<DataFrame> = None;
+    for raw in raws {
+        for (column, first, last) in [("first_raw", 1i64, 0i64), ("last_raw", 0, 1)] {
+            let words = raw.clone().select(vec![
+                name_core(col(column)).alias("name"),
+                lit(first).alias("as_first"),
+                lit(last).alias("as_last"),
+            ])?;
+            all = Some(match all {
+                None => words,
+                Some(df) => df.union(words)?,
+            });
+        }
+    }
+    let Some(all) = all else { return Ok(()) };
+    let counts = all.filter(col("name").is_not_null())?.aggregate(
+        vec![col("name")],
+        vec![sum(col("as_first")).alias("as_first"), sum(col("as_last")).alias("as_last")],
+    )?;
+    // One row per distinct name: small next to the records, kept in memory for the joins.
+    let schema = counts.schema().inner().clone();
+    let batches = counts.collect().await?;
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
+    let _ = ctx.deregister_table(NAME_ROLES);
+    ctx.register_table(NAME_ROLES, std::sync::Arc::new(table))?;
+    Ok(())
+}
+
+/// Puts first and last name back in their fields where a record has them the wrong way
+/// round: its first name is written more than twice as often as a last name in this
+/// data, and its last name more than twice as often as a first name. A particle that
+/// came along with the given name is dropped from it.
+async fn unswap_names(ctx: &SessionContext, raw: DataFrame) -> Result<DataFrame, StageError> {
+    use datafusion::logical_expr::{JoinType, when};
+    let roles = |side: &str| {
+        let ctx = ctx.clone();
+        let side = side.to_string();
+        async move {
+            ctx.table(NAME_ROLES).await?.select(vec![
+                col("name").alias(format!("{side}_name")),
+                col("as_first").alias(format!("{side}_as_first")),
+                col("as_last").alias(format!("{side}_as_last")),
+            ])
+        }
+    };
+    let columns: Vec<String> = raw.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let joined = raw
+        .join_on(roles("f").await?, JoinType::Left, vec![name_core(col("first_raw")).eq(col("f_name"))])?
+        .join_on(roles("l").await?, JoinType::Left, vec![name_core(col("last_raw")).eq(col("l_name"))])?;
+    let n = |c: &str| datafusion::prelude::coalesce(vec![col(c), lit(0i64)]);
+    let swapped = n("f_as_last").gt(lit(2i64) * n("f_as_first")).and(n("l_as_first").gt(lit(2i64) * n("l_as_last")));
+    let particles = format!("^(({})\\s+)+", crate::udf::PARTICLES.join("|"));
+    let given =
+        datafusion::functions::regex::expr_fn::regexp_replace(col("last_raw"), lit(particles), lit(""), Some(lit("i")));
+    let exprs: Vec<Expr> = columns
+        .iter()
+        .map(|c| match c.as_str() {
+            "first_raw" => when(swapped.clone(), given.clone()).otherwise(col("first_raw")).map(|e| e.alias(c)),
+            "last_raw" => when(swapped.clone(), col("first_raw")).otherwise(col("last_raw")).map(|e| e.alias(c)),
+            _ => Ok(ident(c)),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(joined.select(exprs)?)
+}
+
+/// Normalises one source's raw values into the identity columns and registers the result
+/// as `stg_<source>`.
+fn normalise(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    name: &str,
+    source: &SourceSpec,
+    staged: DataFrame,
+) -> Result<DataFrame, StageError> {
+    let region = lit(pipeline.spec.resolve.default_region.clone());
     let ext_columns: Vec<String> = external_id_names(pipeline);
-    let staged = set_aside_overlong(raw.select(inner)?)?;
     let mut outer = vec![
         col("source_system"),
         col("source_record_id"),
@@ -221,12 +305,18 @@ pub fn external_id_names(pipeline: &Pipeline) -> Vec<String> {
 
 /// Stages all identity sources present in this run and stacks them.
 pub async fn stage_all(ctx: &SessionContext, pipeline: &Pipeline, present: &[String]) -> Result<DataFrame, StageError> {
-    let mut all: Option<DataFrame> = None;
+    let mut raws = Vec::new();
     for (name, source) in pipeline.spec.identity_sources() {
-        if !present.contains(name) {
-            continue;
+        if present.contains(name) {
+            let raw = ctx.table(raw_table(name)).await?;
+            raws.push((name, source, raw_values(pipeline, &raw, name, source)?));
         }
-        let staged = stage_source(ctx, pipeline, name, source).await?;
+    }
+    let values: Vec<DataFrame> = raws.iter().map(|(_, _, df)| df.clone()).collect();
+    register_name_roles(ctx, &values).await?;
+    let mut all: Option<DataFrame> = None;
+    for (name, source, raw) in raws {
+        let staged = normalise(ctx, pipeline, name, source, unswap_names(ctx, raw).await?)?;
         all = Some(match all {
             None => staged,
             Some(df) => df.union(staged)?,

@@ -335,3 +335,49 @@ async fn passes_give_the_same_result_as_one_pass() {
     assert_eq!(manifest["match"]["passes"], 4);
     assert_same_tables(&one, &four, &["customer_xref", "match_edges", "customers"]).await;
 }
+
+/// A record with first and last name the wrong way round (`Vries` / `Jan`) is read the
+/// right way round when the data itself writes those names mostly in the other field: it
+/// joins its person's record on the shared mailbox, and the golden record says Jan.
+#[tokio::test]
+async fn swapped_name_fields_are_read_the_right_way_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("dumps");
+    write(
+        &d.join("crm/contacts.csv"),
+        "klant_id;voornaam;tussenvoegsel;achternaam;email;telefoon;straat;huisnummer;postcode;woonplaats;geboortedatum;gewijzigd_op\n\
+         C1;Jan;de;Vries;jan.devries@gmail.com;;Kerkstraat;1;1234 AB;Utrecht;1961-04-12;2026-01-01T00:00:00\n\
+         C2;Piet;de;Vries;piet@vries.nl;;Markt;9;9711 AA;Groningen;1950-01-01;2026-01-01T00:00:00\n\
+         C3;Anna;de;Vries;anna@vries.nl;;Dorpsstraat;4;5611 BB;Eindhoven;1985-06-30;2026-01-01T00:00:00\n\
+         C4;Jan;;Smit;jan@smit.nl;;Lindelaan;3;3512 CC;Utrecht;1977-03-03;2026-01-01T00:00:00\n\
+         C5;Jan;;Bakker;jan@bakker.nl;;Laan;5;3512 CD;Utrecht;1979-03-03;2026-01-01T00:00:00\n",
+    );
+    write(
+        &d.join("webshop/accounts.jsonl"),
+        "{\"account_id\":\"A1\",\"email\":\"jan.devries@gmail.com\",\"first_name\":\"Vries\",\"last_name\":\"Jan\"}\n",
+    );
+    // One unrelated record in each other system.
+    write(
+        &d.join("pos/loyalty_cards.csv"),
+        "card_number,full_name,postcode,phone,enrolled_on\n100,Kees Jansen,1000AA,,2024-05-01\n",
+    );
+    write(
+        &d.join("email/subscribers.csv"),
+        "subscriber_id,email,first_name,subscribed_at\nS1,kees@jansen.nl,Kees,2025-03-01T00:00:00\n",
+    );
+    write(&d.join("service/tickets.jsonl"), "{\"ticket_id\":\"T1\",\"caller_name\":\"Kees Jansen\"}\n");
+    let p = pipeline_variant(dir.path(), |t| t.replace("      - match_rate: { min: 0.2, max: 0.95 }\n", ""));
+    let output = dir.path().join("out");
+    let out = run_pipeline(&p, &d, &output, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let joined = query(
+        &output,
+        &["customer_xref", "customers"],
+        "SELECT c.first_name, c.last_name, count(*) FROM customer_xref x JOIN customers c USING (customer_id) \
+         WHERE x.source_record_id IN ('C1', 'A1') GROUP BY 1, 2",
+    )
+    .await;
+    let text = |i: usize| datafusion::arrow::util::display::array_value_to_string(joined[0].column(i), 0).unwrap();
+    assert_eq!(joined[0].num_rows(), 1, "C1 and A1 are not one customer");
+    assert_eq!((text(0), text(2)), ("Jan".to_string(), "2".to_string()));
+}

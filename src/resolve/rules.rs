@@ -336,7 +336,28 @@ pub fn probabilistic(rule: &ProbabilisticRule, model: &RuleModel, from: &str) ->
 pub(crate) fn probabilistic_scores(rule: &ProbabilisticRule, model: &RuleModel) -> (Vec<String>, Vec<String>) {
     let mut weights = Vec::new();
     let mut labels = Vec::new();
+    // Per comparison, for blocking rules that cover it: how much more (or less) exact
+    // agreement on this value says than agreement on an average value (log2 of the
+    // level's u over the value's share). The prior holds the average.
+    let mut adjustments: Vec<Option<(String, String)>> = Vec::new();
     for (i, (c, fitted)) in rule.comparisons.iter().zip(&model.comparisons).enumerate() {
+        let exact = c.levels.iter().zip(&fitted.levels).find(|(l, m)| l.kind == LevelKind::Exact && !m.fixed);
+        adjustments.push(exact.filter(|_| c.term_frequency).map(|(_, lm)| {
+            let w = format!(
+                "log2({u} / greatest(CAST(l.{tf} AS DOUBLE) / {total}, 1e-9))",
+                u = lm.u.max(1e-9),
+                tf = tf_column(i),
+                total = fitted.tf_total.unwrap_or(1).max(1)
+            );
+            let cond = format!("l.{0} IS NOT NULL AND r.{0} IS NOT NULL AND l.{0} = r.{0}", c.column);
+            (
+                format!("CASE WHEN {cond} THEN {w} ELSE 0.0 END"),
+                format!(
+                    "CASE WHEN {cond} THEN concat({}, CAST(round({w}, 2) AS VARCHAR), ')') END",
+                    quote(&format!("{}:tf_adjustment(", c.name()))
+                ),
+            )
+        }));
         let mut weight = format!("CASE WHEN l.{0} IS NULL OR r.{0} IS NULL THEN 0.0", c.column);
         let mut label = format!(
             "CASE WHEN l.{0} IS NULL OR r.{0} IS NULL THEN {1}",
@@ -376,10 +397,16 @@ pub(crate) fn probabilistic_scores(rule: &ProbabilisticRule, model: &RuleModel) 
     let (mut total, mut detail) = (Vec::new(), Vec::new());
     for block in &model.blocking {
         let prior = block.prior_weight();
-        let scored: Vec<usize> =
-            (0..rule.comparisons.len()).filter(|c| !block.covers(&rule.comparisons[*c].column)).collect();
-        let sum: Vec<&str> = scored.iter().map(|c| weights[*c].as_str()).collect();
-        let shown: Vec<&str> = scored.iter().map(|c| labels[*c].as_str()).collect();
+        let (mut sum, mut shown): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
+        for (c, spec) in rule.comparisons.iter().enumerate() {
+            if !block.covers(&spec.column) {
+                sum.push(&weights[c]);
+                shown.push(&labels[c]);
+            } else if let Some((w, label)) = &adjustments[c] {
+                sum.push(w);
+                shown.push(label);
+            }
+        }
         total.push(format!("{prior:.6} + {}", if sum.is_empty() { "0.0".to_string() } else { sum.join(" + ") }));
         let head = quote(&format!("prior({prior:+.2}) blocked_on:{}", block.key.join(",")));
         detail.push(format!("concat_ws(' ', {head}{}{})", if shown.is_empty() { "" } else { ", " }, shown.join(", ")));

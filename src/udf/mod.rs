@@ -14,8 +14,8 @@ pub use address::{is_dutch_postcode, normalize_house_number, normalize_postcode}
 pub use dates::{birth_dates_compatible, parse_date, parse_timestamp};
 pub use email::{email_local_part, normalize_email};
 pub use name::{
-    dutch_phonetic, first_name_root, first_names_compatible, fold_name, is_initials, is_known_first_name, name_initial,
-    split_full_name, strip_particles,
+    PARTICLES, dutch_phonetic, first_name_root, first_names_compatible, fold_name, is_initials, is_known_first_name,
+    name_initial, split_full_name, strip_particles,
 };
 pub use numbers::normalize_number;
 pub use phone::{normalize_phone, phone_kind};

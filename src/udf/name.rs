@@ -4,7 +4,7 @@
 use deunicode::deunicode;
 
 /// Name particles that precede a Dutch, Flemish or German surname.
-const PARTICLES: &[&str] = &[
+pub const PARTICLES: &[&str] = &[
     "van", "de", "der", "den", "het", "t", "te", "ten", "ter", "op", "in", "s", "la", "le", "du", "von", "zu", "di",
     "da", "del", "della", "dos", "das", "el", "al", "aan", "bij", "uit", "uijt", "vd", "v",
 ];
