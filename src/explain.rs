@@ -392,24 +392,27 @@ async fn compare_pair(
             };
             let mut model = model.clone();
             let from = crate::resolve::term_frequencies(ctx, p, &mut model, weighing.rule_no, weighing.scratch).await?;
-            let (weights, details) = rules::probabilistic_scores(p, &model);
-            let per_block: Vec<String> = shared_block(&p.blocking)
-                .iter()
-                .zip(weights.iter().zip(&details))
-                .map(|(shared, (w, d))| format!("{shared}, CAST({w} AS DOUBLE), {d}"))
-                .collect();
-            let sql = format!("SELECT {}, {} {}", per_block.join(", "), conflicts(&p.unless_conflict), pair_in(&from));
-            let r = rows(ctx, &sql).await?;
-            let Some(r) = r.first() else { return Ok("records not staged".into()) };
+            let pairs = pair_in(&from);
+            let flags =
+                format!("SELECT {}, {} {pairs}", shared_block(&p.blocking).join(", "), conflicts(&p.unless_conflict));
+            let flags = rows(ctx, &flags).await?;
+            let Some(flags) = flags.first() else { return Ok("records not staged".into()) };
             // The best score over the blocking rules that find the pair, as the run keeps.
-            let best = (0..p.blocking.len())
-                .filter(|i| r[3 * i] == "true")
-                .map(|i| (r[3 * i + 1].parse::<f64>().unwrap_or(f64::NEG_INFINITY), &r[3 * i + 2]))
-                .max_by(|x, y| x.0.total_cmp(&y.0));
+            let mut best: Option<(f64, String)> = None;
+            for (_, score) in
+                rules::probabilistic_scores(p, &model).iter().enumerate().filter(|(i, _)| flags[*i] == "true")
+            {
+                if let Some(r) = rows(ctx, &score.query(&pairs, "true")).await?.first() {
+                    let weight = r[2].parse::<f64>().unwrap_or(f64::NEG_INFINITY);
+                    if best.as_ref().is_none_or(|(w, _)| weight > *w) {
+                        best = Some((weight, r[3].clone()));
+                    }
+                }
+            }
             let Some((weight, detail)) = best else { return Ok("no candidate pair".into()) };
             let probability = 1.0 / (1.0 + (-weight).exp2());
             let verdict = if probability >= p.threshold { "reaches" } else { "is below" };
-            let conflict = &r[3 * p.blocking.len()];
+            let conflict = &flags[p.blocking.len()];
             let mut line = format!(
                 "match weight {weight:+.2}, probability {probability:.4} {verdict} the threshold {}\n      {}",
                 p.threshold,

@@ -21,9 +21,9 @@ use super::ResolveError;
 use crate::config::{LevelKind, Pipeline, ProbabilisticComparison, ProbabilisticRule, RuleSpec, attribute_of};
 
 /// Records in the random sample that `u` is counted on (their pairs: about 2 million).
-const U_SAMPLE_RECORDS: u64 = 2_000;
+const U_SAMPLE_RECORDS: u64 = 1_415;
 /// Blocked pairs that EM sees at most, by sampling the left record of each pair.
-const M_SAMPLE_PAIRS: u64 = 1_000_000;
+const M_SAMPLE_PAIRS: u64 = 250_000;
 const EM_ITERATIONS: usize = 40;
 /// No probability is taken as exactly 0 or 1: a level seen nowhere is rare, not impossible.
 const FLOOR: f64 = 1e-6;

@@ -218,9 +218,13 @@ pub fn fuzzy(rule: &FuzzyRule) -> RuleSql {
     let score = cases.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>().join(" + ");
     let detail = cases.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join(", ");
     let conflicts = conflicts_clause(&rule.unless_conflict);
+    let each_pair = PairScore {
+        columns: format!("{score} AS w0, concat_ws(' ', {detail}) AS d0"),
+        weight: "w0".into(),
+        detail: "d0".into(),
+    };
     let scoring = Scoring {
-        weight: vec![score; rule.blocking.len()],
-        detail: vec![format!("concat_ws(' ', {detail})"); rule.blocking.len()],
+        pairs: vec![each_pair; rule.blocking.len()],
         conflicts,
         min_weight: rule.threshold,
         score: "w".into(),
@@ -242,13 +246,36 @@ fn blocks_sql(from: &str, key: &[String], max: usize, pass: &str) -> String {
     )
 }
 
-/// How the pairs of blocked records are scored, all SQL over `l.` and `r.`.
+/// How a pair of records is scored, in two steps: `columns` over the two records `l.`
+/// and `r.` (the comparisons' levels), then the weight and its explanation over those
+/// columns. The explanation is only built for the pairs that are kept.
+#[derive(Debug, Clone)]
+pub(crate) struct PairScore {
+    columns: String,
+    weight: String,
+    detail: String,
+}
+
+impl PairScore {
+    /// `rid_a`, `rid_b`, the weight `w` and `detail` of the pairs `l`, `r` that `pairs`
+    /// (a FROM clause with its conditions) gives, where `keep` (over `w`) holds.
+    pub(crate) fn query(&self, pairs: &str, keep: &str) -> String {
+        format!(
+            "SELECT rid_a, rid_b, w, {detail} AS detail FROM (\
+             SELECT *, CAST({weight} AS DOUBLE) AS w FROM (\
+             SELECT l.rid AS rid_a, r.rid AS rid_b, {columns} {pairs})) WHERE {keep}",
+            detail = self.detail,
+            weight = self.weight,
+            columns = self.columns,
+        )
+    }
+}
+
+/// How the pairs of blocked records are scored.
 struct Scoring {
-    /// The pair's weight `w`, per blocking rule.
-    weight: Vec<String>,
-    /// What the weight is made of, per blocking rule.
-    detail: Vec<String>,
-    /// Pairs for which this is false are no candidates.
+    /// Per blocking rule.
+    pairs: Vec<PairScore>,
+    /// Pairs for which this is false (over `l.` and `r.`) are no candidates.
     conflicts: String,
     /// Pairs below this weight are no edges.
     min_weight: f64,
@@ -265,18 +292,12 @@ fn scored_pairs(from: &str, blocking: &[Vec<String>], max: usize, pass: Pass, s:
         .enumerate()
         .map(|(i, key)| {
             let join_lr = key.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
+            let pairs = format!("FROM kb l JOIN kb r ON {join_lr} AND l.rid < r.rid WHERE {}", s.conflicts);
             format!(
-                "SELECT rid_a, rid_b, {score} AS score, detail FROM (\
-                 WITH {blocks} \
-                 SELECT l.rid AS rid_a, r.rid AS rid_b, CAST({weight} AS DOUBLE) AS w, {detail} AS detail \
-                 FROM kb l JOIN kb r ON {join_lr} AND l.rid < r.rid WHERE {conflicts}) \
-                 WHERE w >= {min}",
+                "SELECT rid_a, rid_b, {score} AS score, detail FROM (WITH {blocks} {scored})",
                 score = s.score,
                 blocks = blocks_sql(from, key, max, &pass.filter(key)),
-                weight = s.weight[i],
-                detail = s.detail[i],
-                conflicts = s.conflicts,
-                min = s.min_weight,
+                scored = s.pairs[i].query(&pairs, &format!("w >= {}", s.min_weight)),
             )
         })
         .collect::<Vec<_>>()
@@ -313,12 +334,10 @@ pub(crate) fn tf_column(comparison: usize) -> String {
 /// threshold are edges; `score` is that probability. `from` holds the records, with the
 /// `tf_<i>` counts where needed.
 pub fn probabilistic(rule: &ProbabilisticRule, model: &RuleModel, from: &str) -> RuleSql {
-    let (total, detail) = probabilistic_scores(rule, model);
     let conflicts = conflicts_clause(&rule.unless_conflict);
     let threshold = (rule.threshold / (1.0 - rule.threshold)).log2();
     let scoring = Scoring {
-        weight: total,
-        detail,
+        pairs: probabilistic_scores(rule, model),
         conflicts,
         min_weight: threshold,
         score: "1.0 / (1.0 + power(2.0, -w))".into(),
@@ -329,11 +348,12 @@ pub fn probabilistic(rule: &ProbabilisticRule, model: &RuleModel, from: &str) ->
     RuleSql { edges: Box::new(edges), dropped }
 }
 
-/// Per blocking rule of a probabilistic rule, the SQL over `l.` and `r.` (records with
-/// their `tf_<i>` counts) of a pair's match weight and of what it is made of: the prior
-/// and blocking rule, then each scored comparison's level and weight. The resolve stage
-/// and `explain` both score with this, so an explanation cannot disagree with a decision.
-pub(crate) fn probabilistic_scores(rule: &ProbabilisticRule, model: &RuleModel) -> (Vec<String>, Vec<String>) {
+/// Per blocking rule of a probabilistic rule, how a pair of records (with their `tf_<i>`
+/// counts) is scored: each comparison's level once (`g<i>`), then the match weight (the
+/// blocking rule's prior plus the level weights of the other attributes) and what it is
+/// made of. The resolve stage and `explain` both score with this, so an explanation
+/// cannot disagree with a decision.
+pub(crate) fn probabilistic_scores(rule: &ProbabilisticRule, model: &RuleModel) -> Vec<PairScore> {
     let mut weights = Vec::new();
     let mut labels = Vec::new();
     // Per comparison, for blocking rules that cover it: how much more (or less) exact
@@ -341,77 +361,79 @@ pub(crate) fn probabilistic_scores(rule: &ProbabilisticRule, model: &RuleModel) 
     // level's u over the value's share). The prior holds the average.
     let mut adjustments: Vec<Option<(String, String)>> = Vec::new();
     for (i, (c, fitted)) in rule.comparisons.iter().zip(&model.comparisons).enumerate() {
-        let exact = c.levels.iter().zip(&fitted.levels).find(|(l, m)| l.kind == LevelKind::Exact && !m.fixed);
-        adjustments.push(exact.filter(|_| c.term_frequency).map(|(_, lm)| {
-            let w = format!(
-                "log2({u} / greatest(CAST(l.{tf} AS DOUBLE) / {total}, 1e-9))",
-                u = lm.u.max(1e-9),
-                tf = tf_column(i),
-                total = fitted.tf_total.unwrap_or(1).max(1)
-            );
-            let cond = format!("l.{0} IS NOT NULL AND r.{0} IS NOT NULL AND l.{0} = r.{0}", c.column);
-            (
-                format!("CASE WHEN {cond} THEN {w} ELSE 0.0 END"),
-                format!(
-                    "CASE WHEN {cond} THEN concat({}, CAST(round({w}, 2) AS VARCHAR), ')') END",
-                    quote(&format!("{}:tf_adjustment(", c.name()))
-                ),
-            )
-        }));
-        let mut weight = format!("CASE WHEN l.{0} IS NULL OR r.{0} IS NULL THEN 0.0", c.column);
-        let mut label = format!(
-            "CASE WHEN l.{0} IS NULL OR r.{0} IS NULL THEN {1}",
-            c.column,
-            quote(&format!("{}:null(+0)", c.name()))
-        );
-        for (level, lm) in c.levels.iter().zip(&fitted.levels) {
-            let cond = probabilistic::level_condition(&c.column, &level.kind);
-            let w = if c.term_frequency && level.kind == LevelKind::Exact && !lm.fixed {
-                // The share of records with this value stands in for u.
-                format!(
-                    "log2({m} / greatest(CAST(l.{tf} AS DOUBLE) / {total}, 1e-9))",
-                    m = lm.m,
-                    tf = tf_column(i),
-                    total = fitted.tf_total.unwrap_or(1).max(1)
-                )
+        let (g, tf) = (format!("g{i}"), tf_column(i));
+        let total = fitted.tf_total.unwrap_or(1).max(1);
+        // The share of records with this value, standing in for an average u.
+        let tf_weight = |p: f64| format!("log2({p} / greatest(CAST({tf} AS DOUBLE) / {total}, 1e-9))");
+        let shown_tf =
+            |label: String, w: &str| format!("concat({}, CAST(round({w}, 2) AS VARCHAR), ')')", quote(&label));
+        let mut weight = format!("CASE {g} WHEN -1 THEN 0.0");
+        let mut label = format!("CASE {g} WHEN -1 THEN {}", quote(&format!("{}:null(+0)", c.name())));
+        let mut adjustment = None;
+        for (l, (level, lm)) in c.levels.iter().zip(&fitted.levels).enumerate() {
+            if c.term_frequency && level.kind == LevelKind::Exact && !lm.fixed {
+                let w = tf_weight(lm.m);
+                weight.push_str(&format!(" WHEN {l} THEN {w}"));
+                label.push_str(&format!(" WHEN {l} THEN {}", shown_tf(format!("{}:{}(tf:", c.name(), lm.level), &w)));
+                let adjust = tf_weight(lm.u.max(1e-9));
+                adjustment.get_or_insert((
+                    format!("CASE WHEN {g} = {l} THEN {adjust} ELSE 0.0 END"),
+                    format!(
+                        "CASE WHEN {g} = {l} THEN {} END",
+                        shown_tf(format!("{}:tf_adjustment(", c.name()), &adjust)
+                    ),
+                ));
             } else {
-                format!("{:.6}", lm.weight)
-            };
-            weight.push_str(&format!(" WHEN {cond} THEN {w}"));
-            let shown = if w.starts_with("log2") {
-                format!(
-                    "concat({}, CAST(round({w}, 2) AS VARCHAR), ')')",
-                    quote(&format!("{}:{}(tf:", c.name(), lm.level))
-                )
-            } else {
-                quote(&format!("{}:{}({:+.2})", c.name(), lm.level, lm.weight))
-            };
-            label.push_str(&format!(" WHEN {cond} THEN {shown}"));
+                weight.push_str(&format!(" WHEN {l} THEN {:.6}", lm.weight));
+                label.push_str(&format!(
+                    " WHEN {l} THEN {}",
+                    quote(&format!("{}:{}({:+.2})", c.name(), lm.level, lm.weight))
+                ));
+            }
         }
         let otherwise = fitted.levels.last().expect("else level");
         weight.push_str(&format!(" ELSE {:.6} END", otherwise.weight));
         label.push_str(&format!(" ELSE {} END", quote(&format!("{}:else({:+.2})", c.name(), otherwise.weight))));
         weights.push(weight);
         labels.push(label);
+        adjustments.push(adjustment);
     }
-    let (mut total, mut detail) = (Vec::new(), Vec::new());
-    for block in &model.blocking {
-        let prior = block.prior_weight();
-        let (mut sum, mut shown): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
-        for (c, spec) in rule.comparisons.iter().enumerate() {
-            if !block.covers(&spec.column) {
-                sum.push(&weights[c]);
-                shown.push(&labels[c]);
-            } else if let Some((w, label)) = &adjustments[c] {
-                sum.push(w);
-                shown.push(label);
+    model
+        .blocking
+        .iter()
+        .map(|block| {
+            let prior = block.prior_weight();
+            let (mut columns, mut sum, mut shown) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, c) in rule.comparisons.iter().enumerate() {
+                let (w, label) = if !block.covers(&c.column) {
+                    (&weights[i], &labels[i])
+                } else if let Some((w, label)) = &adjustments[i] {
+                    (w, label)
+                } else {
+                    continue;
+                };
+                columns.push(format!("{} AS g{i}", probabilistic::gamma(c)));
+                if c.term_frequency {
+                    columns.push(format!("l.{0} AS {0}", tf_column(i)));
+                }
+                sum.push(w.as_str());
+                shown.push(label.as_str());
             }
-        }
-        total.push(format!("{prior:.6} + {}", if sum.is_empty() { "0.0".to_string() } else { sum.join(" + ") }));
-        let head = quote(&format!("prior({prior:+.2}) blocked_on:{}", block.key.join(",")));
-        detail.push(format!("concat_ws(' ', {head}{}{})", if shown.is_empty() { "" } else { ", " }, shown.join(", ")));
-    }
-    (total, detail)
+            if columns.is_empty() {
+                columns.push("0 AS g".into());
+            }
+            let head = quote(&format!("prior({prior:+.2}) blocked_on:{}", block.key.join(",")));
+            PairScore {
+                columns: columns.join(", "),
+                weight: format!("{prior:.6} + {}", if sum.is_empty() { "0.0".to_string() } else { sum.join(" + ") }),
+                detail: format!(
+                    "concat_ws(' ', {head}{}{})",
+                    if shown.is_empty() { "" } else { ", " },
+                    shown.join(", ")
+                ),
+            }
+        })
+        .collect()
 }
 
 /// Per rule: the edge query and the query of what its guardrails left out. A
