@@ -387,6 +387,11 @@ async fn compare_pair(
             if !(meets(ctx, &p.filter, a).await? && meets(ctx, &p.filter, b).await?) {
                 return Ok("a record does not meet the rule's `where`".into());
             }
+            if p.link_only && a.system == b.system {
+                return Ok(
+                    "both records are from one source, and the rule only links across sources (`link_only`)".into()
+                );
+            }
             let Some(model) = weighing.models.iter().find(|m| m.rule == p.name) else {
                 return Ok("a candidate pair; the published output has no model of this rule to weigh it".into());
             };

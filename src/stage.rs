@@ -111,6 +111,17 @@ fn raw_values(pipeline: &Pipeline, raw: &DataFrame, name: &str, source: &SourceS
         })?;
         inner.push(text(e).alias(format!("ext_{id}")));
     }
+    for (attribute, sql) in &source.attributes {
+        let e = raw.parse_sql_expr(sql).map_err(|e| StageError::Mapping {
+            file: pipeline.file.display().to_string(),
+            line: crate::config::locate_key(&pipeline.text, &["sources", name, "attributes", attribute])
+                .map_or(1, |(l, _)| l),
+            source_name: name.into(),
+            attribute: format!("attributes.{attribute}"),
+            message: first_line(&e.to_string()),
+        })?;
+        inner.push(text(e).alias(own_raw(attribute)));
+    }
     set_aside_overlong(raw.clone().select(inner)?)
 }
 
@@ -236,9 +247,34 @@ fn normalise(
             null_text().alias(&c)
         });
     }
+    for attribute in own_attributes(pipeline) {
+        outer.push(if source.attributes.contains_key(&attribute) {
+            blank_to_null(ident(own_raw(&attribute))).alias(&attribute)
+        } else {
+            null_text().alias(&attribute)
+        });
+    }
     let staged = staged.select(outer)?;
     ctx.register_table(staged_table(name), staged.clone().into_view())?;
     Ok(staged)
+}
+
+/// The raw column of an attribute of the pipeline's own.
+fn own_raw(attribute: &str) -> String {
+    format!("raw_attr_{attribute}")
+}
+
+/// Every attribute of the pipeline's own, in file order.
+fn own_attributes(pipeline: &Pipeline) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (_, s) in &pipeline.spec.sources {
+        for a in s.attributes.keys() {
+            if !names.contains(a) {
+                names.push(a.clone());
+            }
+        }
+    }
+    names
 }
 
 /// Longest identity value read, in characters. A longer one is no name, address or
@@ -269,7 +305,7 @@ fn set_aside_overlong(staged: DataFrame) -> Result<DataFrame, StageError> {
             "birth_raw" => "birth_date",
             "house_raw" => "house_number",
             "updated_raw" => "updated_at",
-            other => other.trim_end_matches("_raw"),
+            other => other.strip_prefix("raw_attr_").unwrap_or_else(|| other.trim_end_matches("_raw")),
         };
         concat(vec![
             lit(format!("`{name}` is ")),

@@ -233,3 +233,81 @@ async fn explain_weighs_a_pair_the_way_the_run_did() {
     assert!(line.contains("prior(") && line.contains("blocked_on:") && line.contains("first_name:"), "{said}");
     assert!(line.contains("is below the threshold") || line.contains("but they conflict on"), "{said}");
 }
+
+/// An attribute of the pipeline's own (`place`, from the CRM's town) is staged under its
+/// name, and a probabilistic rule blocks on it and compares it like a built-in one; a
+/// misspelt column or a name that a built-in column has is a configuration error.
+#[tokio::test]
+async fn attributes_of_your_own_block_and_compare() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("data"), dir.path().join("out"));
+    generate(&input, 1500, 13, false);
+    let own = |attribute: &str, column: &str| {
+        let rule = RULE
+            .replace("        - [postcode]\n", &format!("        - [postcode]\n        - [{column}, last_name_phonetic]\n"))
+            .replace(
+                "        - { column: email, levels: [exact] }\n",
+                &format!("        - {{ column: {column}, levels: [exact] }}\n        - {{ column: email, levels: [exact] }}\n"),
+            );
+        pipeline_variant(dir.path(), |t| {
+            let t = t.replacen(
+                "    identity:\n      first_name: voornaam\n",
+                &format!(
+                    "    attributes:\n      {attribute}: upper(woonplaats)\n    identity:\n      first_name: voornaam\n"
+                ),
+                1,
+            );
+            let start = t.find("    # The same person without a shared identifier").expect("the probabilistic rule");
+            let end = t.find("\ngolden:").expect("golden section");
+            format!("{}{rule}{}", &t[..start], &t[end..])
+        })
+    };
+    let p = own("place", "place");
+    let out = run_pipeline(&p, &input.join("dumps"), &output, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("_model.json")).unwrap()).unwrap();
+    let place = model[0]["comparisons"].as_array().unwrap().iter().find(|c| c["name"] == "place").unwrap();
+    assert!(place["levels"].as_array().unwrap().iter().all(|l| l["m_estimated"] == true), "{place}");
+    assert!(level_weight(&model, "place", "exact") > 0.0);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("_manifest.json")).unwrap()).unwrap();
+    let rule = manifest["match"]["rules"].as_array().unwrap().iter().find(|r| r["rule"] == "person").unwrap();
+    assert!(rule["blocked_pairs"]["place+last_name_phonetic"].as_u64().unwrap() > 0, "{rule}");
+
+    let p = own("place", "plaats");
+    let out = klantbeeld(&["validate", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unknown column `plaats`") && stderr(&out).contains("place"), "{}", stderr(&out));
+    let p = own("first_name", "first_name");
+    let out = klantbeeld(&["validate", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("attributes.first_name") && stderr(&out).contains("built-in column"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `link_only: true` compares records of two different sources only: the CRM's own
+/// duplicates, which the same rule joins without it, are left alone.
+#[tokio::test]
+async fn link_only_pairs_records_of_two_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("data");
+    generate(&input, 1500, 14, false);
+    let same_source = "SELECT count(*) FROM match_edges WHERE rule = 'person' AND source_system_a = source_system_b";
+    let mut counts = Vec::new();
+    for (name, rule) in [
+        ("dedupe", RULE.to_string()),
+        ("link", RULE.replace("      threshold: 0.99\n", "      threshold: 0.99\n      link_only: true\n")),
+    ] {
+        let output = dir.path().join(name);
+        let p = probabilistic_variant(dir.path(), &rule);
+        let out = run_pipeline(&p, &input.join("dumps"), &output, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        counts.push(scalar(&output, &["match_edges"], same_source).await);
+    }
+    assert!(counts[0] > 0, "the fixture has no same-source pairs to leave alone");
+    assert_eq!(counts[1], 0);
+}

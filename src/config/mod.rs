@@ -162,12 +162,13 @@ impl Pipeline {
                 ));
             }
         }
+        let own = self.own_columns()?;
         let mut seen = std::collections::HashSet::new();
         for rule in &spec.resolve.rules {
             if !seen.insert(rule.name()) {
                 return Err(self.error_at(&["resolve", "rules"], format!("rule name `{}` is used twice", rule.name())));
             }
-            if let Err(message) = rule.check() {
+            if let Err(message) = rule.check(&own) {
                 return Err(self.error_at(&["resolve", "rules"], format!("rule `{}`: {message}", rule.name())));
             }
         }
@@ -191,6 +192,40 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// The staged columns this pipeline adds for rules: its own attributes (checked to be
+    /// plain names that no built-in column has) and `ext_<id>` per external id.
+    pub fn own_columns(&self) -> Result<Vec<String>, ConfigError> {
+        let mut out: Vec<String> = Vec::new();
+        for (name, source) in &self.spec.sources {
+            for attribute in source.attributes.keys() {
+                let plain = attribute.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                    && attribute.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                let taken = spec::MATCH_COLUMNS.contains(&attribute.as_str())
+                    || spec::STAGED_INTERNAL.contains(&attribute.as_str())
+                    || attribute.starts_with("ext_")
+                    || attribute.ends_with("_raw");
+                if !plain || taken {
+                    return Err(self.error_at(
+                        &["sources", name, "attributes", attribute],
+                        format!(
+                            "key `sources.{name}.attributes.{attribute}`: {}",
+                            if taken {
+                                "a built-in column has this name; choose another"
+                            } else {
+                                "a name is lower-case letters, digits and `_`, starting with a letter"
+                            }
+                        ),
+                    ));
+                }
+                if !out.contains(attribute) {
+                    out.push(attribute.clone());
+                }
+            }
+        }
+        out.extend(crate::stage::external_id_names(self).into_iter().map(|id| format!("ext_{id}")));
+        Ok(out)
     }
 
     /// Folder of the SQL models, if the pipeline has one.

@@ -153,6 +153,11 @@ pub struct SourceSpec {
     /// the same name and value are linked by `external_id` rules.
     #[serde(default)]
     pub external_ids: IndexMap<String, String>,
+    /// Attributes of your own (`state: upper(state)`, `national_id: bsn`): name -> SQL
+    /// expression over this source's columns, staged as text under that name, for rules
+    /// to block on and compare (NULL in sources that do not give it).
+    #[serde(default)]
+    pub attributes: IndexMap<String, String>,
     /// For facts: the identity record each row belongs to.
     #[serde(default)]
     pub belongs_to: Option<BelongsTo>,
@@ -425,6 +430,11 @@ pub const MATCH_COLUMNS: &[&str] = &[
     "country",
 ];
 
+/// Columns of a staged record besides the ones rules use: no attribute of a pipeline's own
+/// may take these names.
+pub const STAGED_INTERNAL: &[&str] =
+    &["rid", "source_system", "source_record_id", "set_aside", "updated_at", "cluster_id", "matched_by"];
+
 /// The identity attribute a staged column is derived from (`last_name_phonetic` ->
 /// `last_name`): columns of one attribute agree together, so a blocking rule on one of
 /// them says nothing about a comparison of another.
@@ -466,12 +476,19 @@ impl RuleSpec {
         }
     }
 
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks the rule's columns against what staging gives: the built-in columns and
+    /// `extra` (the pipeline's own attributes and `ext_<id>` external ids).
+    pub fn check(&self, extra: &[String]) -> Result<(), String> {
         let column = |c: &String| -> Result<(), String> {
-            if MATCH_COLUMNS.contains(&c.as_str()) {
+            if MATCH_COLUMNS.contains(&c.as_str()) || extra.contains(c) {
                 Ok(())
             } else {
-                Err(format!("unknown column `{c}`{}", super::suggest(c, MATCH_COLUMNS.iter().copied())))
+                let known: Vec<&str> = MATCH_COLUMNS.iter().copied().chain(extra.iter().map(String::as_str)).collect();
+                Err(format!(
+                    "unknown column `{c}`{} (columns: {})",
+                    super::suggest(c, known.iter().copied()),
+                    known.join(", ")
+                ))
             }
         };
         let conflict = |c: &String| -> Result<(), String> {
@@ -566,6 +583,10 @@ pub struct FuzzyRule {
     /// SQL condition on a record for it to take part.
     #[serde(default, rename = "where")]
     pub filter: Option<String>,
+    /// Only pairs of records from two different sources (linking, not deduplicating:
+    /// each system is known to hold a person once).
+    #[serde(default)]
+    pub link_only: bool,
 }
 
 fn default_max_block() -> usize {
@@ -591,6 +612,10 @@ pub struct ProbabilisticRule {
     /// SQL condition on a record for it to take part.
     #[serde(default, rename = "where")]
     pub filter: Option<String>,
+    /// Only pairs of records from two different sources (linking, not deduplicating:
+    /// each system is known to hold a person once).
+    #[serde(default)]
+    pub link_only: bool,
 }
 
 /// One attribute compared in levels: the first level a pair meets is its level; a pair

@@ -311,7 +311,8 @@ pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<
     let buckets = (n / U_SAMPLE_RECORDS).max(1);
     let u_sql = format!(
         "WITH s AS (SELECT * FROM {records} WHERE hash_bucket(concat('u:', CAST(rid AS VARCHAR)), {buckets}) = 0) \
-         SELECT {gammas}, count(*) AS n FROM s l JOIN s r ON l.rid < r.rid GROUP BY {group}"
+         SELECT {gammas}, count(*) AS n FROM s l JOIN s r ON l.rid < r.rid WHERE {link} GROUP BY {group}",
+        link = super::rules::link_clause(rule.link_only)
     );
     let u_patterns = patterns(ctx, &u_sql, k).await?;
     let u_pairs = u_patterns.iter().map(|(_, n)| *n as u64).sum();
@@ -344,7 +345,8 @@ pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<
         let share = (pairs / M_SAMPLE_PAIRS).max(1);
         let m_sql = format!(
             "WITH {blocks} SELECT {gammas}, count(*) AS n FROM kb l JOIN kb r ON {join_lr} AND l.rid < r.rid \
-             WHERE hash_bucket(concat('m:', CAST(l.rid AS VARCHAR)), {share}) = 0 GROUP BY {group}"
+             WHERE {link} AND hash_bucket(concat('m:', CAST(l.rid AS VARCHAR)), {share}) = 0 GROUP BY {group}",
+            link = super::rules::link_clause(rule.link_only)
         );
         let pats = patterns(ctx, &m_sql, k).await?;
         let seen: f64 = pats.iter().map(|(_, n)| n).sum();

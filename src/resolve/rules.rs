@@ -24,6 +24,11 @@ pub(crate) fn no_conflict(attribute: &str) -> String {
 /// Columns the conflict checks read.
 const CONFLICT_COLUMNS: &[&str] = &["first_name", "birth_date", "last_name_core", "house_number", "postcode"];
 
+/// The condition on a pair of `link_only` rules: records of two sources.
+pub(crate) fn link_clause(link_only: bool) -> &'static str {
+    if link_only { "l.source_system <> r.source_system" } else { "true" }
+}
+
 fn conflicts_clause(attributes: &[String]) -> String {
     if attributes.is_empty() {
         "true".into()
@@ -217,7 +222,7 @@ pub fn fuzzy(rule: &FuzzyRule) -> RuleSql {
     let cases: Vec<(String, String)> = rule.comparisons.iter().map(comparison_cases).collect();
     let score = cases.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>().join(" + ");
     let detail = cases.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join(", ");
-    let conflicts = conflicts_clause(&rule.unless_conflict);
+    let conflicts = format!("{} AND {}", conflicts_clause(&rule.unless_conflict), link_clause(rule.link_only));
     let each_pair = PairScore {
         columns: format!("{score} AS w0, concat_ws(' ', {detail}) AS d0"),
         weight: "w0".into(),
@@ -334,7 +339,7 @@ pub(crate) fn tf_column(comparison: usize) -> String {
 /// threshold are edges; `score` is that probability. `from` holds the records, with the
 /// `tf_<i>` counts where needed.
 pub fn probabilistic(rule: &ProbabilisticRule, model: &RuleModel, from: &str) -> RuleSql {
-    let conflicts = conflicts_clause(&rule.unless_conflict);
+    let conflicts = format!("{} AND {}", conflicts_clause(&rule.unless_conflict), link_clause(rule.link_only));
     let threshold = (rule.threshold / (1.0 - rule.threshold)).log2();
     let scoring = Scoring {
         pairs: probabilistic_scores(rule, model),
