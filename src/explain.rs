@@ -83,7 +83,9 @@ pub async fn explain(pipeline: &Pipeline, records: &[RecordRef]) -> Result<Strin
     let output = Location::parse(&pipeline.spec.output, &pipeline.base_dir)?;
     let scratch = tempfile::tempdir().map_err(|e| Error::Other(e.to_string()))?;
     let ctx = if records.len() == 2 {
-        crate::pipeline::staged_session(pipeline, scratch.path()).await?
+        let ctx = crate::pipeline::staged_session(pipeline, scratch.path()).await?;
+        crate::resolve::names::learn(&ctx).await.map_err(Error::engine("learning first names"))?;
+        ctx
     } else {
         crate::pipeline::start_session(pipeline, &Default::default(), scratch.path())?
     };

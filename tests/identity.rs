@@ -381,3 +381,51 @@ async fn swapped_name_fields_are_read_the_right_way_round() {
     assert_eq!(joined[0].num_rows(), 1, "C1 and A1 are not one customer");
     assert_eq!((text(0), text(2)), ("Jan".to_string(), "2".to_string()));
 }
+
+/// A nickname the built-in list does not know (Janny for Adriana) joins its person's
+/// record when this data writes the two names together on several mailboxes: the
+/// first-name checks learn the pair from the data instead of refusing the merge.
+#[tokio::test]
+async fn nicknames_the_data_teaches_do_not_block_a_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("dumps");
+    let surnames = ["Kok", "Bos", "Vos", "Mol"];
+    let mut crm = String::from(
+        "klant_id;voornaam;tussenvoegsel;achternaam;email;telefoon;straat;huisnummer;postcode;woonplaats;geboortedatum;gewijzigd_op\n",
+    );
+    let mut accounts = String::new();
+    for (i, s) in surnames.iter().enumerate() {
+        let mail = format!("{}{i}@mail.nl", s.to_lowercase());
+        crm.push_str(&format!("C{i};Adriana;;{s};{mail};;Laan;{i};{}00 AA;Utrecht;;2026-01-01T00:00:00\n", 1000 + i));
+        accounts.push_str(&format!(
+            "{{\"account_id\":\"A{i}\",\"email\":\"{mail}\",\"first_name\":\"Janny\",\"last_name\":\"{s}\"}}\n"
+        ));
+    }
+    write(&d.join("crm/contacts.csv"), &crm);
+    write(&d.join("webshop/accounts.jsonl"), &accounts);
+    write(
+        &d.join("pos/loyalty_cards.csv"),
+        "card_number,full_name,postcode,phone,enrolled_on\n100,Kees Jansen,1000AA,,2024-05-01\n",
+    );
+    write(
+        &d.join("email/subscribers.csv"),
+        "subscriber_id,email,first_name,subscribed_at\nS1,kees@jansen.nl,Kees,2025-03-01T00:00:00\n",
+    );
+    write(&d.join("service/tickets.jsonl"), "{\"ticket_id\":\"T1\",\"caller_name\":\"Kees Jansen\"}\n");
+    let p = pipeline_variant(dir.path(), |t| t.replace("      - match_rate: { min: 0.2, max: 0.95 }\n", ""));
+    let output = dir.path().join("out");
+    let out = run_pipeline(&p, &d, &output, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let joined = scalar(
+        &output,
+        &["customer_xref"],
+        "SELECT count(*) FROM customer_xref a JOIN customer_xref b ON a.customer_id = b.customer_id \
+         WHERE a.source_system = 'crm' AND b.source_system = 'webshop' \
+         AND substr(a.source_record_id, 2) = substr(b.source_record_id, 2)",
+    )
+    .await;
+    assert_eq!(joined, 4);
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("_manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["match"]["learned_first_name_pairs"], 1);
+}

@@ -4,9 +4,11 @@
 //! can then not chain two people into one customer.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 
+use super::names::LearnedNames;
 use crate::config::ClusterCheck;
 use crate::udf::{birth_dates_compatible, first_names_compatible};
 
@@ -71,6 +73,7 @@ pub struct Clusters {
     matched_by: Vec<u16>,
     names: Vec<String>,
     compatible_cache: HashMap<(u32, u32), bool>,
+    learned: Arc<LearnedNames>,
     conflicts: Vec<Refusal>,
     max_size: u32,
 }
@@ -82,7 +85,8 @@ pub struct RecordAttrs<'a> {
 }
 
 impl Clusters {
-    pub fn new(max_size: usize, conflicts: &[ClusterCheck]) -> Self {
+    /// `learned`: first names this data writes for one person, besides the built-in ones.
+    pub fn new(max_size: usize, conflicts: &[ClusterCheck], learned: Arc<LearnedNames>) -> Self {
         let conflicts = conflicts
             .iter()
             .map(|c| match c {
@@ -98,6 +102,7 @@ impl Clusters {
             matched_by: Vec::new(),
             names: Vec::new(),
             compatible_cache: HashMap::new(),
+            learned,
             conflicts,
             max_size: max_size.min(u32::MAX as usize) as u32,
         }
@@ -152,7 +157,8 @@ impl Clusters {
         if let Some(v) = self.compatible_cache.get(&key) {
             return *v;
         }
-        let v = first_names_compatible(&self.names[a as usize], &self.names[b as usize]).unwrap_or(true);
+        let (x, y) = (&self.names[a as usize], &self.names[b as usize]);
+        let v = first_names_compatible(x, y).unwrap_or(true) || self.learned.contains(x, y);
         self.compatible_cache.insert(key, v);
         v
     }
@@ -260,7 +266,7 @@ mod tests {
     use super::*;
 
     fn clusters(records: &[(Option<&str>, Option<&str>)]) -> Clusters {
-        let mut c = Clusters::new(4, &[ClusterCheck::BirthDate, ClusterCheck::FirstName]);
+        let mut c = Clusters::new(4, &[ClusterCheck::BirthDate, ClusterCheck::FirstName], Default::default());
         let mut interner = HashMap::new();
         for (name, date) in records {
             c.push(RecordAttrs { first_name: *name, birth_date: date.and_then(crate::udf::parse_date) }, &mut interner);

@@ -5,6 +5,7 @@
 mod cluster;
 pub mod ids;
 mod lookup;
+pub mod names;
 pub mod probabilistic;
 pub(crate) mod rules;
 
@@ -86,6 +87,8 @@ pub struct MatchSummary {
     pub rules: Vec<RuleSummary>,
     /// Cluster size -> number of customers with that many records.
     pub cluster_sizes: BTreeMap<u32, u64>,
+    /// Pairs of first names learned to be one person's (see `resolve::names`).
+    pub learned_first_name_pairs: usize,
     /// The fitted models of the probabilistic rules (published as `_model.json`).
     #[serde(skip)]
     pub models: Vec<probabilistic::RuleModel>,
@@ -135,7 +138,15 @@ async fn load_records(ctx: &SessionContext, clusters: &mut Clusters) -> Result<(
 /// Runs every rule, clusters, and registers `clustered_records` and `edge_decisions`.
 pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path) -> Result<MatchSummary, ResolveError> {
     let spec = &pipeline.spec.resolve;
-    let mut clusters = Clusters::new(spec.guardrails.max_cluster_size, &spec.guardrails.conflicting);
+    let learned = names::learn(ctx).await?;
+    if !learned.is_empty() {
+        tracing::info!(
+            pairs = learned.len(),
+            "first names this data writes for one person (learned from shared e-mail and mobile)"
+        );
+    }
+    let learned_first_name_pairs = learned.len();
+    let mut clusters = Clusters::new(spec.guardrails.max_cluster_size, &spec.guardrails.conflicting, learned);
     load_records(ctx, &mut clusters).await?;
     let edges_path = work_dir.join("edge_decisions.parquet");
     let io = |path: &Path| {
@@ -234,6 +245,7 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
         passes,
         rules: summaries,
         cluster_sizes: sizes,
+        learned_first_name_pairs,
         models,
     })
 }

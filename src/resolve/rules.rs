@@ -12,7 +12,9 @@ use crate::stage::IDENTITY_RECORDS;
 /// value on either side do not conflict.
 pub(crate) fn no_conflict(attribute: &str) -> String {
     match attribute {
-        "first_name" => "COALESCE(first_names_compatible(l.first_name, r.first_name), true)".into(),
+        "first_name" => "(COALESCE(first_names_compatible(l.first_name, r.first_name), true) \
+             OR COALESCE(learned_first_names(l.first_name_root, r.first_name_root), false))"
+            .into(),
         "birth_date" => "COALESCE(birth_dates_compatible(l.birth_date, r.birth_date), true)".into(),
         "last_name" => "COALESCE(jaro_winkler(l.last_name_core, r.last_name_core) >= 0.8, true)".into(),
         "house_number" => "COALESCE(l.house_number = r.house_number, true)".into(),

@@ -1,0 +1,175 @@
+//! First names this data writes for one person: two names count as one person's when
+//! e-mail addresses and mobile numbers that carry exactly those two names are common
+//! next to how often the rarer name occurs (Jo and Johanna, Janny and Adriana). The
+//! built-in nickname list knows one region's names; these pairs come from the data, so
+//! the first-name checks do not refuse a merge for a nickname the list does not know.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::Result;
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
+use datafusion::prelude::SessionContext;
+
+use crate::stage::IDENTITY_RECORDS;
+
+/// The SQL function that tells whether two first-name roots are a learned pair.
+pub const LEARNED_NAMES: &str = "learned_first_names";
+
+/// Identifiers that must carry a pair of names together before it counts.
+const MIN_IDENTIFIERS: i64 = 3;
+/// Share of the rarer name's identifiers that must carry the other name too: households
+/// sharing a mailbox spread over many name combinations, a nickname keeps to its name.
+const MIN_SHARE: f64 = 0.2;
+
+/// Pairs of first-name roots (the smaller first) that this data writes for one person.
+#[derive(Debug, Default)]
+pub struct LearnedNames {
+    pairs: HashSet<(String, String)>,
+}
+
+impl LearnedNames {
+    /// Whether two first names (as written) are a learned pair.
+    pub fn contains(&self, a: &str, b: &str) -> bool {
+        let (Some(a), Some(b)) = (crate::udf::first_name_root(a), crate::udf::first_name_root(b)) else {
+            return false;
+        };
+        self.contains_roots(&a, &b)
+    }
+
+    fn contains_roots(&self, a: &str, b: &str) -> bool {
+        let key = if a <= b { (a.to_string(), b.to_string()) } else { (b.to_string(), a.to_string()) };
+        self.pairs.contains(&key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+}
+
+/// Learns the pairs from the staged identity records and registers
+/// `learned_first_names(root_a, root_b)` for the rules' first-name checks.
+pub async fn learn(ctx: &SessionContext) -> Result<Arc<LearnedNames>> {
+    let sql = format!(
+        "WITH ids AS ( \
+           SELECT email AS v, first_name_root AS root FROM {IDENTITY_RECORDS} \
+             WHERE email IS NOT NULL AND length(first_name_root) > 1 \
+           UNION ALL \
+           SELECT phone, first_name_root FROM {IDENTITY_RECORDS} \
+             WHERE phone IS NOT NULL AND (phone_kind IS DISTINCT FROM 'fixed_line') AND length(first_name_root) > 1), \
+         carried AS (SELECT v, root FROM ids GROUP BY v, root), \
+         two AS (SELECT v FROM carried GROUP BY v HAVING count(*) = 2), \
+         together AS (SELECT a.root AS a, b.root AS b, count(*) AS n FROM carried a \
+           JOIN carried b ON a.v = b.v AND a.root < b.root JOIN two t ON t.v = a.v GROUP BY a.root, b.root), \
+         alone AS (SELECT root, count(*) AS n FROM carried GROUP BY root) \
+         SELECT t.a, t.b FROM together t JOIN alone x ON x.root = t.a JOIN alone y ON y.root = t.b \
+         WHERE t.n >= {MIN_IDENTIFIERS} AND t.n >= {MIN_SHARE} * least(x.n, y.n)"
+    );
+    let mut pairs = HashSet::new();
+    for batch in ctx.sql(&sql).await?.collect().await? {
+        let columns: Vec<ArrayRef> = (0..2)
+            .map(|i| datafusion::arrow::compute::cast(batch.column(i), &DataType::Utf8))
+            .collect::<std::result::Result<_, _>>()?;
+        let (a, b) = (columns[0].as_string::<i32>(), columns[1].as_string::<i32>());
+        for i in 0..batch.num_rows() {
+            pairs.insert((a.value(i).to_string(), b.value(i).to_string()));
+        }
+    }
+    let learned = Arc::new(LearnedNames { pairs });
+    ctx.register_udf(ScalarUDF::from(Lookup {
+        learned: learned.clone(),
+        signature: Signature::exact(vec![DataType::Utf8, DataType::Utf8], Volatility::Immutable),
+    }));
+    Ok(learned)
+}
+
+#[derive(Debug)]
+struct Lookup {
+    learned: Arc<LearnedNames>,
+    signature: Signature,
+}
+
+impl PartialEq for Lookup {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.learned, &other.learned)
+    }
+}
+
+impl Eq for Lookup {}
+
+impl std::hash::Hash for Lookup {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.learned) as usize).hash(state);
+    }
+}
+
+impl ScalarUDFImpl for Lookup {
+    fn name(&self) -> &str {
+        LEARNED_NAMES
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let (a, b) = (arrays[0].as_string::<i32>(), arrays[1].as_string::<i32>());
+        let out: BooleanArray = (0..a.len())
+            .map(|i| (!a.is_null(i) && !b.is_null(i)).then(|| self.learned.contains_roots(a.value(i), b.value(i))))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three mailboxes carry Jo and Johanna together, of the four that carry Jo: a pair.
+    /// One family mailbox carries Jan and Marie, of many that carry each: no pair.
+    #[tokio::test]
+    async fn names_that_share_identifiers_often_are_learned() {
+        let ctx = SessionContext::new();
+        let mut rows = Vec::new();
+        for (i, names) in [["jo", "johanna"], ["jo", "johanna"], ["jo", "johanna"], ["jo", "piet"]].iter().enumerate() {
+            for n in names {
+                rows.push(format!("('m{i}@x.nl', '{n}', CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR))"));
+            }
+        }
+        rows.push("('fam@x.nl', 'jan', NULL, NULL)".into());
+        rows.push("('fam@x.nl', 'marie', NULL, NULL)".into());
+        for i in 0..20 {
+            rows.push(format!("('jan{i}@x.nl', 'jan', NULL, NULL)"));
+            rows.push(format!("('marie{i}@x.nl', 'marie', NULL, NULL)"));
+        }
+        let sql = format!(
+            "SELECT column1 AS email, column2 AS first_name_root, column3 AS phone, column4 AS phone_kind FROM (VALUES {})",
+            rows.join(", ")
+        );
+        let df = ctx.sql(&sql).await.unwrap();
+        ctx.register_table(IDENTITY_RECORDS, df.into_view()).unwrap();
+        let learned = learn(&ctx).await.unwrap();
+        assert!(learned.contains_roots("johanna", "jo") && learned.contains_roots("jo", "johanna"));
+        assert!(!learned.contains_roots("jan", "marie") && !learned.contains_roots("jo", "piet"));
+        let b = ctx
+            .sql("SELECT learned_first_names('jo', 'johanna'), learned_first_names('jan', 'marie')")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = |i: usize| datafusion::arrow::util::display::array_value_to_string(b[0].column(i), 0).unwrap();
+        assert_eq!((text(0), text(1)), ("true".to_string(), "false".to_string()));
+    }
+}
