@@ -182,7 +182,18 @@ fn killed_run_leaves_the_previous_output_as_it_was() {
     let before = run_id(&output);
     let manifest_before = std::fs::read(output.join("_manifest.json")).unwrap();
     let work = dir.path().join("work");
-    for delay_ms in [300u64, 1200, 2500] {
+    // Entries of a folder, none when it does not exist (yet).
+    let entries = |d: &std::path::Path| std::fs::read_dir(d).map(|r| r.flatten().count()).unwrap_or(0);
+    // Staging folders beside the output that hold something: the publish stage is writing.
+    let publishing = |root: &std::path::Path| {
+        std::fs::read_dir(root)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains(".staging-") && entries(&e.path()) > 0)
+    };
+    // Killed once while it works (its scratch folder has files) and once while it writes
+    // the tables it would publish.
+    for moment in ["working", "publishing"] {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_klantbeeld"))
             .args([
                 "-q",
@@ -197,20 +208,31 @@ fn killed_run_leaves_the_previous_output_as_it_was() {
             ])
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let finished = child.try_wait().unwrap().is_some();
+        let reached = |c: &mut std::process::Child| loop {
+            if c.try_wait().unwrap().is_some() {
+                return false;
+            }
+            let there = match moment {
+                "working" => {
+                    std::fs::read_dir(&work).map(|r| r.flatten().any(|e| entries(&e.path()) > 0)).unwrap_or(false)
+                }
+                _ => publishing(dir.path()),
+            };
+            if there {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        };
+        assert!(reached(&mut child), "the run ended before it was {moment}");
         // SIGKILL: no cleanup of any kind runs.
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(output.join("_SUCCESS").exists());
-        if !finished && run_id(&output) == before {
-            assert_eq!(std::fs::read(output.join("_manifest.json")).unwrap(), manifest_before);
-        }
-        // Whatever is published is whole: the manifest's tables are all there.
-        let m: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(output.join("_manifest.json")).unwrap()).unwrap();
+        assert!(output.join("_SUCCESS").exists(), "killed while {moment}");
+        assert_eq!(run_id(&output), before, "killed while {moment}");
+        assert_eq!(std::fs::read(output.join("_manifest.json")).unwrap(), manifest_before, "killed while {moment}");
+        let m: serde_json::Value = serde_json::from_slice(&manifest_before).unwrap();
         for table in m["tables"].as_object().unwrap().keys() {
-            assert!(output.join(table).is_dir(), "{table} missing");
+            assert!(output.join(table).is_dir(), "{table} missing after a kill while {moment}");
         }
     }
     // The lock died with the process: the next run goes through and cleans up, the

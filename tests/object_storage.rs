@@ -53,6 +53,22 @@ async fn retail_pipeline_reads_and_publishes_on_s3() {
     let day1_ids =
         count(&server, "golden", "SELECT count(DISTINCT customer_id) FROM customer_xref", &["customer_xref"]).await;
     assert!(server.get_text("golden", "retail/_lock").await.is_none());
+    let staged = {
+        use futures::TryStreamExt;
+        let prefix = object_store::path::Path::from("retail/_staging");
+        server.bucket("golden").list(Some(&prefix)).try_collect::<Vec<_>>().await.unwrap()
+    };
+    assert!(
+        staged.is_empty(),
+        "left in staging: {:?}",
+        staged.iter().map(|o| o.location.to_string()).collect::<Vec<_>>()
+    );
+    let published = {
+        use futures::TryStreamExt;
+        let prefix = object_store::path::Path::from("retail/customers");
+        server.bucket("golden").list(Some(&prefix)).try_collect::<Vec<_>>().await.unwrap()
+    };
+    assert!(!published.is_empty(), "the listing sees nothing: the staging check above would pass vacuously");
 
     // Day two finds day one's crosswalk at the output and keeps ids.
     let out = run_s3(&server.endpoint(), "input=s3://dumps/2026-11-23", "output=s3://golden/retail", &[]);
@@ -240,19 +256,26 @@ async fn two_runs_on_one_output_cannot_mix() {
             .spawn()
             .unwrap()
     };
-    let (a, b) = (spawn(), spawn());
-    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    let ok = [a.status.success(), b.status.success()];
-    assert!(ok.iter().any(|x| *x), "one of the two runs publishes: {} / {}", stderr(&a), stderr(&b));
-    if !ok.iter().all(|x| *x) {
-        let loser = if ok[0] { &b } else { &a };
-        assert!(stderr(loser).contains("another klantbeeld run is publishing to this output"), "{}", stderr(loser));
+    // The second run starts while the first holds the output's lock (it takes the lock
+    // before reading any input, and keeps it until it has published).
+    let first = spawn();
+    let started = std::time::Instant::now();
+    while server.get_text("golden", "retail/_lock").await.is_none() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the first run never took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // Whatever won, the output is one run's: the manifest's row counts match the tables.
+    let second = spawn().wait_with_output().unwrap();
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(second.status.code(), Some(1), "{}", stderr(&second));
+    assert!(stderr(&second).contains("another klantbeeld run is publishing to this output"), "{}", stderr(&second));
+    // The output is the first run's: its manifest, whose row counts match the tables.
     let manifest: serde_json::Value =
         serde_json::from_str(&server.get_text("golden", "retail/_manifest.json").await.unwrap()).unwrap();
     let xref = count(&server, "golden", "SELECT count(*) FROM customer_xref", &["customer_xref"]).await;
     assert_eq!(manifest["tables"]["customer_xref"]["rows"].as_i64().unwrap(), xref);
+    let run_id = manifest["run_id"].as_str().unwrap();
+    assert!(String::from_utf8_lossy(&first.stdout).contains(&format!("published run {run_id}")));
 }
 
 /// Puts a `_lock` object as a run that renewed it `silent_s` seconds ago would have left.
