@@ -35,7 +35,7 @@ pub enum Command {
     /// Checks a pipeline file: YAML, keys, variables, references. Reads no data.
     Validate(PipelineArgs),
     /// Shows what a run would do: sources with their files, rules, outputs.
-    Plan(PipelineArgs),
+    Plan(PlanArgs),
     /// Runs a pipeline and publishes its output.
     Run(RunArgs),
     /// Why two records are one customer, or why not; with one record, how its customer
@@ -63,6 +63,16 @@ pub struct PipelineArgs {
     /// paths are taken from the current folder.
     #[arg(long = "var", value_name = "NAME=VALUE")]
     pub vars: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Also read and stage the inputs and count the pairs each blocking rule makes (and
+    /// the blocks its size limit leaves out).
+    #[arg(long)]
+    pub pairs: bool,
 }
 
 #[derive(Debug, Args)]
@@ -293,8 +303,8 @@ async fn dispatch(command: Command, live_progress: bool, run_id: Option<String>)
             Ok(())
         }
         Command::Plan(args) => {
-            let p = load(&args)?;
-            print!("{}", plan(&p).await?);
+            let p = load(&args.pipeline)?;
+            print!("{}", plan(&p, args.pairs).await?);
             Ok(())
         }
         Command::Run(args) => {
@@ -387,8 +397,9 @@ async fn dispatch(command: Command, live_progress: bool, run_id: Option<String>)
     }
 }
 
-/// The text `plan` prints: every source with its files, the rules and the outputs.
-pub async fn plan(p: &Pipeline) -> Result<String, Error> {
+/// The text `plan` prints: every source with its files, the rules and the outputs; with
+/// `pairs`, what each blocking rule makes of the staged inputs.
+pub async fn plan(p: &Pipeline, pairs: bool) -> Result<String, Error> {
     use std::fmt::Write;
     let scratch = tempfile::tempdir().map_err(|e| Error::Other(e.to_string()))?;
     let ctx = crate::pipeline::start_session(p, &Default::default(), scratch.path())?;
@@ -431,8 +442,33 @@ pub async fn plan(p: &Pipeline) -> Result<String, Error> {
     let tests: usize = crate::pipeline::data_tests(p).iter().map(|(_, t)| t.len()).sum();
     let _ = writeln!(out, "\ndata tests: {tests}");
     let _ = writeln!(out, "\nidentity rules (in order):");
+    let staged = if pairs { Some(crate::pipeline::staged_session(p, scratch.path()).await?) } else { None };
     for (i, rule) in spec.resolve.rules.iter().enumerate() {
         let _ = writeln!(out, "  {}. {}", i + 1, rule.name());
+        let (Some(ctx), Some((records, blocking, max))) = (&staged, crate::resolve::rules::blocking_of(rule)) else {
+            continue;
+        };
+        for key in blocking {
+            let sql = crate::resolve::rules::block_counts_sql(&records, key, max);
+            let counts = ctx.sql(&sql).await.map_err(Error::engine("counting pairs"))?;
+            let counts = counts.collect().await.map_err(Error::engine("counting pairs"))?;
+            let n = |c: usize| {
+                counts.first().map_or(0, |b| {
+                    datafusion::arrow::array::AsArray::as_primitive::<datafusion::arrow::datatypes::Int64Type>(
+                        b.column(c),
+                    )
+                    .value(0)
+                })
+            };
+            let _ = writeln!(
+                out,
+                "     blocking [{}]: {} pairs; {} blocks over {max} records skipped ({} records)",
+                key.join(", "),
+                crate::progress::thousands(n(0) as u64),
+                n(1),
+                n(2)
+            );
+        }
     }
     let output = crate::storage::Location::parse(&spec.output, &p.base_dir)?;
     let _ = writeln!(out, "\noutput: {}", crate::storage::redact(&output.display()));

@@ -67,6 +67,17 @@ async fn weights_are_learned_from_the_data_and_published_with_the_output() {
     // The manifest gives the pairs each blocking rule made.
     let rule = manifest["match"]["rules"].as_array().unwrap().iter().find(|r| r["rule"] == "person").unwrap();
     assert_eq!(rule["blocked_pairs"]["postcode"], blocking[0]["pairs"], "{rule}");
+    // `plan --pairs` counts the same pairs before a run.
+    let input_var = format!("input={}", input.join("dumps").display());
+    let out = klantbeeld(&["plan", p.to_str().unwrap(), "--var", &input_var, "--pairs"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let planned = String::from_utf8_lossy(&out.stdout).to_string();
+    for (b, key) in
+        blocking.iter().zip(["postcode", "last_name_phonetic, first_initial", "first_name_key, last_name_key"])
+    {
+        let pairs = klantbeeld::progress::thousands(b["pairs"].as_u64().unwrap());
+        assert!(planned.contains(&format!("blocking [{key}]: {pairs} pairs;")), "{key} {pairs}: {planned}");
+    }
     assert!(model[0]["u_pairs"].as_u64().unwrap() > 100_000);
     // Agreement is evidence for, disagreement against; a near match in between.
     for (comparison, near) in [("last_name", "jaro_winkler>=0.9"), ("birth_date", "damerau_levenshtein<=1")] {

@@ -334,12 +334,9 @@ pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<
              kb AS (SELECT k.* FROM k JOIN b ON {join_b} WHERE b.n <= {max})",
             max = rule.max_block_size
         );
-        let count_sql = format!(
-            "WITH {blocks}, c AS (SELECT {cols}, count(*) AS n FROM kb GROUP BY {cols}) \
-             SELECT CAST(COALESCE(sum(n * (n - 1) / 2), 0) AS BIGINT) FROM c"
-        );
         let pairs: u64 = {
-            let b = ctx.sql(&count_sql).await?.collect().await?;
+            let b =
+                ctx.sql(&super::rules::block_counts_sql(&records, key, rule.max_block_size)).await?.collect().await?;
             b.first().map_or(0, |b| b.column(0).as_primitive::<Int64Type>().value(0) as u64)
         };
         let share = (pairs / M_SAMPLE_PAIRS).max(1);

@@ -311,6 +311,33 @@ fn scored_pairs(from: &str, blocking: &[Vec<String>], max: usize, pass: Pass, s:
         .join(" UNION ALL ")
 }
 
+/// SQL of what one blocking rule makes over `from`: its pairs (in blocks within the size
+/// limit), and the blocks and records the limit leaves out.
+pub(crate) fn block_counts_sql(from: &str, key: &[String], max: usize) -> String {
+    let cols = key.join(", ");
+    let not_null = key.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
+    format!(
+        "WITH c AS (SELECT {cols}, count(*) AS n FROM {from} WHERE {not_null} GROUP BY {cols}) \
+         SELECT CAST(COALESCE(sum(CASE WHEN n <= {max} THEN n * (n - 1) / 2 END), 0) AS BIGINT), \
+                CAST(COALESCE(sum(CASE WHEN n > {max} THEN 1 END), 0) AS BIGINT), \
+                CAST(COALESCE(sum(CASE WHEN n > {max} THEN n END), 0) AS BIGINT) FROM c"
+    )
+}
+
+/// The records a rule with blocking rules compares, its blocking rules and their size
+/// limit; `None` for rules without blocking.
+pub(crate) fn blocking_of(rule: &RuleSpec) -> Option<(String, &[Vec<String>], usize)> {
+    let records = |filter: &Option<String>| match filter {
+        Some(f) => format!("(SELECT * FROM {IDENTITY_RECORDS} WHERE {f})"),
+        None => IDENTITY_RECORDS.to_string(),
+    };
+    match rule {
+        RuleSpec::Fuzzy(r) => Some((records(&r.filter), &r.blocking, r.max_block_size)),
+        RuleSpec::Probabilistic(r) => Some((records(&r.filter), &r.blocking, r.max_block_size)),
+        _ => None,
+    }
+}
+
 /// What a blocking rule's size limit left out: one row per skipped block.
 fn skipped_blocks(from: &str, blocking: &[Vec<String>], max: usize) -> String {
     blocking
