@@ -18,8 +18,8 @@ pub const IDENTITY_RECORDS: &str = "identity_records";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
-    #[error("{file}:{line}: key `sources.{source_name}.identity.{attribute}`: {message}")]
-    Mapping { file: String, line: usize, source_name: String, attribute: String, message: String },
+    #[error("{file}:{line}: key `sources.{source_name}.{key}`: {message}")]
+    Mapping { file: String, line: usize, source_name: String, key: String, message: String },
     #[error("staging: {0}")]
     Engine(#[from] datafusion::error::DataFusionError),
 }
@@ -41,8 +41,26 @@ fn blank_to_null(e: Expr) -> Expr {
     nullif(trim(vec![e]), lit(""))
 }
 
-/// Parses each mapping expression against the raw table, so that a wrong column or bad
-/// SQL is reported with the YAML key it came from.
+/// Parses one mapping expression of a source (under `section.key`: `identity.email`,
+/// `external_ids.card`, `attributes.state`) against the raw table as text, so that a wrong
+/// column or bad SQL is reported with the YAML key it came from.
+fn parse_mapping(
+    pipeline: &Pipeline,
+    raw: &DataFrame,
+    name: &str,
+    [section, key]: [&str; 2],
+    sql: &str,
+) -> Result<Expr, StageError> {
+    raw.parse_sql_expr(sql).map(text).map_err(|e| StageError::Mapping {
+        file: pipeline.file.display().to_string(),
+        line: crate::config::locate_key(&pipeline.text, &["sources", name, section, key]).map_or(1, |(l, _)| l),
+        source_name: name.into(),
+        key: format!("{section}.{key}"),
+        message: first_line(&e.to_string()),
+    })
+}
+
+/// The mapping of a canonical identity attribute, if the source has one.
 fn mapping(
     pipeline: &Pipeline,
     raw: &DataFrame,
@@ -51,17 +69,7 @@ fn mapping(
     attribute: Attribute,
 ) -> Result<Option<Expr>, StageError> {
     let Some(sql) = source.identity.get(&attribute) else { return Ok(None) };
-    raw.parse_sql_expr(sql).map(|e| Some(text(e))).map_err(|e| {
-        let line = crate::config::locate_key(&pipeline.text, &["sources", name, "identity", attribute.name()])
-            .map_or(1, |(l, _)| l);
-        StageError::Mapping {
-            file: pipeline.file.display().to_string(),
-            line,
-            source_name: name.into(),
-            attribute: attribute.name().into(),
-            message: first_line(&e.to_string()),
-        }
-    })
+    parse_mapping(pipeline, raw, name, ["identity", attribute.name()], sql).map(Some)
 }
 
 fn first_line(s: &str) -> String {
@@ -101,26 +109,10 @@ fn raw_values(pipeline: &Pipeline, raw: &DataFrame, name: &str, source: &SourceS
         or_null(get(Attribute::UpdatedAt)?).alias("updated_raw"),
     ];
     for (id, sql) in &source.external_ids {
-        let e = raw.parse_sql_expr(sql).map_err(|e| StageError::Mapping {
-            file: pipeline.file.display().to_string(),
-            line: crate::config::locate_key(&pipeline.text, &["sources", name, "external_ids", id])
-                .map_or(1, |(l, _)| l),
-            source_name: name.into(),
-            attribute: format!("external_ids.{id}"),
-            message: first_line(&e.to_string()),
-        })?;
-        inner.push(text(e).alias(format!("ext_{id}")));
+        inner.push(parse_mapping(pipeline, raw, name, ["external_ids", id], sql)?.alias(format!("ext_{id}")));
     }
     for (attribute, sql) in &source.attributes {
-        let e = raw.parse_sql_expr(sql).map_err(|e| StageError::Mapping {
-            file: pipeline.file.display().to_string(),
-            line: crate::config::locate_key(&pipeline.text, &["sources", name, "attributes", attribute])
-                .map_or(1, |(l, _)| l),
-            source_name: name.into(),
-            attribute: format!("attributes.{attribute}"),
-            message: first_line(&e.to_string()),
-        })?;
-        inner.push(text(e).alias(own_raw(attribute)));
+        inner.push(parse_mapping(pipeline, raw, name, ["attributes", attribute], sql)?.alias(own_raw(attribute)));
     }
     set_aside_overlong(raw.clone().select(inner)?)
 }

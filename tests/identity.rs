@@ -18,6 +18,20 @@ fn identity_only(dir: &Path) -> std::path::PathBuf {
     pipeline_variant(dir, |t| t.replace("      - match_rate: { min: 0.2, max: 0.95 }\n", ""))
 }
 
+/// One unrelated record in each of the POS, e-mail and service dumps (every required
+/// source has rows), for fixtures about CRM and webshop records.
+fn unrelated_other_systems(d: &Path) {
+    write(
+        &d.join("pos/loyalty_cards.csv"),
+        "card_number,full_name,postcode,phone,enrolled_on\n100,Kees Jansen,1000AA,,2024-05-01\n",
+    );
+    write(
+        &d.join("email/subscribers.csv"),
+        "subscriber_id,email,first_name,subscribed_at\nS1,kees@jansen.nl,Kees,2025-03-01T00:00:00\n",
+    );
+    write(&d.join("service/tickets.jsonl"), "{\"ticket_id\":\"T1\",\"caller_name\":\"Kees Jansen\"}\n");
+}
+
 /// Records built to fall into the classic traps.
 fn traps(dir: &Path) -> std::path::PathBuf {
     let d = dir.join("dumps");
@@ -356,17 +370,8 @@ async fn swapped_name_fields_are_read_the_right_way_round() {
         &d.join("webshop/accounts.jsonl"),
         "{\"account_id\":\"A1\",\"email\":\"jan.devries@gmail.com\",\"first_name\":\"Vries\",\"last_name\":\"Jan\"}\n",
     );
-    // One unrelated record in each other system.
-    write(
-        &d.join("pos/loyalty_cards.csv"),
-        "card_number,full_name,postcode,phone,enrolled_on\n100,Kees Jansen,1000AA,,2024-05-01\n",
-    );
-    write(
-        &d.join("email/subscribers.csv"),
-        "subscriber_id,email,first_name,subscribed_at\nS1,kees@jansen.nl,Kees,2025-03-01T00:00:00\n",
-    );
-    write(&d.join("service/tickets.jsonl"), "{\"ticket_id\":\"T1\",\"caller_name\":\"Kees Jansen\"}\n");
-    let p = pipeline_variant(dir.path(), |t| t.replace("      - match_rate: { min: 0.2, max: 0.95 }\n", ""));
+    unrelated_other_systems(&d);
+    let p = identity_only(dir.path());
     let output = dir.path().join("out");
     let out = run_pipeline(&p, &d, &output, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -403,16 +408,8 @@ async fn nicknames_the_data_teaches_do_not_block_a_merge() {
     }
     write(&d.join("crm/contacts.csv"), &crm);
     write(&d.join("webshop/accounts.jsonl"), &accounts);
-    write(
-        &d.join("pos/loyalty_cards.csv"),
-        "card_number,full_name,postcode,phone,enrolled_on\n100,Kees Jansen,1000AA,,2024-05-01\n",
-    );
-    write(
-        &d.join("email/subscribers.csv"),
-        "subscriber_id,email,first_name,subscribed_at\nS1,kees@jansen.nl,Kees,2025-03-01T00:00:00\n",
-    );
-    write(&d.join("service/tickets.jsonl"), "{\"ticket_id\":\"T1\",\"caller_name\":\"Kees Jansen\"}\n");
-    let p = pipeline_variant(dir.path(), |t| t.replace("      - match_rate: { min: 0.2, max: 0.95 }\n", ""));
+    unrelated_other_systems(&d);
+    let p = identity_only(dir.path());
     let output = dir.path().join("out");
     let out = run_pipeline(&p, &d, &output, &[]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -28,12 +28,15 @@ const RULE: &str = "    # The same person, by weights learned from this data.
       threshold: 0.99
 ";
 
+/// The pipeline text with its probabilistic rule replaced by `rule`.
+fn with_rule(t: &str, rule: &str) -> String {
+    let start = t.find("    # The same person without a shared identifier").expect("the probabilistic rule");
+    let end = t.find("\ngolden:").expect("golden section");
+    format!("{}{rule}{}", &t[..start], &t[end..])
+}
+
 fn probabilistic_variant(dir: &Path, rule: &str) -> PathBuf {
-    pipeline_variant(dir, |t| {
-        let start = t.find("    # The same person without a shared identifier").expect("the probabilistic rule");
-        let end = t.find("\ngolden:").expect("golden section");
-        format!("{}{rule}{}", &t[..start], &t[end..])
-    })
+    pipeline_variant(dir, |t| with_rule(&t, rule))
 }
 
 fn level_weight(model: &serde_json::Value, comparison: &str, level: &str) -> f64 {
@@ -168,12 +171,8 @@ async fn a_model_estimated_once_decides_later_runs() {
     let out = run_pipeline(&p, &day2.join("dumps"), &free, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_ne!(m_and_u(&free.join("_model.json")), estimated);
-    let p = pipeline_variant(dir.path(), |t| {
-        let t = t.replace("resolve:\n", "resolve:\n  model: model.json\n");
-        let start = t.find("    # The same person without a shared identifier").expect("the probabilistic rule");
-        let end = t.find("\ngolden:").expect("golden section");
-        format!("{}{RULE}{}", &t[..start], &t[end..])
-    });
+    let p =
+        pipeline_variant(dir.path(), |t| with_rule(&t.replace("resolve:\n", "resolve:\n  model: model.json\n"), RULE));
     let out = run_pipeline(&p, &day2.join("dumps"), &pinned, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(m_and_u(&pinned.join("_model.json")), estimated);
@@ -268,9 +267,7 @@ async fn attributes_of_your_own_block_and_compare() {
                 ),
                 1,
             );
-            let start = t.find("    # The same person without a shared identifier").expect("the probabilistic rule");
-            let end = t.find("\ngolden:").expect("golden section");
-            format!("{}{rule}{}", &t[..start], &t[end..])
+            with_rule(&t, &rule)
         })
     };
     let p = own("place", "place");

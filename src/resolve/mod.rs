@@ -174,7 +174,10 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
         let fitted = match rule {
             RuleSpec::Probabilistic(r) => {
                 let mut model = match &pinned {
-                    Some((path, models)) => probabilistic::pinned_for(path, models, r)?,
+                    Some((path, models)) => {
+                        tracing::info!(rule = name, model = %path.display(), "weights from the pinned model");
+                        probabilistic::pinned_for(path, models, r)?
+                    }
                     None => probabilistic::estimate(ctx, r).await?,
                 };
                 let from = term_frequencies(ctx, r, &mut model, rule_no, work_dir).await?;

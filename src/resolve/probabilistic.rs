@@ -153,7 +153,6 @@ pub fn pinned_for(path: &Path, models: &[RuleModel], rule: &ProbabilisticRule) -
             level.weight = fixed.unwrap_or_else(|| (level.m.max(FLOOR) / level.u.max(FLOOR)).log2());
         }
     }
-    tracing::info!(rule = rule.name.as_str(), model = %path.display(), "weights from the pinned model");
     Ok(model)
 }
 
@@ -324,16 +323,8 @@ pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<
     let mut m_runs = vec![0usize; k];
     let mut blocking = Vec::new();
     for key in &rule.blocking {
-        let not_null = key.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
-        let cols = key.join(", ");
         let join_lr = key.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
-        let join_b = key.iter().map(|c| format!("b.{c} = k.{c}")).collect::<Vec<_>>().join(" AND ");
-        let blocks = format!(
-            "k AS (SELECT * FROM {records} WHERE {not_null}), \
-             b AS (SELECT {cols}, count(*) AS n FROM k GROUP BY {cols}), \
-             kb AS (SELECT k.* FROM k JOIN b ON {join_b} WHERE b.n <= {max})",
-            max = rule.max_block_size
-        );
+        let blocks = super::rules::blocks_sql(&records, key, rule.max_block_size, "true");
         let pairs: u64 = {
             let b =
                 ctx.sql(&super::rules::block_counts_sql(&records, key, rule.max_block_size)).await?.collect().await?;

@@ -244,7 +244,7 @@ pub fn fuzzy(rule: &FuzzyRule) -> RuleSql {
 
 /// The SQL of blocks: `k` the records with the key, `kb` those in blocks within the size
 /// limit; `pass` keeps one share of the key values.
-fn blocks_sql(from: &str, key: &[String], max: usize, pass: &str) -> String {
+pub(crate) fn blocks_sql(from: &str, key: &[String], max: usize, pass: &str) -> String {
     let not_null = key.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
     let cols = key.join(", ");
     let join_b = key.iter().map(|c| format!("b.{c} = k.{c}")).collect::<Vec<_>>().join(" AND ");
