@@ -242,9 +242,9 @@ async fn run_stages(
     let new_high_water = high_water.max(max_assigned(ctx).await?);
 
     timer.stage("golden");
-    let customers = ctx.sql(&golden::customers_sql(pipeline)?).await.map_err(Error::engine("golden customers"))?;
-    materialize(ctx, CUSTOMERS, customers, scratch).await?;
-    golden::register_source_views(ctx, pipeline, &present).await?;
+    golden::build_customers(ctx, pipeline, scratch, match_summary.passes).await?;
+    let read_by_models = models.iter().flat_map(|m| m.reads.iter().map(String::as_str)).collect();
+    golden::register_source_views(ctx, pipeline, &present, &read_by_models, scratch).await?;
     resolve::write_match_edges(ctx, MATCH_EDGES, match_summary.passes, scratch).await?;
 
     timer.stage("enrich");

@@ -1,8 +1,43 @@
 //! Lenient date and timestamp parsing for the formats source systems actually export.
 
+use std::sync::LazyLock;
+
+use chrono::format::{Item, Parsed, StrftimeItems};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 
 const DATE_FORMATS: &[&str] = &["%Y-%m-%d", "%d-%m-%Y", "%d/%m/%Y", "%Y/%m/%d", "%d.%m.%Y", "%Y%m%d"];
+const ZONED_FORMATS: &[&str] = &["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"];
+const NAIVE_FORMATS: &[&str] = &[
+    "%Y-%m-%dT%H:%M:%S%.f",
+    "%Y-%m-%d %H:%M:%S%.f",
+    "%Y-%m-%dT%H:%M",
+    "%Y-%m-%d %H:%M",
+    "%d-%m-%Y %H:%M:%S",
+    "%d-%m-%Y %H:%M",
+];
+
+/// The formats above parsed once. chrono's `parse_from_str` parses its format string on
+/// every call, which was the largest single cost of staging (every date and timestamp
+/// of every record, several formats each).
+struct Formats {
+    date: Vec<Vec<Item<'static>>>,
+    zoned: Vec<Vec<Item<'static>>>,
+    naive: Vec<Vec<Item<'static>>>,
+}
+
+static FORMATS: LazyLock<Formats> = LazyLock::new(|| {
+    let items = |formats: &[&'static str]| -> Vec<Vec<Item<'static>>> {
+        formats.iter().map(|f| StrftimeItems::new(f).parse().expect("valid date format")).collect()
+    };
+    Formats { date: items(DATE_FORMATS), zoned: items(ZONED_FORMATS), naive: items(NAIVE_FORMATS) }
+});
+
+/// `s` read with one pre-parsed format; what `parse_from_str` does, less the format parsing.
+fn parsed(s: &str, items: &[Item<'static>]) -> Option<Parsed> {
+    let mut parsed = Parsed::new();
+    chrono::format::parse(&mut parsed, s, items.iter()).ok()?;
+    Some(parsed)
+}
 
 /// `1980-03-07`, `07-03-1980`, `7/3/1980`, `07.03.1980`, `19800307`, or the date part of a
 /// timestamp. Day-first wins for ambiguous Dutch input. Impossible dates are `None`.
@@ -12,9 +47,10 @@ pub fn parse_date(raw: &str) -> Option<NaiveDate> {
         return None;
     }
     let date_part = s.split(['T', ' ']).next().unwrap_or(s);
-    DATE_FORMATS
+    FORMATS
+        .date
         .iter()
-        .find_map(|f| NaiveDate::parse_from_str(date_part, f).ok())
+        .find_map(|f| parsed(date_part, f)?.to_naive_date().ok())
         .filter(|d| (1880..=2100).contains(&chrono::Datelike::year(d)))
 }
 
@@ -40,23 +76,14 @@ pub fn parse_timestamp(raw: &str) -> Option<DateTime<Utc>> {
             _ => parse_date(s).map(|d| Utc.from_utc_datetime(&d.and_time(NaiveTime::MIN))),
         };
     }
-    for f in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
-        if let Ok(ts) = DateTime::parse_from_str(s, f) {
-            return Some(ts.with_timezone(&Utc));
-        }
+    if let Some(ts) = FORMATS.zoned.iter().find_map(|f| parsed(s, f)?.to_datetime().ok()) {
+        return Some(ts.with_timezone(&Utc));
     }
     let naive = s.trim_end_matches(['Z', 'z']);
-    for f in [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M",
-        "%d-%m-%Y %H:%M:%S",
-        "%d-%m-%Y %H:%M",
-    ] {
-        if let Ok(ts) = NaiveDateTime::parse_from_str(naive, f) {
-            return Some(Utc.from_utc_datetime(&ts));
-        }
+    let as_naive =
+        |f: &Vec<Item<'static>>| -> Option<NaiveDateTime> { parsed(naive, f)?.to_naive_datetime_with_offset(0).ok() };
+    if let Some(ts) = FORMATS.naive.iter().find_map(as_naive) {
+        return Some(Utc.from_utc_datetime(&ts));
     }
     parse_date(s).map(|d| Utc.from_utc_datetime(&d.and_time(NaiveTime::MIN)))
 }
@@ -71,8 +98,16 @@ pub fn birth_dates_compatible(a: NaiveDate, b: NaiveDate) -> bool {
     if a.year() == b.year() && a.month() == b.day() && a.day() == b.month() {
         return true;
     }
-    let (sa, sb) = (a.format("%Y%m%d").to_string(), b.format("%Y%m%d").to_string());
-    sa.bytes().zip(sb.bytes()).filter(|(x, y)| x != y).count() == 1
+    // The eight digits of YYYYMMDD, compared place by place without formatting text.
+    let digits = |d: NaiveDate| d.year() as i64 * 10_000 + d.month() as i64 * 100 + d.day() as i64;
+    let (mut x, mut y) = (digits(a), digits(b));
+    let mut differing = 0;
+    for _ in 0..8 {
+        differing += usize::from(x % 10 != y % 10);
+        x /= 10;
+        y /= 10;
+    }
+    differing == 1
 }
 
 #[cfg(test)]
