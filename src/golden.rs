@@ -92,11 +92,19 @@ impl Choice {
     /// the value of the most recent record.
     fn sql(&self) -> String {
         let counted = self.members[0];
-        let freq = if self.strategy == Survivorship::MostFrequent {
+        // Counts come from an aggregation joined back (the counts are the build side):
+        // `count(*) OVER (PARTITION BY ...)` is an unbounded window, which DataFusion
+        // computes over its whole input at once (at 1M people, one 650 MB batch that
+        // the next sort could not take in a 2 GB pool).
+        let rows = if self.strategy == Survivorship::MostFrequent {
             let value = if ADDRESS_PARTS.contains(&counted) { "postcode" } else { counted };
-            format!(", count(*) OVER (PARTITION BY cluster_id, {value}) AS freq")
+            format!(
+                "(SELECT b.*, f.freq FROM \
+                  (SELECT cluster_id, {value} AS v, count(*) AS freq FROM {GOLDEN_BASE} GROUP BY cluster_id, {value}) f \
+                  JOIN {GOLDEN_BASE} b ON b.cluster_id = f.cluster_id AND b.{value} = f.v)"
+            )
         } else {
-            String::new()
+            GOLDEN_BASE.to_string()
         };
         let columns: Vec<String> = self
             .members
@@ -106,7 +114,7 @@ impl Choice {
         format!(
             "SELECT cluster_id, {columns} FROM \
              (SELECT *, row_number() OVER (PARTITION BY cluster_id ORDER BY {order}) AS pick \
-              FROM (SELECT *{freq} FROM {GOLDEN_BASE} WHERE {filter})) \
+              FROM {rows} WHERE {filter}) \
              WHERE pick = 1",
             columns = columns.join(", "),
             order = order_by(self.strategy, counted),
