@@ -61,15 +61,13 @@ fn order_by(strategy: Survivorship, attribute: &str) -> String {
     match strategy {
         Survivorship::MostRecent => format!("{initials}updated_at DESC NULLS LAST, priority ASC, {tail}"),
         Survivorship::SourcePriority => format!("{initials}priority ASC, updated_at DESC NULLS LAST, {tail}"),
-        Survivorship::MostFrequent => {
-            format!("{initials}freq DESC, updated_at DESC NULLS LAST, priority ASC, {tail}")
-        }
+        Survivorship::MostFrequent => format!("{initials}freq DESC, updated_at DESC NULLS LAST, priority ASC, {tail}"),
         Survivorship::FirstNonNull => format!("{initials}updated_at ASC NULLS LAST, priority ASC, {tail}"),
     }
 }
 
 /// The staged records with what survivorship orders them by: a view the picks read.
-pub const GOLDEN_BASE: &str = "golden_base";
+const GOLDEN_BASE: &str = "golden_base";
 
 /// One survivorship choice: the attributes one record gives the golden record (the
 /// address parts come from one record), which records may give them, and in what order
@@ -127,13 +125,16 @@ impl Choice {
 pub struct GoldenSql {
     /// The view `golden_base`.
     pub base: String,
-    /// Per survivorship choice, its table and query.
-    pub picks: Vec<(String, String)>,
     choices: Vec<Choice>,
     systems: String,
 }
 
 impl GoldenSql {
+    /// Per survivorship choice, its table and query.
+    pub fn picks(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.choices.iter().map(|c| (c.table(), c.sql()))
+    }
+
     /// `customers` for the customers whose cluster falls in share `index` of `count`: the
     /// picks joined on the cluster, with the record counts and the lineage.
     pub fn customers(&self, index: usize, count: usize) -> String {
@@ -226,8 +227,7 @@ pub fn customers_sql(pipeline: &Pipeline) -> Result<GoldenSql, GoldenError> {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let picks = choices.iter().map(|c| (c.table(), c.sql())).collect();
-    Ok(GoldenSql { base, picks, choices, systems })
+    Ok(GoldenSql { base, choices, systems })
 }
 
 /// Builds `customers`. Each survivorship choice is one query that sorts the records of
@@ -246,9 +246,9 @@ pub async fn build_customers(
 ) -> Result<(), GoldenError> {
     let sql = customers_sql(pipeline)?;
     ctx.register_table(GOLDEN_BASE, ctx.sql(&sql.base).await?.into_view())?;
-    for (table, query) in &sql.picks {
-        let df = ctx.sql(query).await?;
-        crate::engine::materialize(ctx, table, df, scratch).await?;
+    for (table, query) in sql.picks() {
+        let df = ctx.sql(&query).await?;
+        crate::engine::materialize(ctx, &table, df, scratch).await?;
     }
     let mut parts = Vec::new();
     for index in 0..shares {
