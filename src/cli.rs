@@ -48,6 +48,10 @@ pub enum Command {
     Estimate(EstimateArgs),
     /// Scores a crosswalk against ground truth: pairwise precision, recall and F1.
     Eval(EvalArgs),
+    /// Starts an Apache Ballista scheduler that knows klantbeeld's functions (scale-out).
+    Scheduler(crate::distributed::SchedulerArgs),
+    /// Starts an Apache Ballista executor with klantbeeld's functions and object stores.
+    Executor(crate::distributed::ExecutorArgs),
     /// Demo data.
     Demo {
         #[command(subcommand)]
@@ -389,6 +393,8 @@ async fn dispatch(command: Command, live_progress: bool, run_id: Option<String>)
             }
             Ok(())
         }
+        Command::Scheduler(args) => Ok(crate::distributed::run_scheduler(&args).await?),
+        Command::Executor(args) => Ok(crate::distributed::run_executor(&args).await?),
         Command::Demo { command: DemoCommand::Generate(args) } => {
             let summary = crate::demo::generate(&args).map_err(|e| Error::Other(e.to_string()))?;
             println!("{summary}");

@@ -8,6 +8,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod distributed;
 pub mod engine;
 pub mod enrich;
 pub mod eval;
@@ -48,6 +49,8 @@ pub enum Error {
     Publish(#[from] publish::PublishError),
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
+    #[error(transparent)]
+    Distributed(#[from] distributed::DistributedError),
     #[error("{0}")]
     Usage(String),
     #[error("{context}: {source}")]
@@ -116,6 +119,7 @@ impl Error {
             Error::Stage(stage::StageError::Mapping { .. }) => exit::CONFIG,
             Error::Resolve(resolve::ResolveError::Rule { .. } | resolve::ResolveError::Model { .. }) => exit::CONFIG,
             Error::Storage(storage::StorageError::BadLocation { .. }) => exit::CONFIG,
+            Error::Distributed(distributed::DistributedError::Address { .. }) => exit::CONFIG,
             Error::Publish(publish::PublishError::NotOurs { .. }) => exit::CONFIG,
             Error::Extract(E::Storage(storage::StorageError::BadLocation { .. })) => exit::CONFIG,
             Error::Extract(E::Scratch { .. } | E::Engine { .. }) => exit::OTHER,

@@ -1,0 +1,157 @@
+//! Scale-out on Apache Ballista: a scheduler and two executors started with the klantbeeld
+//! binary on 127.0.0.1, and queries that call klantbeeld's functions run on them.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::{CsvReadOptions, SessionContext};
+
+/// A scheduler and executors, stopped when dropped; their logs are files in `logs`.
+struct LocalCluster {
+    scheduler_port: u16,
+    processes: Vec<Child>,
+    logs: PathBuf,
+}
+
+fn spawn(args: &[String], log: &Path) -> Child {
+    let file = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_klantbeeld"))
+        .args(args)
+        .env("KLANTBEELD_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("start klantbeeld")
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(60), "{what} did not listen on port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl LocalCluster {
+    fn start(dir: &Path, executors: usize) -> LocalCluster {
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let scheduler_port = free_port();
+        let s = |x: &str| x.to_string();
+        let mut processes = vec![spawn(
+            &[s("scheduler"), s("--bind-host"), s("127.0.0.1"), s("--bind-port"), scheduler_port.to_string()],
+            &logs.join("scheduler.log"),
+        )];
+        wait_for_port(scheduler_port, "the scheduler");
+        for i in 0..executors {
+            let (flight, grpc) = (free_port(), free_port());
+            let work = dir.join(format!("executor{i}"));
+            std::fs::create_dir_all(&work).unwrap();
+            processes.push(spawn(
+                &[
+                    s("executor"),
+                    s("--bind-host"),
+                    s("127.0.0.1"),
+                    s("--bind-port"),
+                    flight.to_string(),
+                    s("--grpc-port"),
+                    grpc.to_string(),
+                    s("--scheduler-host"),
+                    s("127.0.0.1"),
+                    s("--scheduler-port"),
+                    scheduler_port.to_string(),
+                    s("--concurrent-tasks"),
+                    s("1"),
+                    s("--work-dir"),
+                    work.to_string_lossy().to_string(),
+                ],
+                &logs.join(format!("executor{i}.log")),
+            ));
+            wait_for_port(flight, "an executor");
+        }
+        LocalCluster { scheduler_port, processes, logs }
+    }
+
+    fn url(&self) -> String {
+        format!("df://127.0.0.1:{}", self.scheduler_port)
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.logs.join(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for p in &mut self.processes {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+/// The loyalty cards of generated dumps, as a table over the listed files (Ballista loses
+/// globs on the way to the executors).
+async fn register_cards(ctx: &SessionContext, dumps: &Path) {
+    let mut files: Vec<String> = std::fs::read_dir(dumps.join("pos"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("loyalty_cards"))
+        .map(|p| p.to_string_lossy().to_string())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty());
+    let df = ctx.read_csv(files, CsvReadOptions::new().has_header(true)).await.unwrap();
+    ctx.register_table("cards", df.into_view()).unwrap();
+}
+
+/// Normalisation, phonetic keys and a self-join on them: staging's and the rules' kind of
+/// query, in a fixed order.
+const QUERY: &str = "
+    WITH keyed AS (
+        SELECT CAST(card_number AS VARCHAR) AS card, normalize_postcode(postcode) AS postcode,
+               normalize_phone(CAST(phone AS VARCHAR)) AS phone,
+               dutch_phonetic(split_last_name(full_name)) AS surname_key
+        FROM cards)
+    SELECT a.postcode, a.surname_key, count(*) AS pairs,
+           min(a.card) AS first_card, max(jaro_winkler(a.phone, b.phone)) AS best_phone
+    FROM keyed a JOIN keyed b ON a.postcode = b.postcode AND a.surname_key = b.surname_key AND a.card < b.card
+    GROUP BY a.postcode, a.surname_key
+    ORDER BY pairs DESC, a.postcode, a.surname_key";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn klantbeelds_functions_run_on_a_two_executor_cluster_as_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(&dir.path().join("data"), 3000, 11, false);
+    let dumps = dir.path().join("data/dumps");
+    let cluster = LocalCluster::start(dir.path(), 2);
+
+    let embedded = klantbeeld::engine::session(&Default::default(), dir.path()).unwrap();
+    register_cards(&embedded, &dumps).await;
+    let expected = embedded.sql(QUERY).await.unwrap().collect().await.unwrap();
+
+    // Four partitions for two executors of one task each: the work has to be shared.
+    let config = klantbeeld::distributed::client_config().with_target_partitions(4);
+    let remote = klantbeeld::distributed::connect(&cluster.url(), config).await.unwrap();
+    register_cards(&remote, &dumps).await;
+    let got = tokio::time::timeout(Duration::from_secs(180), async {
+        remote.sql(QUERY).await.unwrap().collect().await.unwrap()
+    })
+    .await
+    .expect("the cluster answered within 3 minutes");
+
+    let (expected, got) =
+        (pretty_format_batches(&expected).unwrap().to_string(), pretty_format_batches(&got).unwrap().to_string());
+    assert!(expected.lines().count() > 20, "the query finds pairs:\n{expected}");
+    assert_eq!(got, expected);
+    for i in 0..2 {
+        let log = cluster.log(&format!("executor{i}.log"));
+        assert!(log.contains("Execute task"), "executor {i} ran no task:\n{log}");
+    }
+    assert!(cluster.log("scheduler.log").contains("Job finished successfully"));
+}
