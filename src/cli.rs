@@ -99,6 +99,18 @@ pub struct RunArgs {
     /// Take over the output's lock object (object stores) left by a run you know is dead.
     #[arg(long)]
     pub break_lock: bool,
+    /// Where the queries run: in this process, or on an Apache Ballista cluster.
+    #[arg(long, value_enum, default_value_t = EngineKind::Embedded)]
+    pub engine: EngineKind,
+    /// The Ballista scheduler, as df://HOST:PORT (with --engine ballista).
+    #[arg(long, value_name = "URL", required_if_eq("engine", "ballista"))]
+    pub scheduler: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineKind {
+    Embedded,
+    Ballista,
 }
 
 #[derive(Debug, Args)]
@@ -234,9 +246,15 @@ impl Drop for StampedLine {
     }
 }
 
-fn init_logging(format: LogFormat, quiet: bool, run_id: Option<&str>) {
+fn init_logging(format: LogFormat, quiet: bool, run_id: Option<&str>, cluster_process: bool) {
     use tracing_subscriber::EnvFilter;
-    let default = if quiet { "warn" } else { "info" };
+    // A Ballista client logs a line per query at info; the scheduler and executor
+    // processes' own lines are what their operators read.
+    let default = match (quiet, cluster_process) {
+        (true, _) => "warn",
+        (false, true) => "info",
+        (false, false) => "info,ballista=warn",
+    };
     let filter = EnvFilter::try_from_env("KLANTBEELD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     // Colour codes only for a terminal: a log file or a shipper gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -257,7 +275,8 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     // The run id exists before the first log line, so that every line can carry it.
     let run_id = matches!(cli.command, Command::Run(_)).then(crate::pipeline::new_run_id);
-    init_logging(cli.log_format, cli.quiet, run_id.as_deref());
+    let cluster_process = matches!(cli.command, Command::Scheduler(_) | Command::Executor(_));
+    init_logging(cli.log_format, cli.quiet, run_id.as_deref(), cluster_process);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -324,6 +343,13 @@ async fn dispatch(command: Command, live_progress: bool, run_id: Option<String>)
                 run_id: Some(run_id.clone()),
                 break_lock: args.break_lock,
                 progress: live_progress,
+                engine: match (args.engine, args.scheduler) {
+                    (EngineKind::Ballista, Some(scheduler)) => crate::engine::Engine::Ballista { scheduler },
+                    (EngineKind::Ballista, None) => {
+                        return Err(Error::Usage("--engine ballista needs --scheduler".into()));
+                    }
+                    (EngineKind::Embedded, _) => crate::engine::Engine::Embedded,
+                },
             };
             let span = tracing::info_span!("run", run_id = run_id.as_str(), pipeline = p.spec.name.as_str());
             let manifest = {

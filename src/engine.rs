@@ -41,15 +41,19 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     Ok((n * factor) as usize)
 }
 
+/// Where a run's queries execute.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Engine {
+    /// In this process (DataFusion).
+    #[default]
+    Embedded,
+    /// On an Apache Ballista cluster, through its scheduler at `df://HOST:PORT`.
+    Ballista { scheduler: String },
+}
+
 /// A session whose spill files go to `spill_dir`.
 pub fn session(options: &EngineOptions, spill_dir: &Path) -> datafusion::error::Result<SessionContext> {
-    let mut config = SessionConfig::new().with_information_schema(true);
-    if let Some(n) = options.target_partitions {
-        config = config.with_target_partitions(n.max(1));
-    }
-    if let Some(n) = options.batch_size {
-        config = config.with_batch_size(n.max(1));
-    }
+    let mut config = configure(SessionConfig::new().with_information_schema(true), options)?;
     let mut runtime = RuntimeEnvBuilder::new().with_disk_manager_builder(
         DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill_dir.to_path_buf()])),
     );
@@ -60,15 +64,29 @@ pub fn session(options: &EngineOptions, spill_dir: &Path) -> datafusion::error::
         runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(FairSpillPool::new(bytes), top)));
         // Sorts keep a reserve for merging spilled runs; a tenth of the pool leaves room
         // for the rest (see TECH_NOTES: merges fail when the pool is too tight).
-        config = config.with_sort_spill_reservation_bytes((bytes / 10).max(1 << 20));
-    }
-    // Last, so that the pipeline's own settings win over the defaults above.
-    for (key, value) in &options.settings {
-        config.options_mut().set(key, value)?;
+        // A pipeline that sets the reserve itself keeps its value.
+        if !options.settings.iter().any(|(k, _)| k.ends_with("sort_spill_reservation_bytes")) {
+            config = config.with_sort_spill_reservation_bytes((bytes / 10).max(1 << 20));
+        }
     }
     let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
     crate::udf::register(&ctx);
     Ok(ctx)
+}
+
+/// The options' partitions, batch size and settings on a session configuration (the
+/// memory limit is the runtime's, see [`session`]).
+pub fn configure(mut config: SessionConfig, options: &EngineOptions) -> datafusion::error::Result<SessionConfig> {
+    if let Some(n) = options.target_partitions {
+        config = config.with_target_partitions(n.max(1));
+    }
+    if let Some(n) = options.batch_size {
+        config = config.with_batch_size(n.max(1));
+    }
+    for (key, value) in &options.settings {
+        config.options_mut().set(key, value)?;
+    }
+    Ok(config)
 }
 
 /// Writes a query's result as Parquet under `dir/name/` and registers it as table `name`

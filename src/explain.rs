@@ -82,12 +82,12 @@ struct Edge {
 pub async fn explain(pipeline: &Pipeline, records: &[RecordRef]) -> Result<String, Error> {
     let output = Location::parse(&pipeline.spec.output, &pipeline.base_dir)?;
     let scratch = tempfile::tempdir().map_err(|e| Error::Other(e.to_string()))?;
-    let ctx = if records.len() == 2 {
+    let (ctx, learned) = if records.len() == 2 {
         let ctx = crate::pipeline::staged_session(pipeline, scratch.path()).await?;
-        crate::resolve::names::learn(&ctx).await.map_err(Error::engine("learning first names"))?;
-        ctx
+        let learned = crate::resolve::names::learn(&ctx).await.map_err(Error::engine("learning first names"))?;
+        (ctx, learned)
     } else {
-        crate::pipeline::start_session(pipeline, &Default::default(), scratch.path())?
+        (crate::pipeline::start_session(pipeline, &Default::default(), scratch.path())?, Default::default())
     };
     let store = crate::storage::store_for(&ctx, &output, &pipeline.spec.storage)?;
     crate::publish::published_manifest(store.as_ref(), &output).await.ok_or_else(|| {
@@ -134,7 +134,8 @@ pub async fn explain(pipeline: &Pipeline, records: &[RecordRef]) -> Result<Strin
             let _ = writeln!(out, "\nrule by rule, for these two records:");
             let models = published_models(store.as_ref(), &output).await;
             for (i, rule) in pipeline.spec.resolve.rules.iter().enumerate() {
-                let weighing = Weighing { models: &models, rule_no: (i + 1) as u16, scratch: scratch.path() };
+                let weighing =
+                    Weighing { models: &models, learned: &learned, rule_no: (i + 1) as u16, scratch: scratch.path() };
                 let line = compare_pair(&ctx, rule, a, b, &weighing).await?;
                 let _ = writeln!(out, "  {}: {line}", rule.name());
             }
@@ -273,10 +274,11 @@ async fn published_models(store: &dyn object_store::ObjectStore, output: &Locati
     serde_json::from_slice(&bytes).unwrap_or_default()
 }
 
-/// What a probabilistic rule is weighed with in an explanation: the published models, and
-/// where to count the term frequencies.
+/// What a rule is checked with in an explanation: the published models, the first names
+/// learned from the data, and where to count the term frequencies.
 struct Weighing<'a> {
     models: &'a [RuleModel],
+    learned: &'a crate::resolve::names::LearnedNames,
     rule_no: u16,
     scratch: &'a std::path::Path,
 }
@@ -304,8 +306,10 @@ async fn compare_pair(
         if attrs.is_empty() {
             "'none'".into()
         } else {
-            let cases: Vec<String> =
-                attrs.iter().map(|x| format!("CASE WHEN NOT ({}) THEN '{x}' END", rules::no_conflict(x))).collect();
+            let cases: Vec<String> = attrs
+                .iter()
+                .map(|x| format!("CASE WHEN NOT ({}) THEN '{x}' END", rules::no_conflict(x, weighing.learned)))
+                .collect();
             format!("COALESCE(NULLIF(concat_ws(', ', {}), ''), 'none')", cases.join(", "))
         }
     };
@@ -334,7 +338,7 @@ async fn compare_pair(
                 ctx,
                 &format!(
                     "SELECT count(*) FROM ({}) WHERE value = (SELECT concat({}) {pair})",
-                    rules::deterministic(d).dropped,
+                    rules::deterministic(d, weighing.learned).dropped,
                     d.on.iter().map(|c| format!("CAST(l.{c} AS VARCHAR)")).collect::<Vec<_>>().join(", ' | ', ")
                 ),
             )

@@ -43,6 +43,7 @@ pub struct RunOptions {
     pub break_lock: bool,
     /// Draw progress on the terminal (plain log lines are written either way).
     pub progress: bool,
+    pub engine: engine::Engine,
 }
 
 /// One input source in the manifest.
@@ -160,7 +161,15 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Manifest, 
     let scratch_root = options.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let scratch_dir =
         Scratch::create(&scratch_root).map_err(|e| Error::Other(format!("{}: {e}", scratch_root.display())))?;
-    let ctx = start_session(pipeline, options, scratch_dir.path())?;
+    let ctx = match &options.engine {
+        engine::Engine::Embedded => start_session(pipeline, options, scratch_dir.path())?,
+        engine::Engine::Ballista { scheduler } => {
+            let config = crate::distributed::client_config();
+            let config = engine::configure(config, &engine_options(pipeline, options)?)
+                .map_err(Error::engine("engine settings"))?;
+            crate::distributed::connect(scheduler, config).await?
+        }
+    };
     let mut storage_spec = pipeline.spec.storage.clone();
     if options.break_lock {
         storage_spec.lock_timeout_s = 0;
@@ -406,8 +415,16 @@ pub fn data_tests(pipeline: &Pipeline) -> Vec<(String, Vec<TestSpec>)> {
 /// The engine session of a run (and of `plan`, `test` and `explain`), with the YAML's
 /// `engine` options, spilling under `scratch`.
 pub fn start_session(pipeline: &Pipeline, options: &RunOptions, scratch: &Path) -> Result<SessionContext, Error> {
+    let engine_options = engine_options(pipeline, options)?;
+    let spill = scratch.join("spill");
+    std::fs::create_dir_all(&spill).map_err(|e| Error::Other(format!("{}: {e}", spill.display())))?;
+    engine::session(&engine_options, &spill).map_err(Error::engine("starting the engine"))
+}
+
+/// The YAML's `engine` section, with the run's memory limit over it.
+fn engine_options(pipeline: &Pipeline, options: &RunOptions) -> Result<EngineOptions, Error> {
     let spec = &pipeline.spec;
-    let engine_options = EngineOptions {
+    Ok(EngineOptions {
         memory_limit: match options.memory_limit {
             Some(n) => Some(n),
             None => spec.engine.memory_limit.as_deref().map(engine::parse_size).transpose().map_err(Error::Usage)?,
@@ -415,10 +432,7 @@ pub fn start_session(pipeline: &Pipeline, options: &RunOptions, scratch: &Path) 
         target_partitions: spec.engine.target_partitions,
         batch_size: spec.engine.batch_size,
         settings: spec.engine.settings(),
-    };
-    let spill = scratch.join("spill");
-    std::fs::create_dir_all(&spill).map_err(|e| Error::Other(format!("{}: {e}", spill.display())))?;
-    engine::session(&engine_options, &spill).map_err(Error::engine("starting the engine"))
+    })
 }
 
 /// What staging left out, per source.
@@ -441,7 +455,7 @@ pub async fn stage_records(
     use datafusion::prelude::col;
     const STAGED: &str = "staged_records";
     const KEPT: &str = "kept_records";
-    let staged = stage::stage_all(ctx, pipeline, present).await?;
+    let staged = stage::stage_all(ctx, pipeline, present, scratch).await?;
     materialize(ctx, STAGED, staged, scratch).await?;
     let all = ctx.table(STAGED).await.map_err(Error::engine("staged records"))?;
     let set_aside = set_aside_records(all.clone()).await?;

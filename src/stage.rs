@@ -2,6 +2,8 @@
 //! the klantbeeld UDFs, and all sources stacked into one `identity_records` table with a
 //! dense record number (`rid`) that resolution works on.
 
+use std::path::Path;
+
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
@@ -127,8 +129,9 @@ fn name_core(e: Expr) -> Expr {
 }
 
 /// Counts how often each name is written as a first and as a last name in these records
-/// and registers the counts as `name_roles`: the data says which names are given names.
-async fn register_name_roles(ctx: &SessionContext, raws: &[DataFrame]) -> Result<(), StageError> {
+/// and writes the counts as table `name_roles` under `scratch`: the data says which names
+/// are given names.
+async fn register_name_roles(ctx: &SessionContext, raws: &[DataFrame], scratch: &Path) -> Result<(), StageError> {
     use datafusion::functions_aggregate::expr_fn::sum;
     let mut all: Option<DataFrame> = None;
     for raw in raws {
@@ -149,13 +152,9 @@ async fn register_name_roles(ctx: &SessionContext, raws: &[DataFrame]) -> Result
         vec![col("name")],
         vec![sum(col("as_first")).alias("as_first"), sum(col("as_last")).alias("as_last")],
     )?;
-    // One row per distinct name: small next to the records, kept in memory for the joins.
-    let schema = counts.schema().inner().clone();
-    let batches = counts.collect().await?;
-    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])?;
-    let _ = ctx.deregister_table(NAME_ROLES);
-    ctx.register_table(NAME_ROLES, std::sync::Arc::new(table))?;
-    Ok(())
+    // A file, not a table in memory: the records of every source join it, on whichever
+    // engine (Ballista has no in-memory tables).
+    Ok(crate::engine::materialize(ctx, NAME_ROLES, counts, scratch).await?)
 }
 
 /// Puts first and last name back in their fields where a record has them the wrong way
@@ -332,7 +331,12 @@ pub fn external_id_names(pipeline: &Pipeline) -> Vec<String> {
 }
 
 /// Stages all identity sources present in this run and stacks them.
-pub async fn stage_all(ctx: &SessionContext, pipeline: &Pipeline, present: &[String]) -> Result<DataFrame, StageError> {
+pub async fn stage_all(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    present: &[String],
+    scratch: &Path,
+) -> Result<DataFrame, StageError> {
     let mut raws = Vec::new();
     for (name, source) in pipeline.spec.identity_sources() {
         if present.contains(name) {
@@ -341,7 +345,7 @@ pub async fn stage_all(ctx: &SessionContext, pipeline: &Pipeline, present: &[Str
         }
     }
     let values: Vec<DataFrame> = raws.iter().map(|(_, _, df)| df.clone()).collect();
-    register_name_roles(ctx, &values).await?;
+    register_name_roles(ctx, &values, scratch).await?;
     let mut all: Option<DataFrame> = None;
     for (name, source, raw) in raws {
         let staged = normalise(ctx, pipeline, name, source, unswap_names(ctx, raw).await?)?;

@@ -19,6 +19,39 @@ pub struct ClusterArrays {
     pub rule_names: Vec<String>,
 }
 
+impl ClusterArrays {
+    /// The name of the rule that joined record `rid`, `none` when no rule did.
+    fn matched_by(&self, rid: u32) -> &str {
+        match self.rule[rid as usize] {
+            0 => "none",
+            k => self.rule_names[k as usize - 1].as_str(),
+        }
+    }
+
+    /// The arrays as a Parquet file of `rid`, `cluster_id`, `matched_by`: what a cluster's
+    /// executors join the records with, where the embedded engine calls [`functions`].
+    pub fn write_parquet(&self, file: std::fs::File) -> datafusion::parquet::errors::Result<()> {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        const ROWS: usize = 1 << 20;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("rid", DataType::UInt32, false),
+            Field::new("cluster_id", DataType::UInt32, false),
+            Field::new("matched_by", DataType::Utf8, false),
+        ]));
+        let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None)?;
+        for start in (0..self.cluster.len()).step_by(ROWS) {
+            let rids = start as u32..(start + ROWS).min(self.cluster.len()) as u32;
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(rids.clone().collect::<UInt32Array>()),
+                Arc::new(rids.clone().map(|r| self.cluster[r as usize]).collect::<UInt32Array>()),
+                Arc::new(rids.map(|r| Some(self.matched_by(r))).collect::<StringArray>()),
+            ];
+            writer.write(&datafusion::arrow::array::RecordBatch::try_new(schema.clone(), columns)?)?;
+        }
+        writer.close().map(|_| ())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Output {
     Cluster,
@@ -83,16 +116,7 @@ impl ScalarUDFImpl for Lookup {
         }
         let out: ArrayRef = match self.output {
             Output::Cluster => Arc::new(rids.iter().map(|r| r.map(|r| a.cluster[r as usize])).collect::<UInt32Array>()),
-            Output::MatchedBy => Arc::new(
-                rids.iter()
-                    .map(|r| {
-                        r.map(|r| match a.rule[r as usize] {
-                            0 => "none",
-                            k => a.rule_names[k as usize - 1].as_str(),
-                        })
-                    })
-                    .collect::<StringArray>(),
-            ),
+            Output::MatchedBy => Arc::new(rids.iter().map(|r| r.map(|r| a.matched_by(r))).collect::<StringArray>()),
         };
         Ok(ColumnarValue::Array(out))
     }

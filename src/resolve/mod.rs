@@ -30,6 +30,8 @@ use crate::stage::{IDENTITY_RECORDS, external_id_names};
 pub const CLUSTERED_RECORDS: &str = "clustered_records";
 /// Table of every candidate edge with its decision.
 pub const EDGE_DECISIONS: &str = "edge_decisions";
+/// Each record's cluster and the rule that joined it, on a Ballista cluster.
+const RECORD_CLUSTERS: &str = "record_clusters";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -146,7 +148,7 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
         );
     }
     let learned_first_name_pairs = learned.len();
-    let mut clusters = Clusters::new(spec.guardrails.max_cluster_size, &spec.guardrails.conflicting, learned);
+    let mut clusters = Clusters::new(spec.guardrails.max_cluster_size, &spec.guardrails.conflicting, learned.clone());
     load_records(ctx, &mut clusters).await?;
     let edges_path = work_dir.join("edge_decisions.parquet");
     let io = |path: &Path| {
@@ -188,7 +190,7 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
         if let Some((model, _)) = &fitted {
             summary.blocked_pairs = model.blocking.iter().map(|b| (b.key.join("+"), b.pairs)).collect();
         }
-        let queries = rules::rule_queries(rule, &external_ids, fitted.as_ref().map(|(m, f)| (m, f.as_str())));
+        let queries = rules::rule_queries(rule, &external_ids, fitted.as_ref().map(|(m, f)| (m, f.as_str())), &learned);
         models.extend(fitted.map(|(m, _)| m));
         for (part, queries) in queries.into_iter().enumerate() {
             count_dropped(ctx, name, &queries.dropped, &mut summary).await?;
@@ -223,17 +225,29 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
     let sizes = size_histogram(&arrays.cluster);
     let records = clusters.len() as u64;
     drop(clusters);
-    for f in lookup::functions(arrays) {
-        ctx.register_udf(f);
-    }
-    let clustered = ctx
-        .sql(&format!(
+    let clustered = if crate::distributed::is_distributed(ctx) {
+        // Executors cannot call into this process: the clusters go to them as a table.
+        let path = work_dir.join("record_clusters.parquet");
+        let file = File::create(&path).map_err(io(&path))?;
+        arrays.write_parquet(file).map_err(write_err(&path))?;
+        ctx.register_parquet(RECORD_CLUSTERS, path.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;
+        format!(
+            "SELECT c.cluster_id, c.matched_by, r.* FROM {IDENTITY_RECORDS} r JOIN {RECORD_CLUSTERS} c ON c.rid = r.rid"
+        )
+    } else {
+        for f in lookup::functions(arrays) {
+            ctx.register_udf(f);
+        }
+        format!(
             "SELECT {}(rid) AS cluster_id, {}(rid) AS matched_by, * FROM {IDENTITY_RECORDS}",
             lookup::CLUSTER_OF,
             lookup::MATCHED_BY_OF
-        ))
-        .await?;
-    let written = crate::engine::materialize(ctx, CLUSTERED_RECORDS, clustered, work_dir).await;
+        )
+    };
+    let written = match ctx.sql(&clustered).await {
+        Ok(df) => crate::engine::materialize(ctx, CLUSTERED_RECORDS, df, work_dir).await,
+        Err(e) => Err(e),
+    };
     // The functions hold the arrays; the table has what they said.
     for name in [lookup::CLUSTER_OF, lookup::MATCHED_BY_OF] {
         ctx.deregister_udf(name);

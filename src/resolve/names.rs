@@ -7,16 +7,15 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray};
+use datafusion::arrow::array::{ArrayRef, AsArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 use datafusion::prelude::SessionContext;
 
 use crate::stage::IDENTITY_RECORDS;
 
-/// The SQL function that tells whether two first-name roots are a learned pair.
-pub const LEARNED_NAMES: &str = "learned_first_names";
+/// Between the two roots of a pair in [`LearnedNames::keys`].
+pub const KEY_SEPARATOR: char = '|';
 
 /// Identifiers that must carry a pair of names together before it counts.
 const MIN_IDENTIFIERS: i64 = 3;
@@ -44,6 +43,13 @@ impl LearnedNames {
         self.pairs.contains(&key)
     }
 
+    /// Every pair as `smaller|larger`, sorted: what the rules' SQL compares against.
+    pub fn keys(&self) -> impl Iterator<Item = String> + '_ {
+        let mut keys: Vec<String> = self.pairs.iter().map(|(a, b)| format!("{a}{KEY_SEPARATOR}{b}")).collect();
+        keys.sort();
+        keys.into_iter()
+    }
+
     pub fn len(&self) -> usize {
         self.pairs.len()
     }
@@ -53,8 +59,7 @@ impl LearnedNames {
     }
 }
 
-/// Learns the pairs from the staged identity records and registers
-/// `learned_first_names(root_a, root_b)` for the rules' first-name checks.
+/// Learns the pairs from the staged identity records.
 pub async fn learn(ctx: &SessionContext) -> Result<Arc<LearnedNames>> {
     let sql = format!(
         "WITH ids AS ( \
@@ -81,55 +86,7 @@ pub async fn learn(ctx: &SessionContext) -> Result<Arc<LearnedNames>> {
             pairs.insert((a.value(i).to_string(), b.value(i).to_string()));
         }
     }
-    let learned = Arc::new(LearnedNames { pairs });
-    ctx.register_udf(ScalarUDF::from(Lookup {
-        learned: learned.clone(),
-        signature: Signature::exact(vec![DataType::Utf8, DataType::Utf8], Volatility::Immutable),
-    }));
-    Ok(learned)
-}
-
-#[derive(Debug)]
-struct Lookup {
-    learned: Arc<LearnedNames>,
-    signature: Signature,
-}
-
-impl PartialEq for Lookup {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.learned, &other.learned)
-    }
-}
-
-impl Eq for Lookup {}
-
-impl std::hash::Hash for Lookup {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.learned) as usize).hash(state);
-    }
-}
-
-impl ScalarUDFImpl for Lookup {
-    fn name(&self) -> &str {
-        LEARNED_NAMES
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Boolean)
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let (a, b) = (arrays[0].as_string::<i32>(), arrays[1].as_string::<i32>());
-        let out: BooleanArray = (0..a.len())
-            .map(|i| (!a.is_null(i) && !b.is_null(i)).then(|| self.learned.contains_roots(a.value(i), b.value(i))))
-            .collect();
-        Ok(ColumnarValue::Array(Arc::new(out)))
-    }
+    Ok(Arc::new(LearnedNames { pairs }))
 }
 
 #[cfg(test)]
@@ -162,14 +119,6 @@ mod tests {
         let learned = learn(&ctx).await.unwrap();
         assert!(learned.contains_roots("johanna", "jo") && learned.contains_roots("jo", "johanna"));
         assert!(!learned.contains_roots("jan", "marie") && !learned.contains_roots("jo", "piet"));
-        let b = ctx
-            .sql("SELECT learned_first_names('jo', 'johanna'), learned_first_names('jan', 'marie')")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let text = |i: usize| datafusion::arrow::util::display::array_value_to_string(b[0].column(i), 0).unwrap();
-        assert_eq!((text(0), text(1)), ("true".to_string(), "false".to_string()));
+        assert_eq!(learned.keys().collect::<Vec<_>>(), ["jo|johanna"]);
     }
 }

@@ -1,6 +1,7 @@
 //! Candidate edges per rule, as SQL over `identity_records`. Each query returns
 //! `rid_a < rid_b`, a `score` and a `detail` text that says what was compared.
 
+use super::names::LearnedNames;
 use super::probabilistic::{self, RuleModel};
 use crate::config::{
     ComparisonSpec, DeterministicRule, ExactOn, ExternalIdRule, FuzzyRule, LevelKind, LevelSpec, ProbabilisticRule,
@@ -9,12 +10,24 @@ use crate::config::{
 use crate::stage::IDENTITY_RECORDS;
 
 /// SQL that must hold for a pair not to conflict on an attribute; pairs with a missing
-/// value on either side do not conflict.
-pub(crate) fn no_conflict(attribute: &str) -> String {
+/// value on either side do not conflict. First names this data writes for one person
+/// (`learned`) are written into the SQL, so that the query carries all it needs to any
+/// engine (a function holding them would live in this process only).
+pub(crate) fn no_conflict(attribute: &str, learned: &LearnedNames) -> String {
     match attribute {
-        "first_name" => "(COALESCE(first_names_compatible(l.first_name, r.first_name), true) \
-             OR COALESCE(learned_first_names(l.first_name_root, r.first_name_root), false))"
-            .into(),
+        "first_name" => {
+            let compatible = "COALESCE(first_names_compatible(l.first_name, r.first_name), true)";
+            if learned.is_empty() {
+                return compatible.into();
+            }
+            let pairs: Vec<String> = learned.keys().map(|k| quote(&k)).collect();
+            format!(
+                "({compatible} OR COALESCE(concat(least(l.first_name_root, r.first_name_root), '{sep}', \
+                 greatest(l.first_name_root, r.first_name_root)) IN ({}), false))",
+                pairs.join(", "),
+                sep = super::names::KEY_SEPARATOR
+            )
+        }
         "birth_date" => "COALESCE(birth_dates_compatible(l.birth_date, r.birth_date), true)".into(),
         "last_name" => "COALESCE(jaro_winkler(l.last_name_core, r.last_name_core) >= 0.8, true)".into(),
         "house_number" => "COALESCE(l.house_number = r.house_number, true)".into(),
@@ -31,11 +44,11 @@ pub(crate) fn link_clause(link_only: bool) -> &'static str {
     if link_only { "l.source_system <> r.source_system" } else { "true" }
 }
 
-fn conflicts_clause(attributes: &[String]) -> String {
+fn conflicts_clause(attributes: &[String], learned: &LearnedNames) -> String {
     if attributes.is_empty() {
         "true".into()
     } else {
-        attributes.iter().map(|a| no_conflict(a)).collect::<Vec<_>>().join(" AND ")
+        attributes.iter().map(|a| no_conflict(a, learned)).collect::<Vec<_>>().join(" AND ")
     }
 }
 
@@ -75,13 +88,14 @@ pub struct RuleSql {
 /// than one person (distinct first names), records without a first name do not link
 /// through it: they could be any of them. People are counted by known first names when
 /// the group has any, so that a typo (`Wenddy`) does not count as a second person.
-pub fn deterministic(rule: &DeterministicRule) -> RuleSql {
-    deterministic_on(&rule.on, &rule.unless_conflict, rule.max_people, rule.max_group_size, rule.filter.as_deref())
+pub fn deterministic(rule: &DeterministicRule, learned: &LearnedNames) -> RuleSql {
+    let unless = (rule.unless_conflict.as_slice(), learned);
+    deterministic_on(&rule.on, unless, rule.max_people, rule.max_group_size, rule.filter.as_deref())
 }
 
 fn deterministic_on(
     on: &[String],
-    unless: &[String],
+    (unless, learned): (&[String], &LearnedNames),
     max_people: Option<usize>,
     max_group: Option<usize>,
     filter: Option<&str>,
@@ -127,7 +141,7 @@ fn deterministic_on(
     );
     // Groups that break a guardrail are removed before the self-join, so that a value on
     // thousands of records (`info@`) never makes millions of pairs.
-    let conflicts = conflicts_clause(unless);
+    let conflicts = conflicts_clause(unless, learned);
     let on = on.to_vec();
     let edges = move |pass: Pass| {
         format!(
@@ -146,10 +160,10 @@ fn deterministic_on(
 }
 
 /// Records carrying the same external id link (no people guard: these are system keys).
-pub fn external_id(rule: &ExternalIdRule, ids: &[String]) -> Vec<RuleSql> {
+pub fn external_id(rule: &ExternalIdRule, ids: &[String], learned: &LearnedNames) -> Vec<RuleSql> {
     ids.iter()
         .filter(|id| rule.id.as_ref().is_none_or(|wanted| wanted == *id))
-        .map(|id| deterministic_on(&[format!("ext_{id}")], &rule.unless_conflict, None, None, None))
+        .map(|id| deterministic_on(&[format!("ext_{id}")], (&rule.unless_conflict, learned), None, None, None))
         .collect()
 }
 
@@ -216,7 +230,7 @@ pub(crate) fn comparison_cases(c: &ComparisonSpec) -> (String, String) {
 /// Candidate pairs from the blocking keys (blocks above the size limit are skipped),
 /// scored by the comparisons; pairs at or above the threshold are edges. A pair that
 /// shares several blocking keys comes once per key; the caller keeps one.
-pub fn fuzzy(rule: &FuzzyRule) -> RuleSql {
+pub fn fuzzy(rule: &FuzzyRule, learned: &LearnedNames) -> RuleSql {
     let records = match &rule.filter {
         Some(f) => format!("(SELECT * FROM {IDENTITY_RECORDS} WHERE {f})"),
         None => IDENTITY_RECORDS.to_string(),
@@ -224,7 +238,7 @@ pub fn fuzzy(rule: &FuzzyRule) -> RuleSql {
     let cases: Vec<(String, String)> = rule.comparisons.iter().map(comparison_cases).collect();
     let score = cases.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>().join(" + ");
     let detail = cases.iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join(", ");
-    let conflicts = format!("{} AND {}", conflicts_clause(&rule.unless_conflict), link_clause(rule.link_only));
+    let conflicts = format!("{} AND {}", conflicts_clause(&rule.unless_conflict, learned), link_clause(rule.link_only));
     let each_pair = PairScore {
         columns: format!("{score} AS w0, concat_ws(' ', {detail}) AS d0"),
         weight: "w0".into(),
@@ -367,8 +381,8 @@ pub(crate) fn tf_column(comparison: usize) -> String {
 /// log2(m / share of records with that value)). Pairs whose match probability reaches the
 /// threshold are edges; `score` is that probability. `from` holds the records, with the
 /// `tf_<i>` counts where needed.
-pub fn probabilistic(rule: &ProbabilisticRule, model: &RuleModel, from: &str) -> RuleSql {
-    let conflicts = format!("{} AND {}", conflicts_clause(&rule.unless_conflict), link_clause(rule.link_only));
+pub fn probabilistic(rule: &ProbabilisticRule, model: &RuleModel, from: &str, learned: &LearnedNames) -> RuleSql {
+    let conflicts = format!("{} AND {}", conflicts_clause(&rule.unless_conflict, learned), link_clause(rule.link_only));
     let threshold = (rule.threshold / (1.0 - rule.threshold)).log2();
     let scoring = Scoring {
         pairs: probabilistic_scores(rule, model),
@@ -472,14 +486,19 @@ pub(crate) fn probabilistic_scores(rule: &ProbabilisticRule, model: &RuleModel) 
 
 /// Per rule: the edge query and the query of what its guardrails left out. A
 /// probabilistic rule needs its fitted model and the table of its records.
-pub fn rule_queries(rule: &RuleSpec, external_ids: &[String], fitted: Option<(&RuleModel, &str)>) -> Vec<RuleSql> {
+pub fn rule_queries(
+    rule: &RuleSpec,
+    external_ids: &[String],
+    fitted: Option<(&RuleModel, &str)>,
+    learned: &LearnedNames,
+) -> Vec<RuleSql> {
     match rule {
-        RuleSpec::Deterministic(r) => vec![deterministic(r)],
-        RuleSpec::ExternalId(r) => external_id(r, external_ids),
-        RuleSpec::Fuzzy(r) => vec![fuzzy(r)],
+        RuleSpec::Deterministic(r) => vec![deterministic(r, learned)],
+        RuleSpec::ExternalId(r) => external_id(r, external_ids, learned),
+        RuleSpec::Fuzzy(r) => vec![fuzzy(r, learned)],
         RuleSpec::Probabilistic(r) => {
             let (model, from) = fitted.expect("a probabilistic rule is estimated before its queries");
-            vec![probabilistic(r, model, from)]
+            vec![probabilistic(r, model, from, learned)]
         }
     }
 }
