@@ -81,6 +81,17 @@ impl LocalCluster {
         format!("df://127.0.0.1:{}", self.scheduler_port)
     }
 
+    /// Kills executor `i` (SIGKILL: no goodbye to the scheduler).
+    fn kill_executor(&mut self, i: usize) {
+        let p = &mut self.processes[1 + i];
+        p.kill().unwrap();
+        p.wait().unwrap();
+    }
+
+    fn jobs_finished(&self) -> usize {
+        self.log("scheduler.log").matches("Job finished successfully").count()
+    }
+
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.logs.join(name)).unwrap_or_default()
     }
@@ -204,4 +215,68 @@ async fn retail_pipeline_on_a_cluster_publishes_what_the_embedded_run_does() {
     for i in 0..2 {
         assert!(cluster.log(&format!("executor{i}.log")).contains("Execute task"), "executor {i} ran no task");
     }
+}
+
+/// An executor killed in the middle of a run (over a previous publish of the same data):
+/// either the cluster redoes its work and the run publishes the embedded result, or the
+/// run fails and the previous publish stays as it was. Never a partial publish.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_executor_killed_mid_run_never_leaves_a_partial_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(&dir.path().join("data"), 1500, 29, false);
+    let dumps = dir.path().join("data/dumps");
+    let (expected, output) = (dir.path().join("expected"), dir.path().join("out"));
+    // The expected output of a second run over a first: customer changes depend on it.
+    run_retail(&dumps, &expected, &[]);
+    run_retail(&dumps, &expected, &[]);
+    run_retail(&dumps, &output, &[]);
+    let manifest_before = std::fs::read(output.join("_manifest.json")).unwrap();
+
+    let mut cluster = LocalCluster::start(dir.path(), 2);
+    let (input, out_var) = (format!("input={}", dumps.display()), format!("output={}", output.display()));
+    let url = cluster.url();
+    let mut run = Command::new(env!("CARGO_BIN_EXE_klantbeeld"))
+        .args(["run", retail_yaml().to_str().unwrap(), "--var", &input, "--var", &out_var])
+        .args(["--engine", "ballista", "--scheduler", &url])
+        .env("KLANTBEELD_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while cluster.jobs_finished() < 15 {
+        assert!(run.try_wait().unwrap().is_none(), "the run ended before the kill");
+        assert!(start.elapsed() < Duration::from_secs(120), "the run made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(run.try_wait().unwrap().is_none(), "the run ended before the kill");
+    cluster.kill_executor(1);
+
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(420) {
+            let _ = run.kill();
+            panic!("the run neither finished nor failed within 7 minutes of the kill");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if status.success() {
+        let manifest_after = std::fs::read(output.join("_manifest.json")).unwrap();
+        assert_ne!(manifest_after, manifest_before, "a successful run publishes its own manifest");
+        // Same data as the publish before it: no customer changed, in both.
+        let changes = |out: PathBuf| async move {
+            scalar(&out, &["customer_changes"], "SELECT count(*) FROM customer_changes").await
+        };
+        assert_eq!(changes(output.clone()).await, changes(expected.clone()).await);
+    } else {
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(run.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(stderr.contains("klantbeeld:"), "a failed run says why: {stderr}");
+        assert_eq!(std::fs::read(output.join("_manifest.json")).unwrap(), manifest_before);
+    }
+    // Either way the output is a whole publish of this data.
+    assert!(output.join("_SUCCESS").exists());
+    assert_same_tables(&expected, &output, &["customer_xref", "customers", "match_edges"]).await;
 }
