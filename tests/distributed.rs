@@ -183,10 +183,10 @@ async fn retail_pipeline_on_a_cluster_publishes_what_the_embedded_run_does() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("published run"));
     assert_same_tables(&embedded, &distributed, &["customer_xref", "customers", "customer_changes", "match_edges"])
         .await;
-    // Every enrichment column but those of the CLV model: Ballista 55 computes that model
-    // (a one-row retention aggregate crossed with every customer's RFM row) without the
-    // rows of about half the customers, with either of its planners and with the cross
-    // join written as a scalar subquery (README, "Scale-out": known defect).
+    // Every enrichment column but those of the CLV model: Ballista 55's static planner
+    // computes that model (a one-row retention aggregate crossed with every customer's
+    // RFM row, then a left join) with about one sixteenth of its rows (README,
+    // "Scale-out": known defects).
     const CLV: [&str; 4] =
         ["historical_revenue_eur", "average_order_value_eur", "purchases_per_year", "expected_lifetime_years"];
     let ctx = datafusion::prelude::SessionContext::new();
