@@ -15,6 +15,7 @@ pub mod eval;
 pub mod explain;
 pub mod extract;
 pub mod golden;
+pub mod manifest;
 pub mod pipeline;
 pub mod progress;
 pub mod publish;

@@ -5,21 +5,20 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
-use serde::Serialize;
-
 use crate::check;
 use crate::config::{Pipeline, TestSpec};
 use crate::engine::{self, EngineOptions};
 use crate::enrich;
-use crate::extract::{self, ExtractedSource, InputFile, Scratch};
+use crate::extract::{self, ExtractedSource, Scratch};
 use crate::golden::{self, CUSTOMER_CHANGES, CUSTOMER_XREF, CUSTOMERS};
-use crate::progress::{Progress, StageTiming, thousands};
+use crate::manifest::{InputInfo, Manifest, Published};
+use crate::progress::{Progress, thousands};
 use crate::publish::{Staging, TableInfos};
-use crate::resolve::{self, MatchSummary, ids};
+use crate::resolve::{self, ids};
 use crate::stage::{self, IDENTITY_RECORDS};
 use crate::storage::{self, Location};
 use crate::{Error, storage::redact};
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 
 /// The tables every run publishes, in this order.
 pub const GOLDEN_TABLES: &[&str] = &[CUSTOMERS, CUSTOMER_XREF, CUSTOMER_CHANGES, MATCH_EDGES];
@@ -44,49 +43,6 @@ pub struct RunOptions {
     /// Draw progress on the terminal (plain log lines are written either way).
     pub progress: bool,
     pub engine: engine::Engine,
-}
-
-/// One input source in the manifest.
-#[derive(Debug, Clone, Serialize)]
-pub struct InputInfo {
-    pub location: String,
-    pub files: Vec<InputFile>,
-    /// Rows read; with `rejected_rows` they make up the rows of the input.
-    pub rows: u64,
-    pub rejected_rows: usize,
-    /// Records read but set aside by staging (an overlong identity value).
-    pub set_aside_rows: usize,
-    /// Rows dropped because their record key was repeated (the most recent row is kept).
-    pub repeated_keys: u64,
-}
-
-/// `_manifest.json`: what a published run read, did and wrote.
-#[derive(Debug, Clone, Serialize)]
-pub struct Manifest {
-    pub run_id: String,
-    pub pipeline: String,
-    pub klantbeeld_version: String,
-    pub datafusion_version: String,
-    pub started_at: String,
-    pub finished_at: String,
-    pub vars: BTreeMap<String, String>,
-    pub config_hash: String,
-    pub previous_crosswalk: Option<String>,
-    pub customer_id_high_water: u64,
-    pub inputs: BTreeMap<String, InputInfo>,
-    pub tables: TableInfos,
-    #[serde(rename = "match")]
-    pub match_summary: MatchSummary,
-    /// The fitted weights of the probabilistic rules (`_model.json`), when there are any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// Models in the order they ran.
-    pub models: Vec<String>,
-    /// Models built in batches (`models.batched`), with the number of batches.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub model_batches: BTreeMap<String, usize>,
-    pub tests: Vec<check::TestOutcome>,
-    pub stages: Vec<StageTiming>,
 }
 
 /// A new run id: UTC time plus random bits, sortable and unique.
@@ -118,7 +74,7 @@ async fn previous_location(
     pipeline: &Pipeline,
     options: &RunOptions,
     output: &Location,
-) -> Result<(Option<Location>, Option<serde_json::Value>), Error> {
+) -> Result<(Option<Location>, Option<Published>), Error> {
     let store = storage::store_for(ctx, output, &pipeline.spec.storage)?;
     let manifest = crate::publish::published_manifest(store.as_ref(), output).await;
     let explicit = options.previous.as_deref().or(pipeline.spec.previous.as_deref());
@@ -134,7 +90,7 @@ async fn register_previous(
     ctx: &SessionContext,
     pipeline: &Pipeline,
     previous: Option<&Location>,
-    manifest: Option<&serde_json::Value>,
+    manifest: Option<&Published>,
 ) -> Result<u64, Error> {
     let Some(loc) = previous else {
         ids::register_empty_previous(ctx).await.map_err(Error::engine("previous crosswalk"))?;
@@ -149,7 +105,7 @@ async fn register_previous(
     let from_table = ids::previous_high_water(ctx)
         .await
         .map_err(|e| resolve::ResolveError::Previous { location: loc.display(), message: e.to_string() })?;
-    let from_manifest = manifest.and_then(|m| m.get("customer_id_high_water").and_then(|v| v.as_u64())).unwrap_or(0);
+    let from_manifest = manifest.map_or(0, |m| m.customer_id_high_water);
     Ok(from_table.max(from_manifest))
 }
 
@@ -342,8 +298,7 @@ pub async fn test_published(pipeline: &Pipeline) -> Result<(Vec<check::TestOutco
     let manifest = crate::publish::published_manifest(store.as_ref(), &output)
         .await
         .ok_or_else(|| Error::Usage(format!("{}: no published run (no _SUCCESS)", output.display())))?;
-    let published: Vec<String> =
-        manifest["tables"].as_object().map(|t| t.keys().cloned().collect()).unwrap_or_default();
+    let published: Vec<String> = manifest.tables().map(String::from).collect();
     let mut runnable = Vec::new();
     let mut not_published = Vec::new();
     for (table, tests) in data_tests(pipeline) {

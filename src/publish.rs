@@ -28,6 +28,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use serde::Serialize;
 
 use crate::config::StorageSpec;
+use crate::manifest::{self, Published};
 use crate::storage::{self, Location};
 
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +176,7 @@ pub async fn check_target(store: &dyn ObjectStore, output: &Location) -> Result<
             .flatten()
             .map(|e| e.file_name().to_string_lossy().to_string())
             .collect();
-        let manifest = std::fs::read(dir.join("_manifest.json")).ok();
+        let manifest = std::fs::read(dir.join(manifest::FILE)).ok();
         return check_entries(&top, manifest.as_deref()).map_err(not_ours);
     }
     let metas: Vec<object_store::ObjectMeta> = match store.list(Some(&output.prefix)).try_collect().await {
@@ -193,8 +194,8 @@ pub async fn check_target(store: &dyn ObjectStore, output: &Location) -> Result<
         .iter()
         .filter_map(|m| m.location.as_ref()[n..].trim_start_matches('/').split('/').next().map(str::to_string))
         .collect();
-    let manifest = match top.contains("_manifest.json") {
-        true => match store.get(&output.child("_manifest.json").prefix).await {
+    let manifest = match top.contains(manifest::FILE) {
+        true => match store.get(&output.child(manifest::FILE).prefix).await {
             Ok(r) => r.bytes().await.ok().map(|b| b.to_vec()),
             Err(e) => return Err(PublishError::Store { location: output.display(), source: e }),
         },
@@ -207,17 +208,13 @@ pub async fn check_target(store: &dyn ObjectStore, output: &Location) -> Result<
 /// and, under a klantbeeld manifest, the tables, markers and rejected rows it lists.
 fn check_entries(top: &BTreeSet<String>, manifest: Option<&[u8]>) -> Result<(), String> {
     let mut allowed: BTreeSet<String> = BOOKKEEPING.iter().map(|s| s.to_string()).collect();
-    let published = manifest
-        .and_then(|m| serde_json::from_slice::<serde_json::Value>(m).ok())
-        .filter(|m| m.get("run_id").is_some() && m.get("klantbeeld_version").is_some());
+    let published = manifest.and_then(Published::parse);
     match &published {
         Some(m) => {
-            allowed.extend(["_manifest.json", "_SUCCESS", "_rejected", MODEL_FILE].map(String::from));
-            if let Some(tables) = m.get("tables").and_then(|t| t.as_object()) {
-                allowed.extend(tables.keys().filter_map(|t| t.split('/').next()).map(String::from));
-            }
+            allowed.extend([manifest::FILE, "_SUCCESS", "_rejected", MODEL_FILE].map(String::from));
+            allowed.extend(m.tables().filter_map(|t| t.split('/').next()).map(String::from));
         }
-        None if top.contains("_manifest.json") => {
+        None if top.contains(manifest::FILE) => {
             return Err("its `_manifest.json` is not a klantbeeld manifest".into());
         }
         None => {}
@@ -427,13 +424,11 @@ impl Staging {
 
     /// Writes the manifest and `_SUCCESS`, then swaps the staging location into place.
     pub async fn commit(self, manifest: &impl Serialize) -> Result<(), PublishError> {
-        let text = serde_json::to_string_pretty(manifest).map_err(|e| PublishError::Io {
-            path: PathBuf::from("_manifest.json"),
-            source: std::io::Error::other(e),
-        })?;
+        let text = serde_json::to_string_pretty(manifest)
+            .map_err(|e| PublishError::Io { path: PathBuf::from(manifest::FILE), source: std::io::Error::other(e) })?;
         match &self.swap {
             Swap::Local { output_dir, dir, .. } => {
-                write_durable(&dir.join("_manifest.json"), text.as_bytes())?;
+                write_durable(&dir.join(manifest::FILE), text.as_bytes())?;
                 write_durable(&dir.join("_SUCCESS"), b"")?;
                 sync_dir(dir)?;
                 swap_local(dir, output_dir)?;
@@ -449,7 +444,7 @@ impl Staging {
 
     async fn commit_remote(&self, manifest: String) -> Result<(), PublishError> {
         let put = |p: ObjectPath, bytes: Vec<u8>| async move { self.store.put(&p, PutPayload::from(bytes)).await };
-        put(self.root.child("_manifest.json").prefix, manifest.into_bytes()).await.map_err(|e| self.store_err(e))?;
+        put(self.root.child(manifest::FILE).prefix, manifest.into_bytes()).await.map_err(|e| self.store_err(e))?;
         let staged = self.list(&self.root.prefix).await?;
         let record = CommitRecord { run_id: self.run_id.clone(), objects: staged };
         let json = serde_json::to_vec(&record).expect("commit record serialises");
@@ -468,7 +463,7 @@ impl Staging {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(err(e)),
         }
-        let new: BTreeSet<String> = record.objects.iter().filter(|o| *o != "_manifest.json").cloned().collect();
+        let new: BTreeSet<String> = record.objects.iter().filter(|o| *o != manifest::FILE).cloned().collect();
         for rel in &new {
             let from = staging.child(rel).prefix;
             let to = self.output.child(rel).prefix;
@@ -483,14 +478,14 @@ impl Staging {
         // staging, not the lock, and not the markers.
         for rel in self.list(&self.output.prefix).await? {
             let top = rel.split('/').next().unwrap_or_default();
-            let keep = new.contains(&rel) || [STAGING, LOCK, "_manifest.json", "_SUCCESS"].contains(&top);
+            let keep = new.contains(&rel) || [STAGING, LOCK, manifest::FILE, "_SUCCESS"].contains(&top);
             if !keep {
                 store.delete(&self.output.child(&rel).prefix).await.map_err(err)?;
             }
         }
         let manifest =
-            store.get(&staging.child("_manifest.json").prefix).await.map_err(err)?.bytes().await.map_err(err)?;
-        store.put(&self.output.child("_manifest.json").prefix, PutPayload::from(manifest)).await.map_err(err)?;
+            store.get(&staging.child(manifest::FILE).prefix).await.map_err(err)?.bytes().await.map_err(err)?;
+        store.put(&self.output.child(manifest::FILE).prefix, PutPayload::from(manifest)).await.map_err(err)?;
         store.put(&self.output.child("_SUCCESS").prefix, PutPayload::from_static(b"")).await.map_err(err)?;
         for rel in self.list(&staging.prefix).await? {
             let _ = store.delete(&staging.child(&rel).prefix).await;
@@ -676,8 +671,8 @@ fn clean_local_leftovers(parent: &Path, name: &str) {
 }
 
 /// The manifest of the run published at `output`, if there is one (`_SUCCESS` present).
-pub async fn published_manifest(store: &dyn ObjectStore, output: &Location) -> Option<serde_json::Value> {
+pub async fn published_manifest(store: &dyn ObjectStore, output: &Location) -> Option<Published> {
     store.head(&output.child("_SUCCESS").prefix).await.ok()?;
-    let bytes = store.get(&output.child("_manifest.json").prefix).await.ok()?.bytes().await.ok()?;
-    serde_json::from_slice(&bytes).ok()
+    let bytes = store.get(&output.child(manifest::FILE).prefix).await.ok()?.bytes().await.ok()?;
+    Published::parse(&bytes)
 }
