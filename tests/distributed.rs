@@ -92,6 +92,13 @@ impl LocalCluster {
         self.log("scheduler.log").matches("Job finished successfully").count()
     }
 
+    fn assert_every_executor_ran_tasks(&self, executors: usize) {
+        for i in 0..executors {
+            let log = self.log(&format!("executor{i}.log"));
+            assert!(log.contains("Execute task"), "executor {i} ran no task:\n{log}");
+        }
+    }
+
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.logs.join(name)).unwrap_or_default()
     }
@@ -160,11 +167,8 @@ async fn klantbeelds_functions_run_on_a_two_executor_cluster_as_embedded() {
         (pretty_format_batches(&expected).unwrap().to_string(), pretty_format_batches(&got).unwrap().to_string());
     assert!(expected.lines().count() > 20, "the query finds pairs:\n{expected}");
     assert_eq!(got, expected);
-    for i in 0..2 {
-        let log = cluster.log(&format!("executor{i}.log"));
-        assert!(log.contains("Execute task"), "executor {i} ran no task:\n{log}");
-    }
-    assert!(cluster.log("scheduler.log").contains("Job finished successfully"));
+    cluster.assert_every_executor_ran_tasks(2);
+    assert!(cluster.jobs_finished() > 0);
 }
 
 /// The retail pipeline on a two-executor cluster publishes what the embedded engine
@@ -183,11 +187,9 @@ async fn retail_pipeline_on_a_cluster_publishes_what_the_embedded_run_does() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("published run"));
     let tables = ["customer_xref", "customers", "customer_changes", "match_edges", "customers_enriched"];
     assert_same_tables(&embedded, &distributed, &tables).await;
-    let jobs = cluster.log("scheduler.log").matches("Job finished successfully").count();
+    let jobs = cluster.jobs_finished();
     assert!(jobs > 20, "the run's queries ran on the cluster ({jobs} jobs)");
-    for i in 0..2 {
-        assert!(cluster.log(&format!("executor{i}.log")).contains("Execute task"), "executor {i} ran no task");
-    }
+    cluster.assert_every_executor_ran_tasks(2);
 }
 
 /// An executor killed in the middle of a run (over a previous publish of the same data):
