@@ -17,6 +17,15 @@ pub enum CheckError {
     Memory { table: String, test: String, source: datafusion::error::DataFusionError },
 }
 
+impl CheckError {
+    /// What the user has to do about this error (the exit code).
+    pub fn exit_class(&self) -> crate::ExitClass {
+        // A test that cannot run is a test to fix; running out of memory is classed
+        // before this (see `Error::exit_code`).
+        crate::ExitClass::Config
+    }
+}
+
 /// The result of one data test.
 #[derive(Debug, Clone, Serialize)]
 pub struct TestOutcome {

@@ -456,7 +456,7 @@ pub async fn plan(p: &Pipeline, pairs: bool) -> Result<String, Error> {
                 writeln!(out, "      (no files{})", if source.optional { ", optional" } else { ": the run will fail" });
         }
     }
-    let models = crate::enrich::load_models(p, &p.vars, &crate::pipeline::reserved_names(p))?;
+    let models = crate::enrich::load_models(p, &p.vars)?;
     if !models.is_empty() {
         let _ = writeln!(out, "\nmodels (in run order):");
         for m in &models {
@@ -505,7 +505,7 @@ pub async fn plan(p: &Pipeline, pairs: bool) -> Result<String, Error> {
     let output = crate::storage::Location::parse(&spec.output, &p.base_dir)?;
     let _ = writeln!(out, "\noutput: {}", crate::storage::redact(&output.display()));
     let mut tables: Vec<String> = spec.outputs.keys().cloned().collect();
-    for t in crate::pipeline::GOLDEN_TABLES {
+    for t in crate::tables::GOLDEN_TABLES {
         if !tables.iter().any(|x| x == t) {
             tables.push(t.to_string());
         }

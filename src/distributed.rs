@@ -38,6 +38,16 @@ pub enum DistributedError {
     Connect { url: String, source: DataFusionError },
 }
 
+impl DistributedError {
+    /// What the user has to do about this error (the exit code).
+    pub fn exit_class(&self) -> crate::ExitClass {
+        match self {
+            DistributedError::Address { .. } => crate::ExitClass::Config,
+            _ => crate::ExitClass::Other,
+        }
+    }
+}
+
 /// `klantbeeld scheduler`: the flags of Ballista's `ballista-scheduler` that apply.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SchedulerArgs {

@@ -113,6 +113,7 @@ pub async fn materialize_parts(
 /// other. An empty result still leaves a file with the schema, for readers of the folder.
 pub async fn write_parts(parts: Vec<DataFrame>, dir: &Path) -> datafusion::error::Result<()> {
     std::fs::create_dir_all(dir)?;
+    let started = std::time::Instant::now();
     let mut schema = None;
     for df in parts {
         schema.get_or_insert_with(|| df.schema().inner().clone());
@@ -121,6 +122,8 @@ pub async fn write_parts(parts: Vec<DataFrame>, dir: &Path) -> datafusion::error
     if let Some(schema) = schema {
         crate::publish::ensure_local_schema_file(dir, schema)?;
     }
+    // Which intermediate table costs what: the first thing to read when a run is slow.
+    tracing::debug!(table = %dir.display(), seconds = started.elapsed().as_secs_f64(), "table written");
     Ok(())
 }
 

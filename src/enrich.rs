@@ -31,12 +31,25 @@ pub enum EnrichError {
     RunDate { value: String },
     #[error("models form a cycle: {}", .files.join(" -> "))]
     Cycle { files: Vec<String> },
-    #[error("{path}: model `{name}` has the name of a table klantbeeld makes")]
-    Reserved { path: PathBuf, name: String },
+    #[error("{path}: model `{name}` cannot have this name: {reason}")]
+    Reserved { path: PathBuf, name: String, reason: String },
     #[error("models.batched: `{name}` is not a model (no {name}.sql in {dir})")]
     UnknownBatched { name: String, dir: PathBuf },
     #[error("{path}: batched by `{by}`, a column none of its tables has ({tables})")]
     BatchKey { path: PathBuf, by: String, tables: String },
+    /// A model that plans but fails while running (memory, a bad cast in the data).
+    #[error("{}: {source}", .path.display())]
+    Run { path: PathBuf, source: DataFusionError },
+}
+
+impl EnrichError {
+    /// What the user has to do about this error (the exit code).
+    pub fn exit_class(&self) -> crate::ExitClass {
+        match self {
+            EnrichError::Run { .. } => crate::ExitClass::Other,
+            _ => crate::ExitClass::Config,
+        }
+    }
 }
 
 /// One SQL model.
@@ -66,7 +79,7 @@ pub fn sql_vars(vars: &Vars) -> Result<Vars, EnrichError> {
 }
 
 /// Reads and orders the models of a pipeline. Nothing runs yet: `plan` uses this too.
-pub fn load_models(pipeline: &Pipeline, vars: &Vars, reserved: &[String]) -> Result<Vec<Model>, EnrichError> {
+pub fn load_models(pipeline: &Pipeline, vars: &Vars) -> Result<Vec<Model>, EnrichError> {
     let Some(dir) = pipeline.models_dir() else { return Ok(Vec::new()) };
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map_err(|source| EnrichError::Read { path: dir.clone(), source })?
@@ -86,8 +99,8 @@ pub fn load_models(pipeline: &Pipeline, vars: &Vars, reserved: &[String]) -> Res
             message: e.message,
         })?;
         let name = path.file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();
-        if reserved.contains(&name) {
-            return Err(EnrichError::Reserved { path, name });
+        if let Some(reason) = crate::tables::reserved_reason(pipeline, &name) {
+            return Err(EnrichError::Reserved { path, name, reason });
         }
         let reads = table_references(&path, &sql)?;
         let batch = pipeline.spec.models.as_ref().and_then(|m| m.batched.get(&name)).cloned();
@@ -176,15 +189,13 @@ pub async fn run_models(
     ctx: &SessionContext,
     models: &[Model],
     scratch: &Path,
-) -> Result<BTreeMap<String, usize>, crate::Error> {
+) -> Result<BTreeMap<String, usize>, EnrichError> {
     let mut batched = BTreeMap::new();
     for m in models {
-        let sql_err = |e: DataFusionError| {
-            crate::Error::Enrich(EnrichError::Sql { path: m.path.clone(), message: one_line(&e.to_string()) })
-        };
-        // A model that plans but fails while running (memory, a bad cast in the data) is
-        // an engine error of that file, not a configuration error.
-        let run_err = |source: DataFusionError| crate::Error::Engine { context: m.path.display().to_string(), source };
+        let sql_err = |e: DataFusionError| EnrichError::Sql { path: m.path.clone(), message: one_line(&e.to_string()) };
+        // A model that plans but fails while running is an engine error of that file,
+        // not a configuration error.
+        let run_err = |source: DataFusionError| EnrichError::Run { path: m.path.clone(), source };
         let parts = match &m.batch {
             None => vec![ctx.sql(&m.sql).await.map_err(sql_err)?],
             Some(batch) => {
@@ -228,7 +239,7 @@ struct Batch {
     count: usize,
 }
 
-async fn batch_inputs(ctx: &SessionContext, m: &Model, by: &str) -> Result<Vec<BatchInput>, crate::Error> {
+async fn batch_inputs(ctx: &SessionContext, m: &Model, by: &str) -> Result<Vec<BatchInput>, EnrichError> {
     let mut inputs = Vec::new();
     for name in &m.reads {
         // A table that does not exist fails in the model's own SQL, with its name.
@@ -238,9 +249,7 @@ async fn batch_inputs(ctx: &SessionContext, m: &Model, by: &str) -> Result<Vec<B
         }
     }
     if !inputs.iter().any(|i| i.keyed) {
-        return Err(
-            EnrichError::BatchKey { path: m.path.clone(), by: by.to_string(), tables: m.reads.join(", ") }.into()
-        );
+        return Err(EnrichError::BatchKey { path: m.path.clone(), by: by.to_string(), tables: m.reads.join(", ") });
     }
     Ok(inputs)
 }
@@ -319,6 +328,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(refs, ["customers", "orders", "rfm"]);
+    }
+
+    #[test]
+    fn a_model_may_not_take_the_name_of_a_table_the_run_makes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sql")).unwrap();
+        let text = "name: t\noutput: out\nmodels: {path: sql}\nsources:\n  crm:\n    location: crm/*.csv\n    \
+                    format: {type: csv}\n    key: id\n    identity:\n      email: email\n";
+        let pipeline = Pipeline::from_text(&dir.path().join("p.yaml"), text, &Vars::default()).unwrap();
+        for (file, reason) in [("name_roles", "a table klantbeeld makes"), ("stg_orders", "names starting with `stg_`")]
+        {
+            let sql = dir.path().join("sql").join(format!("{file}.sql"));
+            std::fs::write(&sql, "SELECT 1 AS x").unwrap();
+            let e = load_models(&pipeline, &Vars::default()).unwrap_err().to_string();
+            assert!(e.contains(&format!("model `{file}` cannot have this name")) && e.contains(reason), "{e}");
+            std::fs::remove_file(sql).unwrap();
+        }
+        std::fs::write(dir.path().join("sql").join("rfm.sql"), "SELECT 1 AS x").unwrap();
+        assert_eq!(load_models(&pipeline, &Vars::default()).unwrap().len(), 1);
     }
 
     #[test]

@@ -12,12 +12,10 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 use crate::Error;
 use crate::config::{Pipeline, RuleSpec};
-use crate::golden::CUSTOMER_XREF;
-use crate::pipeline::MATCH_EDGES;
 use crate::resolve::probabilistic::RuleModel;
 use crate::resolve::rules;
-use crate::stage::IDENTITY_RECORDS;
 use crate::storage::Location;
+use crate::tables::{CUSTOMER_XREF, IDENTITY_RECORDS, MATCH_EDGES};
 
 /// A record named on the command line as `SYSTEM:ID`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -7,13 +7,7 @@ use std::path::Path;
 use datafusion::prelude::SessionContext;
 
 use crate::config::{Pipeline, Survivorship};
-use crate::extract::raw_table;
-use crate::resolve::CLUSTERED_RECORDS;
-use crate::resolve::ids::CUSTOMER_IDS;
-
-pub const CUSTOMERS: &str = "customers";
-pub const CUSTOMER_XREF: &str = "customer_xref";
-pub const CUSTOMER_CHANGES: &str = "customer_changes";
+use crate::tables::{self, CLUSTERED_RECORDS, CUSTOMER_IDS, CUSTOMER_XREF, CUSTOMERS, GOLDEN_BASE};
 
 /// The attributes of the golden record, in column order.
 pub const GOLDEN_ATTRIBUTES: &[&str] = &[
@@ -35,6 +29,16 @@ pub enum GoldenError {
     UnknownAttribute { file: String, attribute: String, hint: String },
     #[error("golden: {0}")]
     Engine(#[from] datafusion::error::DataFusionError),
+}
+
+impl GoldenError {
+    /// What the user has to do about this error (the exit code).
+    pub fn exit_class(&self) -> crate::ExitClass {
+        match self {
+            GoldenError::UnknownAttribute { .. } => crate::ExitClass::Config,
+            GoldenError::Engine(_) => crate::ExitClass::Other,
+        }
+    }
 }
 
 /// Address parts survive together, from one record, so that a street never lands at
@@ -66,9 +70,6 @@ fn order_by(strategy: Survivorship, attribute: &str) -> String {
     }
 }
 
-/// The staged records with what survivorship orders them by: a view the picks read.
-const GOLDEN_BASE: &str = "golden_base";
-
 /// One survivorship choice: the attributes one record gives the golden record (the
 /// address parts come from one record), which records may give them, and in what order
 /// they are tried.
@@ -81,7 +82,7 @@ struct Choice {
 
 impl Choice {
     fn table(&self) -> String {
-        format!("golden_pick_{}", self.name)
+        tables::golden_pick(self.name)
     }
 
     /// Per customer, the first record in the choice's order with its values and lineage.
@@ -277,7 +278,7 @@ pub async fn register_source_views(
         if !present.contains(name) {
             continue;
         }
-        let raw = raw_table(name);
+        let raw = tables::raw(name);
         let (owner, key) = match &source.belongs_to {
             Some(b) => (b.source.clone(), format!("CAST(f.\"{}\" AS VARCHAR)", b.column)),
             None => (name.clone(), "f.source_record_id".to_string()),

@@ -10,20 +10,19 @@ use crate::config::{Pipeline, TestSpec};
 use crate::engine::{self, EngineOptions};
 use crate::enrich;
 use crate::extract::{self, ExtractedSource, Scratch};
-use crate::golden::{self, CUSTOMER_CHANGES, CUSTOMER_XREF, CUSTOMERS};
+use crate::golden;
 use crate::manifest::{InputInfo, Manifest, Published};
 use crate::progress::{Progress, thousands};
 use crate::publish::{Staging, TableInfos};
 use crate::resolve::{self, ids};
-use crate::stage::{self, IDENTITY_RECORDS};
+use crate::stage;
 use crate::storage::{self, Location};
+use crate::tables::{
+    CUSTOMER_CHANGES, CUSTOMER_IDS, CUSTOMER_XREF, GOLDEN_TABLES, IDENTITY_RECORDS, KEPT_RECORDS, MATCH_EDGES,
+    PREVIOUS_XREF, STAGED_RECORDS,
+};
 use crate::{Error, storage::redact};
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
-
-/// The tables every run publishes, in this order.
-pub const GOLDEN_TABLES: &[&str] = &[CUSTOMERS, CUSTOMER_XREF, CUSTOMER_CHANGES, MATCH_EDGES];
-/// Every candidate edge with its rule, score, comparison detail and decision.
-pub const MATCH_EDGES: &str = "match_edges";
 
 /// Options of one run beyond the pipeline file.
 #[derive(Debug, Clone, Default)]
@@ -99,10 +98,10 @@ async fn register_previous(
     storage::store_for(ctx, loc, &pipeline.spec.storage)?;
     let url = if loc.glob.is_some() { loc.display() } else { format!("{}/", loc.url().trim_end_matches('/')) };
     let url = if loc.url().ends_with(".parquet") { loc.url() } else { url };
-    ctx.register_parquet(ids::PREVIOUS_XREF, &url, ParquetReadOptions::default())
+    ctx.register_parquet(PREVIOUS_XREF, &url, ParquetReadOptions::default())
         .await
         .map_err(|e| resolve::ResolveError::Previous { location: loc.display(), message: e.to_string() })?;
-    let from_table = ids::previous_high_water(ctx)
+    let from_table = ids::high_water(ctx, PREVIOUS_XREF)
         .await
         .map_err(|e| resolve::ResolveError::Previous { location: loc.display(), message: e.to_string() })?;
     let from_manifest = manifest.map_or(0, |m| m.customer_id_high_water);
@@ -161,7 +160,7 @@ async fn run_stages(
 ) -> Result<Manifest, Error> {
     let spec = &pipeline.spec;
     // Models and outputs are checked before any data is read: a typo fails in a second.
-    let models = enrich::load_models(pipeline, &pipeline.vars, &reserved_names(pipeline))?;
+    let models = enrich::load_models(pipeline, &pipeline.vars)?;
     check_outputs(pipeline, &models)?;
     resolve::probabilistic::read_pinned(pipeline)?;
     let mut timer = Progress::new(options.progress);
@@ -199,12 +198,13 @@ async fn run_stages(
     ));
     let customer_ids =
         ctx.sql(&ids::customer_ids_sql(high_water)).await.map_err(Error::engine("assigning customer ids"))?;
-    materialize(ctx, ids::CUSTOMER_IDS, customer_ids, scratch).await?;
+    materialize(ctx, CUSTOMER_IDS, customer_ids, scratch).await?;
     let xref = ctx.sql(&ids::xref_sql()).await.map_err(Error::engine("customer crosswalk"))?;
     materialize(ctx, CUSTOMER_XREF, xref, scratch).await?;
     let changes = ctx.sql(&ids::changes_sql(high_water)).await.map_err(Error::engine("customer changes"))?;
     materialize(ctx, CUSTOMER_CHANGES, changes, scratch).await?;
-    let new_high_water = high_water.max(max_assigned(ctx).await?);
+    let assigned = ids::high_water(ctx, CUSTOMER_XREF).await.map_err(Error::engine("ids"))?;
+    let new_high_water = high_water.max(assigned);
 
     timer.stage("golden");
     golden::build_customers(ctx, pipeline, scratch, match_summary.passes).await?;
@@ -340,22 +340,6 @@ async fn count_rows(ctx: &SessionContext, table: &str) -> Result<u64, Error> {
     Ok(df.count().await.map_err(Error::engine(format!("counting `{table}`")))? as u64)
 }
 
-/// Names models may not take: the tables klantbeeld makes and the sources.
-pub fn reserved_names(pipeline: &Pipeline) -> Vec<String> {
-    let mut names: Vec<String> = GOLDEN_TABLES.iter().map(|s| s.to_string()).collect();
-    names.extend(
-        [IDENTITY_RECORDS, resolve::CLUSTERED_RECORDS, ids::CUSTOMER_IDS, resolve::EDGE_DECISIONS, ids::PREVIOUS_XREF]
-            .iter()
-            .map(|s| s.to_string()),
-    );
-    for name in pipeline.spec.sources.keys() {
-        names.push(name.clone());
-        names.push(extract::raw_table(name));
-        names.push(stage::staged_table(name));
-    }
-    names
-}
-
 /// Every data test of the pipeline: those of the outputs, then those of the models.
 pub fn data_tests(pipeline: &Pipeline) -> Vec<(String, Vec<TestSpec>)> {
     let spec = &pipeline.spec;
@@ -408,20 +392,18 @@ pub async fn stage_records(
     scratch: &Path,
 ) -> Result<StagedCounts, Error> {
     use datafusion::prelude::col;
-    const STAGED: &str = "staged_records";
-    const KEPT: &str = "kept_records";
     let staged = stage::stage_all(ctx, pipeline, present, scratch).await?;
-    materialize(ctx, STAGED, staged, scratch).await?;
-    let all = ctx.table(STAGED).await.map_err(Error::engine("staged records"))?;
+    materialize(ctx, STAGED_RECORDS, staged, scratch).await?;
+    let all = ctx.table(STAGED_RECORDS).await.map_err(Error::engine("staged records"))?;
     let set_aside = set_aside_records(all.clone()).await?;
     let kept = all
         .filter(col(stage::SET_ASIDE).is_null())
         .and_then(|df| df.drop_columns(&[stage::SET_ASIDE]))
         .map_err(Error::engine("staged records"))?;
-    let _ = ctx.deregister_table(KEPT);
-    ctx.register_table(KEPT, kept.into_view()).map_err(Error::engine("staged records"))?;
-    let repeated = repeated_keys(ctx, KEPT).await?;
-    let mut records = ctx.table(KEPT).await.map_err(Error::engine("staged records"))?;
+    let _ = ctx.deregister_table(KEPT_RECORDS);
+    ctx.register_table(KEPT_RECORDS, kept.into_view()).map_err(Error::engine("staged records"))?;
+    let repeated = repeated_keys(ctx, KEPT_RECORDS).await?;
+    let mut records = ctx.table(KEPT_RECORDS).await.map_err(Error::engine("staged records"))?;
     if !repeated.is_empty() {
         for (source, n) in &repeated {
             tracing::warn!(
@@ -518,28 +500,6 @@ pub async fn estimate(pipeline: &Pipeline) -> Result<Vec<resolve::probabilistic:
         models.push(resolve::probabilistic::estimate(&ctx, rule).await?);
     }
     Ok(models)
-}
-
-async fn max_assigned(ctx: &SessionContext) -> Result<u64, Error> {
-    let _ = ctx.deregister_table("assigned_ids");
-    let df = ctx.table(CUSTOMER_XREF).await.map_err(Error::engine("ids"))?;
-    ctx.register_table("assigned_ids", df.into_view()).map_err(Error::engine("ids"))?;
-    let batches = ctx
-        .sql(&format!(
-            "SELECT max(CAST(substr(customer_id, {}) AS BIGINT)) FROM assigned_ids",
-            ids::ID_PREFIX.len() + 1
-        ))
-        .await
-        .map_err(Error::engine("ids"))?
-        .collect()
-        .await
-        .map_err(Error::engine("ids"))?;
-    use datafusion::arrow::array::{Array, AsArray};
-    Ok(batches
-        .first()
-        .map(|b| b.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>())
-        .filter(|a| !a.is_empty() && !a.is_null(0))
-        .map_or(0, |a| a.value(0) as u64))
 }
 
 /// Rejected rows of each source under `_rejected/<source>/rejected.parquet`.

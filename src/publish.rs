@@ -53,6 +53,17 @@ pub enum PublishError {
     Unusable { location: String, reason: String },
 }
 
+impl PublishError {
+    /// What the user has to do about this error (the exit code).
+    pub fn exit_class(&self) -> crate::ExitClass {
+        match self {
+            PublishError::NotOurs { .. } => crate::ExitClass::Config,
+            PublishError::Storage(e) => e.exit_class(),
+            _ => crate::ExitClass::Other,
+        }
+    }
+}
+
 fn io(path: &Path) -> impl Fn(std::io::Error) -> PublishError + '_ {
     move |source| PublishError::Io { path: path.to_path_buf(), source }
 }

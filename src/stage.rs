@@ -12,11 +12,8 @@ use datafusion::logical_expr::ExprFunctionExt;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, col, ident, lit, nullif, trim, upper};
 
 use crate::config::{Attribute, Pipeline, SourceSpec};
-use crate::extract::raw_table;
+use crate::tables::{self, NAME_ROLES};
 use crate::udf::{Function, call};
-
-/// Table with one row per identity record, all sources together.
-pub const IDENTITY_RECORDS: &str = "identity_records";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -26,9 +23,14 @@ pub enum StageError {
     Engine(#[from] datafusion::error::DataFusionError),
 }
 
-/// The staged table of one source, as a view name.
-pub fn staged_table(source: &str) -> String {
-    format!("stg_{source}")
+impl StageError {
+    /// What the user has to do about this error (the exit code).
+    pub fn exit_class(&self) -> crate::ExitClass {
+        match self {
+            StageError::Mapping { .. } => crate::ExitClass::Config,
+            StageError::Engine(_) => crate::ExitClass::Other,
+        }
+    }
 }
 
 fn text(e: Expr) -> Expr {
@@ -118,10 +120,6 @@ fn raw_values(pipeline: &Pipeline, raw: &DataFrame, name: &str, source: &SourceS
     }
     set_aside_overlong(raw.clone().select(inner)?)
 }
-
-/// Table of how often each name is written in a first-name field and in a last-name
-/// field, over every identity source of this run.
-const NAME_ROLES: &str = "name_roles";
 
 /// The word a name is counted under: folded, particles dropped (`de Vries` -> `vries`).
 fn name_core(e: Expr) -> Expr {
@@ -246,7 +244,7 @@ fn normalise(
         });
     }
     let staged = staged.select(outer)?;
-    ctx.register_table(staged_table(name), staged.clone().into_view())?;
+    ctx.register_table(tables::staged(name), staged.clone().into_view())?;
     Ok(staged)
 }
 
@@ -340,7 +338,7 @@ pub async fn stage_all(
     let mut raws = Vec::new();
     for (name, source) in pipeline.spec.identity_sources() {
         if present.contains(name) {
-            let raw = ctx.table(raw_table(name)).await?;
+            let raw = ctx.table(tables::raw(name)).await?;
             raws.push((name, source, raw_values(pipeline, &raw, name, source)?));
         }
     }

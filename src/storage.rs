@@ -29,6 +29,16 @@ pub enum StorageError {
     DanglingLink { location: String, file: String },
 }
 
+impl StorageError {
+    /// What the user has to do about this error (the exit code).
+    pub fn exit_class(&self) -> crate::ExitClass {
+        match self {
+            StorageError::BadLocation { .. } => crate::ExitClass::Config,
+            _ => crate::ExitClass::Other,
+        }
+    }
+}
+
 /// Kind of object store a location lives on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {

@@ -66,11 +66,14 @@ impl Pipeline {
             other => other,
         })?;
         let spec: PipelineSpec = serde_yaml::from_str(&text).map_err(|e| match yaml_error(file, &e) {
-            // Inside a rule serde_yaml points at the rule's start; the value's own line is
-            // the first non-finite number from there.
+            // Inside a level list serde_yaml keeps no places at all; a non-finite number's
+            // own line is the first one from the rule's start.
             ConfigError::At { path, line, column, message } if message.contains("is not a finite number") => {
                 let (line, column) = locate_non_finite(&text, line).unwrap_or((line, column));
                 ConfigError::At { path, line, column, message }
+            }
+            ConfigError::At { line, message, .. } if message.contains("resolve.rules") => {
+                rule_error(file, &text, line).unwrap_or_else(|| yaml_error(file, &e))
             }
             other => other,
         })?;
@@ -168,8 +171,11 @@ impl Pipeline {
             if !seen.insert(rule.name()) {
                 return Err(self.error_at(&["resolve", "rules"], format!("rule name `{}` is used twice", rule.name())));
             }
-            if let Err(message) = rule.check(&own) {
-                return Err(self.error_at(&["resolve", "rules"], format!("rule `{}`: {message}", rule.name())));
+            if let Err(bad) = rule.check(&own) {
+                let at = locate_in_rule(&self.text, rule.name(), &bad.token)
+                    .or_else(|| locate_key(&self.text, &["resolve", "rules"]))
+                    .unwrap_or((1, 1));
+                return Err(ConfigError::at(&self.file, at, format!("rule `{}`: {}", rule.name(), bad.message)));
             }
         }
         let mut engine = datafusion::config::ConfigOptions::new();
@@ -303,6 +309,57 @@ pub fn suggest<'a>(wrong: &str, candidates: impl Iterator<Item = &'a str>) -> St
         .unwrap_or_default()
 }
 
+/// The error in the rule that starts at `line`, located at its own key or value.
+/// serde_yaml reads a rule through its `type` and then reports every error at the rule's
+/// first line; reading the rule's block again as that type gives the line at fault.
+fn rule_error(file: &Path, text: &str, line: usize) -> Option<ConfigError> {
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines.get(line.checked_sub(1)?)?;
+    let item = first.trim_start().strip_prefix("- ")?;
+    let indent = first.len() - first.trim_start().len();
+    // The rule's lines, as a mapping of their own (`- ` becomes two spaces, so columns
+    // stay), without the `type` key the concrete types do not have.
+    let mut block = vec![format!("{}  {item}", " ".repeat(indent))];
+    for l in &lines[line..] {
+        let t = l.trim_start();
+        if !t.is_empty() && !t.starts_with('#') && l.len() - t.len() <= indent {
+            break;
+        }
+        block.push(l.to_string());
+    }
+    let (mut kind, mut name) = (None, None);
+    for l in block.iter_mut() {
+        let t = l.trim_start();
+        let value = |key: &str| t[key.len()..].split(" #").next().map(|v| v.trim().to_string());
+        if l.len() - t.len() == indent + 2 && t.starts_with("name:") {
+            name = value("name:");
+        }
+        if l.len() - t.len() == indent + 2 && t.starts_with("type:") {
+            kind = value("type:");
+            l.clear();
+        }
+    }
+    let rule = name.map_or_else(|| format!("the rule at line {line}"), |n| format!("rule `{n}`"));
+    let block = block.join("\n");
+    let e = match kind?.as_str() {
+        "deterministic" => serde_yaml::from_str::<DeterministicRule>(&block).err(),
+        "fuzzy" => serde_yaml::from_str::<FuzzyRule>(&block).err(),
+        "external_id" => serde_yaml::from_str::<ExternalIdRule>(&block).err(),
+        "probabilistic" => serde_yaml::from_str::<ProbabilisticRule>(&block).err(),
+        _ => None,
+    }?;
+    let at = e.location()?;
+    match yaml_error(file, &e) {
+        ConfigError::At { path, message, .. } => Some(ConfigError::At {
+            path,
+            line: line + at.line() - 1,
+            column: at.column(),
+            message: format!("{rule}: {message}"),
+        }),
+        other => Some(other),
+    }
+}
+
 /// The first line at or after `from` whose value is YAML's `.nan` or `.inf`.
 fn locate_non_finite(text: &str, from: usize) -> Option<(usize, usize)> {
     text.lines().enumerate().skip(from.saturating_sub(1)).find_map(|(i, line)| {
@@ -314,6 +371,19 @@ fn locate_non_finite(text: &str, from: usize) -> Option<(usize, usize)> {
             (word == ".nan" || word == ".inf").then(|| (i + 1, code.len() - code[at + 1..].trim_start().len() + 1))
         })
     })
+}
+
+/// Where `token` is written in the rule named `rule`: the first line from the rule's
+/// `name:` on that holds it.
+fn locate_in_rule(text: &str, rule: &str, token: &str) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().position(|l| {
+        let t = l.trim_start().trim_start_matches("- ").trim_start();
+        t.strip_prefix("name:")
+            .is_some_and(|v| v.split(" #").next().unwrap_or_default().trim().trim_matches(['"', '\'']) == rule)
+    })?;
+    let first = token.lines().next().unwrap_or(token);
+    lines.iter().enumerate().skip(start).find_map(|(i, l)| l.find(first).map(|c| (i + 1, c + 1)))
 }
 
 /// The second occurrence of `key` in the mapping that starts at `start` (where serde_yaml
@@ -474,6 +544,50 @@ mod tests {
         let err = load(&text).unwrap_err().to_string();
         assert!(err.starts_with("p.yaml:12:"), "{err}");
         assert!(err.contains("`birthdate`") && err.contains("did you mean `birth_date`?"), "{err}");
+    }
+
+    #[test]
+    fn a_hand_weighted_level_has_exactly_one_condition() {
+        let rule = |level: &str| {
+            format!(
+                "{MINIMAL}resolve:\n  rules:\n    - name: p\n      type: fuzzy\n      blocking: [[email]]\n      \
+                 threshold: 1\n      comparisons:\n        - column: email\n          levels:\n            - {level}\n"
+            )
+        };
+        let p = load(&rule("{ jaro_winkler: 0.9, weight: 2 }")).unwrap();
+        let RuleSpec::Fuzzy(f) = &p.spec.resolve.rules[0] else { panic!("not fuzzy") };
+        assert_eq!(f.comparisons[0].levels[0].condition, Condition::JaroWinkler(0.9));
+        assert_eq!(f.comparisons[0].levels[0].weight, 2.0);
+        let err = load(&rule("{ exact: true, jaro_winkler: 0.9, weight: 2 }")).unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:19:") && err.contains("this one has 2: split it into levels"), "{err}");
+        let err = load(&rule("{ weight: 2 }")).unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:19:") && err.contains("a level needs one condition"), "{err}");
+        // A wrong key deep in a rule is reported at its own line, not the rule's first.
+        let err = load(&rule("{ exact: true, weight: 2 }").replace("threshold", "treshold")).unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:15:7: rule `p`: unknown key `treshold`"), "{err}");
+        assert!(err.contains("did you mean `threshold`?"), "{err}");
+    }
+
+    #[test]
+    fn columns_in_a_rules_sql_are_checked_at_their_line() {
+        let rule = |filter: &str, level: &str| {
+            format!(
+                "{MINIMAL}resolve:\n  rules:\n    - name: p\n      type: probabilistic\n      \
+                 blocking: [[email]]\n      where: \"{filter}\"\n      comparisons:\n        - column: email\n          \
+                 levels:\n            - exact\n            - {{ sql: \"{level}\" }}\n      threshold: 0.99\n"
+            )
+        };
+        let ok = load(&rule("phone_kind <> 'fixed_line'", "jaro_winkler(l.email, r.email) > 0.9"));
+        assert!(ok.is_ok(), "{}", ok.unwrap_err());
+        let err = load(&rule("phone_kind <> 'x'", "l.soc_sec_id = r.soc_sec_id")).unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:20:") && err.contains("unknown column `soc_sec_id`"), "{err}");
+        assert!(err.contains("(columns: email, "), "{err}");
+        let err = load(&rule("phone_knd <> 'x'", "l.email = r.email")).unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:15:") && err.contains("did you mean `phone_kind`?"), "{err}");
+        let err = load(&rule("true", "email = r.email")).unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:20:") && err.contains("as `l.email` and `r.email`"), "{err}");
+        let err = load(&rule("true", "l.email = = r.email")).unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:20:") && err.contains("is not an SQL condition"), "{err}");
     }
 
     #[test]

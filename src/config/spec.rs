@@ -451,6 +451,46 @@ pub fn attribute_of(column: &str) -> &str {
 /// Attributes whose disagreement can block a link.
 pub const CONFLICT_ATTRIBUTES: &[&str] = &["first_name", "last_name", "birth_date", "house_number", "postcode"];
 
+/// What is wrong with a rule, and the text in the rule it is about (to find its line).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRule {
+    pub message: String,
+    pub token: String,
+}
+
+impl BadRule {
+    fn at(token: &str, message: String) -> BadRule {
+        BadRule { message, token: token.to_string() }
+    }
+}
+
+/// The columns an SQL condition names, as `(Some("l"), "birth_date")` for `l.birth_date`
+/// and `(None, "phone_kind")` for a plain name; unquoted names folded to lower case as the
+/// engine does.
+pub fn sql_columns(sql: &str) -> Result<Vec<(Option<String>, String)>, String> {
+    use datafusion::sql::sqlparser::ast::{Expr, Ident, visit_expressions};
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    use datafusion::sql::sqlparser::tokenizer::Token;
+    let not_sql = |e: &dyn std::fmt::Display| format!("`{sql}` is not an SQL condition: {e}");
+    let mut parser = Parser::new(&GenericDialect {}).try_with_sql(sql).map_err(|e| not_sql(&e))?;
+    let expr = parser.parse_expr().map_err(|e| not_sql(&e))?;
+    if parser.peek_token().token != Token::EOF {
+        return Err(not_sql(&format!("unexpected `{}`", parser.peek_token().token)));
+    }
+    let name = |i: &Ident| if i.quote_style.is_some() { i.value.clone() } else { i.value.to_lowercase() };
+    let mut out = Vec::new();
+    let _ = visit_expressions(&expr, |e| {
+        match e {
+            Expr::Identifier(i) => out.push((None, name(i))),
+            Expr::CompoundIdentifier(parts) if parts.len() == 2 => out.push((Some(name(&parts[0])), name(&parts[1]))),
+            _ => {}
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    Ok(out)
+}
+
 /// A named rule; its name is recorded on every link it makes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -477,63 +517,114 @@ impl RuleSpec {
     }
 
     /// Checks the rule's columns against what staging gives: the built-in columns and
-    /// `extra` (the pipeline's own attributes and `ext_<id>` external ids).
-    pub fn check(&self, extra: &[String]) -> Result<(), String> {
-        let column = |c: &String| -> Result<(), String> {
-            if MATCH_COLUMNS.contains(&c.as_str()) || extra.contains(c) {
+    /// `extra` (the pipeline's own attributes and `ext_<id>` external ids), those in its
+    /// SQL (`where`, `sql:` levels) included.
+    pub fn check(&self, extra: &[String]) -> Result<(), BadRule> {
+        let known: Vec<&str> = MATCH_COLUMNS.iter().copied().chain(extra.iter().map(String::as_str)).collect();
+        let column = |c: &String| -> Result<(), BadRule> {
+            if known.contains(&c.as_str()) {
                 Ok(())
             } else {
-                let known: Vec<&str> = MATCH_COLUMNS.iter().copied().chain(extra.iter().map(String::as_str)).collect();
-                Err(format!(
-                    "unknown column `{c}`{} (columns: {})",
-                    super::suggest(c, known.iter().copied()),
-                    known.join(", ")
+                Err(BadRule::at(
+                    c,
+                    format!(
+                        "unknown column `{c}`{} (columns: {})",
+                        super::suggest(c, known.iter().copied()),
+                        known.join(", ")
+                    ),
                 ))
             }
         };
-        let conflict = |c: &String| -> Result<(), String> {
+        let conflict = |c: &String| -> Result<(), BadRule> {
             if CONFLICT_ATTRIBUTES.contains(&c.as_str()) {
                 Ok(())
             } else {
-                Err(format!("`{c}` cannot be a conflict{}", super::suggest(c, CONFLICT_ATTRIBUTES.iter().copied())))
+                Err(BadRule::at(
+                    c,
+                    format!("`{c}` cannot be a conflict{}", super::suggest(c, CONFLICT_ATTRIBUTES.iter().copied())),
+                ))
             }
+        };
+        // A rule's `where` reads one record: plain column names.
+        let filter = |sql: &Option<String>| -> Result<(), BadRule> {
+            let Some(sql) = sql else { return Ok(()) };
+            for (side, c) in sql_columns(sql).map_err(|m| BadRule::at(sql, m))? {
+                if let Some(side) = side {
+                    return Err(BadRule::at(
+                        sql,
+                        format!("`where`: `{side}.{c}`: a condition on one record names plain columns"),
+                    ));
+                }
+                if !STAGED_INTERNAL.contains(&c.as_str()) {
+                    column(&c).map_err(|e| BadRule::at(sql, format!("`where`: {}", e.message)))?;
+                }
+            }
+            Ok(())
+        };
+        // A level reads a pair: `l.<column>` and `r.<column>`.
+        let level_sql = |sql: &str| -> Result<(), BadRule> {
+            for (side, c) in sql_columns(sql).map_err(|m| BadRule::at(sql, m))? {
+                if side.is_none() {
+                    return Err(BadRule::at(
+                        sql,
+                        format!("`{c}`: a level names the pair's columns as `l.{c}` and `r.{c}`"),
+                    ));
+                }
+                column(&c).map_err(|e| BadRule::at(sql, e.message))?;
+            }
+            Ok(())
+        };
+        let blocking = |keys: &Vec<Vec<String>>| -> Result<(), BadRule> {
+            if keys.is_empty() || keys.iter().any(Vec::is_empty) {
+                return Err(BadRule::at("blocking", "`blocking` needs at least one non-empty list of columns".into()));
+            }
+            keys.iter().flatten().try_for_each(column)
         };
         match self {
             RuleSpec::Deterministic(r) => {
                 if r.on.is_empty() {
-                    return Err("`on` needs at least one column".into());
+                    return Err(BadRule::at("on", "`on` needs at least one column".into()));
                 }
                 r.on.iter().try_for_each(column)?;
-                r.unless_conflict.iter().try_for_each(conflict)
+                r.unless_conflict.iter().try_for_each(conflict)?;
+                filter(&r.filter)
             }
             RuleSpec::Fuzzy(r) => {
-                if r.blocking.is_empty() || r.blocking.iter().any(Vec::is_empty) {
-                    return Err("`blocking` needs at least one non-empty list of columns".into());
-                }
-                r.blocking.iter().flatten().try_for_each(column)?;
+                blocking(&r.blocking)?;
                 r.unless_conflict.iter().try_for_each(conflict)?;
+                filter(&r.filter)?;
                 for c in &r.comparisons {
                     column(&c.column)?;
                     if c.levels.is_empty() {
-                        return Err(format!("comparison `{}` has no levels", c.name()));
+                        return Err(BadRule::at(&c.column, format!("comparison `{}` has no levels", c.name())));
+                    }
+                    for level in &c.levels {
+                        match &level.condition {
+                            Condition::Sql(sql) => level_sql(sql)?,
+                            Condition::Exact(Some(other)) => column(other)?,
+                            _ => {}
+                        }
                     }
                 }
                 Ok(())
             }
             RuleSpec::ExternalId(r) => r.unless_conflict.iter().try_for_each(conflict),
             RuleSpec::Probabilistic(r) => {
-                if r.blocking.is_empty() || r.blocking.iter().any(Vec::is_empty) {
-                    return Err("`blocking` needs at least one non-empty list of columns".into());
-                }
-                r.blocking.iter().flatten().try_for_each(column)?;
+                blocking(&r.blocking)?;
                 r.unless_conflict.iter().try_for_each(conflict)?;
+                filter(&r.filter)?;
                 if r.comparisons.is_empty() {
-                    return Err("`comparisons` needs at least one comparison".into());
+                    return Err(BadRule::at("comparisons", "`comparisons` needs at least one comparison".into()));
                 }
                 for c in &r.comparisons {
                     column(&c.column)?;
                     if c.levels.is_empty() {
-                        return Err(format!("comparison `{}` has no levels", c.name()));
+                        return Err(BadRule::at(&c.column, format!("comparison `{}` has no levels", c.name())));
+                    }
+                    for level in &c.levels {
+                        if let LevelKind::Sql(sql) = &level.kind {
+                            level_sql(sql)?;
+                        }
                     }
                 }
                 Ok(())
@@ -783,30 +874,86 @@ impl ComparisonSpec {
     }
 }
 
-/// A comparison level: a condition on the pair and the weight it adds.
+/// A comparison level of a hand-weighted rule: one condition on the pair and the weight
+/// it adds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "RawLevelSpec")]
+pub struct LevelSpec {
+    pub condition: Condition,
+    pub weight: f64,
+}
+
+/// What a pair must meet for a level of a hand-weighted rule.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// Either side null (`null` itself is a YAML keyword, hence the name).
+    EitherNull,
+    /// Equal on the comparison's own column (`None`) or on another one.
+    Exact(Option<String>),
+    /// Jaro-Winkler similarity at least this.
+    JaroWinkler(f64),
+    /// Damerau-Levenshtein distance at most this.
+    DamerauLevenshtein(u32),
+    /// Any SQL condition over `l.<column>` and `r.<column>`.
+    Sql(String),
+    /// Everything else.
+    Else,
+}
+
+/// A level as written: one of the conditions, and a weight.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LevelSpec {
-    /// Either side null (`null` itself is a YAML keyword, hence the name).
+struct RawLevelSpec {
     #[serde(default)]
-    pub either_null: bool,
-    /// Equal on this column (the comparison's own column when `true`).
+    either_null: bool,
     #[serde(default)]
-    pub exact: Option<ExactOn>,
-    /// Jaro-Winkler similarity at least this.
+    exact: Option<ExactOn>,
     #[serde(default, deserialize_with = "finite_opt")]
-    pub jaro_winkler: Option<f64>,
-    /// Damerau-Levenshtein distance at most this.
+    jaro_winkler: Option<f64>,
     #[serde(default)]
-    pub damerau_levenshtein: Option<u32>,
-    /// Any SQL condition over `l.<column>` and `r.<column>`.
+    damerau_levenshtein: Option<u32>,
     #[serde(default)]
-    pub sql: Option<String>,
-    /// The level for everything else.
+    sql: Option<String>,
     #[serde(default, rename = "else")]
-    pub otherwise: bool,
+    otherwise: bool,
     #[serde(deserialize_with = "finite")]
-    pub weight: f64,
+    weight: f64,
+}
+
+const CONDITIONS: &str = "`either_null: true`, `exact: true` (or a column), `jaro_winkler: 0.9`, `damerau_levenshtein: 1`, `sql: ...` \
+     or `else: true`";
+
+impl TryFrom<RawLevelSpec> for LevelSpec {
+    type Error = String;
+
+    fn try_from(raw: RawLevelSpec) -> Result<LevelSpec, String> {
+        let mut conditions = Vec::new();
+        if raw.either_null {
+            conditions.push(Condition::EitherNull);
+        }
+        match raw.exact {
+            Some(ExactOn::Own(true)) => conditions.push(Condition::Exact(None)),
+            Some(ExactOn::Column(c)) => conditions.push(Condition::Exact(Some(c))),
+            Some(ExactOn::Own(false)) | None => {}
+        }
+        if let Some(t) = raw.jaro_winkler {
+            conditions.push(Condition::JaroWinkler(t));
+        }
+        if let Some(d) = raw.damerau_levenshtein {
+            conditions.push(Condition::DamerauLevenshtein(d));
+        }
+        if let Some(sql) = raw.sql {
+            conditions.push(Condition::Sql(sql));
+        }
+        if raw.otherwise {
+            conditions.push(Condition::Else);
+        }
+        match conditions.len() {
+            1 => Ok(LevelSpec { condition: conditions.remove(0), weight: raw.weight }),
+            0 => Err(format!("a level needs one condition: {CONDITIONS}")),
+            n => Err(format!("a level has one condition, this one has {n}: split it into levels")),
+        }
+    }
 }
 
 /// A number that SQL can compare with: YAML's `.nan` and `.inf` are refused at their key.
@@ -821,7 +968,7 @@ fn finite_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-pub enum ExactOn {
+enum ExactOn {
     Own(bool),
     Column(String),
 }

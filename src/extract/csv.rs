@@ -130,10 +130,11 @@ fn check_file(reader: Box<dyn Read + Send>, checks: &Checks) -> Result<FileRepor
         .collect();
     let mut pending = first_data;
     loop {
-        let row = match pending.take() {
-            Some(r) => r,
+        // Each row is read into the one record buffer: no allocation per row.
+        match pending.take() {
+            Some(r) => record = r,
             None => match csv.read_byte_record(&mut record) {
-                Ok(true) => record.clone(),
+                Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
                     let line = e.position().map_or(0, |p| p.line());
@@ -146,7 +147,8 @@ fn check_file(reader: Box<dyn Read + Send>, checks: &Checks) -> Result<FileRepor
                     break;
                 }
             },
-        };
+        }
+        let row = &record;
         let (line, end_line) = (row.position().map_or(0, |p| p.line()), csv.position().line());
         let spans_lines = end_line > line + 1 || row.iter().any(|f| f.contains(&b'\n'));
         let reason = if std::str::from_utf8(row.as_slice()).is_err() {
@@ -176,7 +178,7 @@ fn check_file(reader: Box<dyn Read + Send>, checks: &Checks) -> Result<FileRepor
                 ));
             }
             Some(reason) => {
-                report.bad.push(bad(line, reason, &row, checks.dialect.delimiter));
+                report.bad.push(bad(line, reason, row, checks.dialect.delimiter));
                 if checks.stop_at_first_bad {
                     break;
                 }

@@ -46,6 +46,20 @@ pub enum ExtractError {
     Scratch { path: PathBuf, source: std::io::Error },
 }
 
+impl ExtractError {
+    /// What the user has to do about this error (the exit code).
+    pub fn exit_class(&self) -> crate::ExitClass {
+        use crate::ExitClass;
+        match self {
+            // A location's syntax is the configuration's; anything else about the files
+            // (a dangling link) is the input's.
+            ExtractError::Storage(e) if e.exit_class() == ExitClass::Config => ExitClass::Config,
+            ExtractError::Scratch { .. } | ExtractError::Engine { .. } => ExitClass::Other,
+            _ => ExitClass::Input,
+        }
+    }
+}
+
 /// One input file as the manifest records it.
 #[derive(Debug, Clone, Serialize)]
 pub struct InputFile {
@@ -73,13 +87,8 @@ pub struct ExtractedSource {
 impl ExtractedSource {
     /// Name of the registered raw table.
     pub fn table(&self) -> String {
-        raw_table(&self.name)
+        crate::tables::raw(&self.name)
     }
-}
-
-/// The raw table a source is registered under.
-pub fn raw_table(source: &str) -> String {
-    format!("raw_{source}")
 }
 
 /// Folder for this run's temporary files (cleaned copies of dirty inputs).
@@ -149,13 +158,16 @@ pub async fn extract_all(
     scratch: &Scratch,
     limit: Option<usize>,
 ) -> Result<Vec<ExtractedSource>, ExtractError> {
-    let mut out = Vec::new();
-    for (name, source) in &pipeline.spec.sources {
-        if let Some(extracted) = extract_source(ctx, pipeline, scratch, name, source, limit).await? {
-            out.push(extracted);
-        }
-    }
-    Ok(out)
+    use futures::{StreamExt, TryStreamExt};
+    // The sources are checked side by side (each file's line check is one thread's work),
+    // and reported in file order: the first failing source in the YAML is the error.
+    let parallel = ctx.state().config().target_partitions().max(1);
+    let extracted: Vec<Option<ExtractedSource>> = futures::stream::iter(&pipeline.spec.sources)
+        .map(|(name, source)| extract_source(ctx, pipeline, scratch, name, source, limit))
+        .buffered(parallel)
+        .try_collect()
+        .await?;
+    Ok(extracted.into_iter().flatten().collect())
 }
 
 async fn extract_source(
@@ -178,7 +190,7 @@ async fn extract_source(
             let empty = datafusion::arrow::array::RecordBatch::new_empty(std::sync::Arc::new(Schema::new(fields)));
             let df = ctx.read_batch(empty).map_err(|e| engine(name, e))?;
             let df = with_record_columns(df, name, source)?;
-            ctx.register_table(raw_table(name), df.into_view()).map_err(|e| engine(name, e))?;
+            ctx.register_table(crate::tables::raw(name), df.into_view()).map_err(|e| engine(name, e))?;
             return Ok(Some(ExtractedSource {
                 name: name.into(),
                 location,
@@ -249,7 +261,7 @@ async fn extract_source(
         Some(n) => df.limit(0, Some(n)).map_err(|e| engine(name, e))?,
         None => df,
     };
-    ctx.register_table(raw_table(name), df.into_view()).map_err(|e| engine(name, e))?;
+    ctx.register_table(crate::tables::raw(name), df.into_view()).map_err(|e| engine(name, e))?;
     Ok(Some(ExtractedSource {
         name: name.into(),
         location,

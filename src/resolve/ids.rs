@@ -6,13 +6,7 @@
 
 use datafusion::prelude::SessionContext;
 
-use super::CLUSTERED_RECORDS;
-
-/// Each cluster's customer id: `(cluster_id, customer_id)`.
-pub const CUSTOMER_IDS: &str = "customer_ids";
-
-/// The previous crosswalk as a table (empty when there is none).
-pub const PREVIOUS_XREF: &str = "previous_xref";
+use crate::tables::{CLUSTERED_RECORDS, CUSTOMER_IDS, PREVIOUS_XREF};
 
 /// Prefix and width of customer ids.
 pub const ID_PREFIX: &str = "K";
@@ -40,11 +34,11 @@ pub async fn register_empty_previous(ctx: &SessionContext) -> datafusion::error:
     Ok(())
 }
 
-/// The highest id sequence number in the previous crosswalk.
-pub async fn previous_high_water(ctx: &SessionContext) -> datafusion::error::Result<u64> {
+/// The highest id sequence number in a crosswalk table (`previous_xref`, `customer_xref`).
+pub async fn high_water(ctx: &SessionContext, table: &str) -> datafusion::error::Result<u64> {
     let batches = ctx
         .sql(&format!(
-            "SELECT max(CAST(substr(customer_id, {start}) AS BIGINT)) FROM {PREVIOUS_XREF} \
+            "SELECT max(CAST(substr(customer_id, {start}) AS BIGINT)) FROM {table} \
              WHERE customer_id LIKE '{ID_PREFIX}%' AND length(customer_id) = {len}",
             start = ID_PREFIX.len() + 1,
             len = ID_PREFIX.len() + ID_DIGITS

@@ -24,14 +24,8 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::config::{Pipeline, ProbabilisticRule, RuleSpec};
-use crate::stage::{IDENTITY_RECORDS, external_id_names};
-
-/// The identity records with `cluster_id` and `matched_by` after clustering.
-pub const CLUSTERED_RECORDS: &str = "clustered_records";
-/// Table of every candidate edge with its decision.
-pub const EDGE_DECISIONS: &str = "edge_decisions";
-/// Each record's cluster and the rule that joined it, on a Ballista cluster.
-const RECORD_CLUSTERS: &str = "record_clusters";
+use crate::stage::external_id_names;
+use crate::tables::{CLUSTERED_RECORDS, EDGE_DECISIONS, EDGES_WITH_A, IDENTITY_RECORDS, RECORD_CLUSTERS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
@@ -50,6 +44,16 @@ pub enum ResolveError {
     /// The pinned model (`resolve.model`) cannot be read or does not fit the rules.
     #[error("resolve.model {path}: {message}")]
     Model { path: PathBuf, message: String },
+}
+
+impl ResolveError {
+    /// What the user has to do about this error (the exit code).
+    pub fn exit_class(&self) -> crate::ExitClass {
+        match self {
+            ResolveError::Rule { .. } | ResolveError::Model { .. } => crate::ExitClass::Config,
+            _ => crate::ExitClass::Other,
+        }
+    }
 }
 
 /// An identifier value a guardrail kept from being evidence.
@@ -111,6 +115,20 @@ fn rule_error(rule: &str) -> impl Fn(datafusion::error::DataFusionError) -> Reso
     move |source| ResolveError::Rule { rule: rule.into(), source }
 }
 
+/// Seconds of each step, logged at debug level: where a slow resolve spends its time.
+struct Lap(std::time::Instant);
+
+impl Lap {
+    fn start() -> Lap {
+        Lap(std::time::Instant::now())
+    }
+
+    fn done(&mut self, step: &str) {
+        tracing::debug!(step, seconds = self.0.elapsed().as_secs_f64(), "resolve step");
+        self.0 = std::time::Instant::now();
+    }
+}
+
 /// Reads what clustering checks per record, in rid order.
 async fn load_records(ctx: &SessionContext, clusters: &mut Clusters) -> Result<(), ResolveError> {
     let df = ctx.sql(&format!("SELECT rid, first_name, birth_date FROM {IDENTITY_RECORDS} ORDER BY rid")).await?;
@@ -140,7 +158,9 @@ async fn load_records(ctx: &SessionContext, clusters: &mut Clusters) -> Result<(
 /// Runs every rule, clusters, and registers `clustered_records` and `edge_decisions`.
 pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path) -> Result<MatchSummary, ResolveError> {
     let spec = &pipeline.spec.resolve;
+    let mut lap = Lap::start();
     let learned = names::learn(ctx).await?;
+    lap.done("learn first names");
     if !learned.is_empty() {
         tracing::info!(
             pairs = learned.len(),
@@ -150,6 +170,7 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
     let learned_first_name_pairs = learned.len();
     let mut clusters = Clusters::new(spec.guardrails.max_cluster_size, &spec.guardrails.conflicting, learned.clone());
     load_records(ctx, &mut clusters).await?;
+    lap.done("load records");
     let edges_path = work_dir.join("edge_decisions.parquet");
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -187,6 +208,7 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
             }
             _ => None,
         };
+        lap.done(&format!("{name}: weights"));
         if let Some((model, _)) = &fitted {
             summary.blocked_pairs = model.blocking.iter().map(|b| (b.key.join("+"), b.pairs)).collect();
         }
@@ -195,7 +217,9 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
         for (part, queries) in queries.into_iter().enumerate() {
             count_dropped(ctx, name, &queries.dropped, &mut summary).await?;
             let dir = work_dir.join(format!("edges_{rule_no}_{part}"));
+            lap.done(&format!("{name}: dropped values"));
             write_candidate_edges(ctx, name, &queries, passes, &dir).await?;
+            lap.done(&format!("{name}: candidate edges"));
             // Edges in one order whatever the passes, so that the guardrails decide alike.
             let df = ctx
                 .read_parquet(format!("{}/", dir.display()), ParquetReadOptions::default())
@@ -216,6 +240,7 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
                 writer.write(&out).map_err(write_err(&edges_path))?;
             }
         }
+        lap.done(&format!("{name}: decisions"));
         tracing::info!(rule = name, edges = summary.candidate_edges, merged = summary.merged, "rule applied");
         summaries.push(summary);
     }
@@ -253,6 +278,7 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
         ctx.deregister_udf(name);
     }
     written?;
+    lap.done("clustered records");
     let customers: u64 = sizes.values().sum();
     let merged_records: u64 = sizes.iter().filter(|(s, _)| **s > 1).map(|(s, n)| *s as u64 * n).sum();
     Ok(MatchSummary {
@@ -297,7 +323,7 @@ pub(crate) async fn term_frequencies(
             b.first().map_or(0, |b| b.column(k).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0));
         model.comparisons[*i].tf_total = Some(total as u64);
     }
-    let name = format!("tf_records_{rule_no}");
+    let name = crate::tables::tf_records(rule_no);
     let df = ctx.sql(&format!("SELECT *, {} FROM {records}", counts.join(", "))).await?;
     crate::engine::materialize(ctx, &name, df, work_dir).await?;
     Ok(name)
@@ -325,7 +351,7 @@ pub async fn write_match_edges(
         );
         with_a.push(ctx.sql(&sql).await?);
     }
-    crate::engine::materialize_parts(ctx, "edges_with_a", with_a, work_dir).await?;
+    crate::engine::materialize_parts(ctx, EDGES_WITH_A, with_a, work_dir).await?;
     let mut edges = Vec::new();
     for k in 0..passes {
         let sql = format!(
@@ -338,7 +364,7 @@ pub async fn write_match_edges(
         edges.push(ctx.sql(&sql).await?);
     }
     crate::engine::materialize_parts(ctx, name, edges, work_dir).await?;
-    ctx.deregister_table("edges_with_a")?;
+    ctx.deregister_table(EDGES_WITH_A)?;
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use datafusion::prelude::SessionContext;
 
-use crate::stage::IDENTITY_RECORDS;
+use crate::tables::IDENTITY_RECORDS;
 
 /// Between the two roots of a pair in [`LearnedNames::keys`].
 pub const KEY_SEPARATOR: char = '|';

@@ -190,8 +190,8 @@ pub(crate) fn gamma(c: &ProbabilisticComparison) -> String {
 /// The records a rule compares, as SQL.
 pub(crate) fn rule_records(rule: &ProbabilisticRule) -> String {
     match &rule.filter {
-        Some(f) => format!("(SELECT * FROM {} WHERE {f})", crate::stage::IDENTITY_RECORDS),
-        None => crate::stage::IDENTITY_RECORDS.to_string(),
+        Some(f) => format!("(SELECT * FROM {} WHERE {f})", crate::tables::IDENTITY_RECORDS),
+        None => crate::tables::IDENTITY_RECORDS.to_string(),
     }
 }
 

@@ -4,10 +4,10 @@
 use super::names::LearnedNames;
 use super::probabilistic::{self, RuleModel};
 use crate::config::{
-    ComparisonSpec, DeterministicRule, ExactOn, ExternalIdRule, FuzzyRule, LevelKind, LevelSpec, ProbabilisticRule,
+    ComparisonSpec, Condition, DeterministicRule, ExternalIdRule, FuzzyRule, LevelKind, LevelSpec, ProbabilisticRule,
     RuleSpec,
 };
-use crate::stage::IDENTITY_RECORDS;
+use crate::tables::IDENTITY_RECORDS;
 
 /// SQL that must hold for a pair not to conflict on an attribute; pairs with a missing
 /// value on either side do not conflict. First names this data writes for one person
@@ -170,43 +170,30 @@ pub fn external_id(rule: &ExternalIdRule, ids: &[String], learned: &LearnedNames
 /// The SQL condition of one comparison level over `l.` and `r.`.
 fn level_condition(column: &str, level: &LevelSpec) -> String {
     let text = |side: &str, c: &str| format!("CAST({side}.{c} AS VARCHAR)");
-    if level.either_null {
-        return format!("(l.{column} IS NULL OR r.{column} IS NULL)");
+    match &level.condition {
+        Condition::EitherNull => format!("(l.{column} IS NULL OR r.{column} IS NULL)"),
+        Condition::Exact(on) => {
+            let c = on.as_deref().unwrap_or(column);
+            format!("l.{c} = r.{c}")
+        }
+        Condition::JaroWinkler(t) => format!("jaro_winkler({}, {}) >= {t}", text("l", column), text("r", column)),
+        Condition::DamerauLevenshtein(d) => {
+            format!("damerau_levenshtein({}, {}) <= {d}", text("l", column), text("r", column))
+        }
+        Condition::Sql(sql) => format!("({sql})"),
+        Condition::Else => "true".into(),
     }
-    if let Some(exact) = &level.exact {
-        let c = match exact {
-            ExactOn::Own(_) => column,
-            ExactOn::Column(c) => c.as_str(),
-        };
-        return format!("l.{c} = r.{c}");
-    }
-    if let Some(t) = level.jaro_winkler {
-        return format!("jaro_winkler({}, {}) >= {t}", text("l", column), text("r", column));
-    }
-    if let Some(d) = level.damerau_levenshtein {
-        return format!("damerau_levenshtein({}, {}) <= {d}", text("l", column), text("r", column));
-    }
-    if let Some(sql) = &level.sql {
-        return format!("({sql})");
-    }
-    "true".into()
 }
 
 fn level_label(level: &LevelSpec) -> String {
-    if level.either_null {
-        "null".into()
-    } else if let Some(ExactOn::Column(c)) = &level.exact {
-        format!("exact({c})")
-    } else if level.exact.is_some() {
-        "exact".into()
-    } else if let Some(t) = level.jaro_winkler {
-        format!("jaro_winkler>={t}")
-    } else if let Some(d) = level.damerau_levenshtein {
-        format!("damerau_levenshtein<={d}")
-    } else if level.sql.is_some() {
-        "sql".into()
-    } else {
-        "else".into()
+    match &level.condition {
+        Condition::EitherNull => "null".into(),
+        Condition::Exact(Some(c)) => format!("exact({c})"),
+        Condition::Exact(None) => "exact".into(),
+        Condition::JaroWinkler(t) => format!("jaro_winkler>={t}"),
+        Condition::DamerauLevenshtein(d) => format!("damerau_levenshtein<={d}"),
+        Condition::Sql(_) => "sql".into(),
+        Condition::Else => "else".into(),
     }
 }
 
