@@ -152,6 +152,17 @@ pub async fn run_test(ctx: &SessionContext, table: &str, test: &TestSpec) -> Res
     Ok(outcome(passed, if passed { 0 } else { 1 }, format!("measured {value}")))
 }
 
+/// Every data test of the pipeline: those of the outputs, then those of the models.
+pub fn data_tests(pipeline: &crate::config::Pipeline) -> Vec<(String, Vec<TestSpec>)> {
+    let spec = &pipeline.spec;
+    let mut tests: Vec<(String, Vec<TestSpec>)> =
+        spec.outputs.iter().filter(|(_, o)| !o.tests.is_empty()).map(|(t, o)| (t.clone(), o.tests.clone())).collect();
+    if let Some(m) = &spec.models {
+        tests.extend(m.tests.iter().map(|(t, v)| (t.clone(), v.clone())));
+    }
+    tests
+}
+
 /// Runs every test; returns all outcomes (failed ones included).
 pub async fn run_tests(
     ctx: &SessionContext,

@@ -471,7 +471,7 @@ pub async fn plan(p: &Pipeline, pairs: bool) -> Result<String, Error> {
             let _ = writeln!(out, "  {}{deps}   ({}{batched})", m.name, m.path.display());
         }
     }
-    let tests: usize = crate::pipeline::data_tests(p).iter().map(|(_, t)| t.len()).sum();
+    let tests: usize = crate::check::data_tests(p).iter().map(|(_, t)| t.len()).sum();
     let _ = writeln!(out, "\ndata tests: {tests}");
     let _ = writeln!(out, "\nidentity rules (in order):");
     let staged = if pairs { Some(crate::pipeline::staged_session(p, scratch.path()).await?) } else { None };

@@ -68,6 +68,29 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> PublishError + '_ {
     move |source| PublishError::Io { path: path.to_path_buf(), source }
 }
 
+/// Every declared output must be a golden table or a model (checked before any data is
+/// read, so that a typo fails in a second).
+pub fn check_outputs<'a>(
+    pipeline: &crate::config::Pipeline,
+    models: impl Iterator<Item = &'a str>,
+) -> Result<(), crate::config::ConfigError> {
+    let known: Vec<&str> = crate::tables::GOLDEN_TABLES.iter().copied().chain(models).collect();
+    for table in pipeline.spec.outputs.keys() {
+        if !known.contains(&table.as_str()) {
+            let at = crate::config::locate_key(&pipeline.text, &["outputs", table]).unwrap_or((1, 1));
+            return Err(crate::config::ConfigError::at(
+                &pipeline.file,
+                at,
+                format!(
+                    "key `outputs.{table}`: no golden table or model is called `{table}`{}",
+                    crate::config::suggest(table, known.iter().copied())
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// One column of a published table, as the manifest describes it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ColumnInfo {
@@ -425,6 +448,41 @@ impl Staging {
             })
             .unwrap_or(0);
         Ok(TableInfo { rows, path: self.output.child(table).url(), schema })
+    }
+
+    /// Writes the rows each source rejected or set aside under
+    /// `_rejected/<source>/`, with file, line, reason and the record.
+    pub async fn write_rejected(
+        &self,
+        ctx: &SessionContext,
+        extracted: &[crate::extract::ExtractedSource],
+    ) -> Result<(), PublishError> {
+        use datafusion::arrow::array::{RecordBatch, StringArray, UInt64Array};
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("file", DataType::Utf8, false),
+            Field::new("line", DataType::UInt64, false),
+            Field::new("reason", DataType::Utf8, false),
+            Field::new("record", DataType::Utf8, false),
+        ]));
+        for e in extracted.iter().filter(|e| !e.rejected.is_empty() || !e.set_aside.is_empty()) {
+            let table = format!("_rejected/{}", e.name);
+            let werr = |source| PublishError::Write { table: table.clone(), source };
+            let rows: Vec<&crate::extract::BadRow> = e.rejected.rows.iter().chain(&e.set_aside.rows).collect();
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(rows.iter().map(|r| Some(r.file.as_str())).collect::<StringArray>()),
+                    Arc::new(rows.iter().map(|r| Some(r.line)).collect::<UInt64Array>()),
+                    Arc::new(rows.iter().map(|r| Some(r.reason.as_str())).collect::<StringArray>()),
+                    Arc::new(rows.iter().map(|r| Some(r.record.as_str())).collect::<StringArray>()),
+                ],
+            )
+            .map_err(|err| werr(err.into()))?;
+            let df = ctx.read_batch(batch).map_err(werr)?;
+            self.write_table(&table, df, &[]).await?;
+        }
+        Ok(())
     }
 
     /// Writes one file of the publish (such as `_model.json`) beside the tables.

@@ -2,17 +2,21 @@
 //! the klantbeeld UDFs, and all sources stacked into one `identity_records` table with a
 //! dense record number (`rid`) that resolution works on.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::common::ScalarValue;
 use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::ExprFunctionExt;
 use datafusion::prelude::{DataFrame, Expr, SessionContext, cast, col, ident, lit, nullif, trim, upper};
 
 use crate::config::{Attribute, Pipeline, SourceSpec};
-use crate::tables::{self, NAME_ROLES};
+use crate::engine;
+use crate::extract::{BadRow, ExtractedSource};
+use crate::tables::{self, IDENTITY_RECORDS, KEPT_RECORDS, NAME_ROLES, STAGED_RECORDS};
 use crate::udf::{Function, call};
 
 #[derive(Debug, thiserror::Error)]
@@ -408,4 +412,104 @@ pub async fn with_record_numbers(all: DataFrame) -> Result<DataFrame, StageError
     let mut exprs = vec![rid.alias("rid")];
     exprs.extend(all.schema().fields().iter().map(|f| col(format!("\"{}\"", f.name()))));
     Ok(all.select(exprs)?)
+}
+
+/// What staging left out, per source.
+#[derive(Debug, Default)]
+pub struct StagedCounts {
+    /// Rows dropped because their record key was repeated (the latest is kept).
+    pub repeated: BTreeMap<String, u64>,
+    /// Records set aside (an overlong value), with the reason, by source.
+    pub set_aside: BTreeMap<String, Vec<(String, String)>>,
+}
+
+impl StagedCounts {
+    /// Adds the records set aside to their source's bad rows, so that they are counted in
+    /// the manifest and written under `_rejected/` like the rows extract rejected.
+    pub fn add_set_aside_to(&self, pipeline: &Pipeline, extracted: &mut [ExtractedSource]) {
+        for e in extracted.iter_mut() {
+            let key_column = pipeline.spec.sources[&e.name].key.as_deref().unwrap_or("key");
+            for (key, reason) in self.set_aside.get(&e.name).into_iter().flatten() {
+                e.set_aside.push(BadRow {
+                    file: e.location.display(),
+                    line: 0,
+                    reason: reason.clone(),
+                    record: format!("{key_column}={key}"),
+                });
+            }
+        }
+    }
+}
+
+/// Stages the identity sources present into `identity_records` (materialised): all
+/// records normalised, those with an overlong value set aside, one row per record key.
+/// Returns, per source, the rows dropped as repeated keys and the records set aside.
+pub async fn stage_records(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    present: &[String],
+    scratch: &Path,
+) -> Result<StagedCounts, StageError> {
+    let staged = stage_all(ctx, pipeline, present, scratch).await?;
+    engine::materialize(ctx, STAGED_RECORDS, staged, scratch).await?;
+    let all = ctx.table(STAGED_RECORDS).await?;
+    let set_aside = set_aside_records(all.clone()).await?;
+    let kept = all.filter(col(SET_ASIDE).is_null())?.drop_columns(&[SET_ASIDE])?;
+    let _ = ctx.deregister_table(KEPT_RECORDS);
+    ctx.register_table(KEPT_RECORDS, kept.into_view())?;
+    let repeated = repeated_keys(ctx, KEPT_RECORDS).await?;
+    let mut records = ctx.table(KEPT_RECORDS).await?;
+    if !repeated.is_empty() {
+        for (source, n) in &repeated {
+            tracing::warn!(
+                source = source.as_str(),
+                rows = n,
+                "keys repeated in the dump; the most recent row of each is kept"
+            );
+        }
+        records = latest_per_key(records)?;
+    }
+    engine::materialize(ctx, IDENTITY_RECORDS, with_record_numbers(records).await?, scratch).await?;
+    Ok(StagedCounts { repeated, set_aside })
+}
+
+/// The records staging set aside, as (record key, reason) per source; each is logged.
+async fn set_aside_records(all: DataFrame) -> Result<BTreeMap<String, Vec<(String, String)>>, StageError> {
+    let batches = all
+        .filter(col(SET_ASIDE).is_not_null())?
+        .select(vec![col("source_system"), col("source_record_id"), col(SET_ASIDE)])?
+        .collect()
+        .await?;
+    let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for b in &batches {
+        for i in 0..b.num_rows() {
+            let get = |c: usize| array_value_to_string(b.column(c), i).unwrap_or_default();
+            let (source, key, reason) = (get(0), get(1), get(2));
+            tracing::warn!(source = source.as_str(), record = key.as_str(), "record set aside: {reason}");
+            out.entry(source).or_default().push((key, reason));
+        }
+    }
+    Ok(out)
+}
+
+/// Rows beyond the first of each repeated record key, per source.
+async fn repeated_keys(ctx: &SessionContext, table: &str) -> Result<BTreeMap<String, u64>, StageError> {
+    let batches = ctx
+        .sql(&format!(
+            "SELECT source_system, CAST(sum(n - 1) AS BIGINT) FROM \
+             (SELECT source_system, source_record_id, count(*) AS n FROM {table} GROUP BY source_system, source_record_id \
+              HAVING count(*) > 1) GROUP BY source_system"
+        ))
+        .await?
+        .collect()
+        .await?;
+    let mut out = BTreeMap::new();
+    for b in &batches {
+        for i in 0..b.num_rows() {
+            let source = array_value_to_string(b.column(0), i).unwrap_or_default();
+            let n = array_value_to_string(b.column(1), i).unwrap_or_default();
+            out.insert(source, n.parse().unwrap_or(0));
+        }
+    }
+    Ok(out)
 }

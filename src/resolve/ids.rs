@@ -4,9 +4,15 @@
 //! `K0000000002`) and the others are reported `merged_into`; a cluster that receives none
 //! gets a new id, reported `split_from` when its records had an id before, else `new`.
 
-use datafusion::prelude::SessionContext;
+use std::path::Path;
 
-use crate::tables::{CLUSTERED_RECORDS, CUSTOMER_IDS, PREVIOUS_XREF};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
+
+use super::ResolveError;
+use crate::config::Pipeline;
+use crate::engine;
+use crate::storage::{self, Location};
+use crate::tables::{CLUSTERED_RECORDS, CUSTOMER_CHANGES, CUSTOMER_IDS, CUSTOMER_XREF, PREVIOUS_XREF};
 
 /// Prefix and width of customer ids.
 pub const ID_PREFIX: &str = "K";
@@ -23,7 +29,7 @@ pub fn parse_id(id: &str) -> Option<u64> {
 }
 
 /// Registers an empty previous crosswalk (first run).
-pub async fn register_empty_previous(ctx: &SessionContext) -> datafusion::error::Result<()> {
+async fn register_empty_previous(ctx: &SessionContext) -> datafusion::error::Result<()> {
     let df = ctx
         .sql(
             "SELECT CAST(NULL AS VARCHAR) AS customer_id, CAST(NULL AS VARCHAR) AS source_system, \
@@ -73,13 +79,13 @@ fn assignment_ctes(high_water: u64) -> String {
 }
 
 /// Each cluster's customer id (for `CUSTOMER_IDS`).
-pub fn customer_ids_sql(high_water: u64) -> String {
+fn customer_ids_sql(high_water: u64) -> String {
     format!("WITH {} SELECT cluster_id, customer_id FROM assigned", assignment_ctes(high_water))
 }
 
 /// The crosswalk: every identity record with its customer id and the rule that joined it.
 /// The customer ids (one row per cluster) are the join's build side, the records stream.
-pub fn xref_sql() -> String {
+fn xref_sql() -> String {
     format!(
         "SELECT a.customer_id, r.source_system, r.source_record_id, r.matched_by \
          FROM {CUSTOMER_IDS} a JOIN {CLUSTERED_RECORDS} r ON a.cluster_id = r.cluster_id"
@@ -87,7 +93,7 @@ pub fn xref_sql() -> String {
 }
 
 /// Changes against the previous crosswalk: new, merged_into, split_from, deleted.
-pub fn changes_sql(high_water: u64) -> String {
+fn changes_sql(high_water: u64) -> String {
     format!(
         "WITH {ctes}, \
          split_votes AS (SELECT cluster_id, customer_id, row_number() OVER (PARTITION BY cluster_id ORDER BY n DESC, customer_id) AS rk FROM votes) \
@@ -101,6 +107,63 @@ pub fn changes_sql(high_water: u64) -> String {
            FROM {PREVIOUS_XREF} p WHERE p.customer_id NOT IN (SELECT customer_id FROM votes)",
         ctes = assignment_ctes(high_water)
     )
+}
+
+/// The crosswalk a run keeps customer ids from.
+pub struct Previous {
+    /// `None` on a first run (nothing published, none named).
+    pub location: Option<Location>,
+    /// The highest id sequence number used so far: new customers are numbered after it.
+    pub high_water: u64,
+}
+
+/// Registers the previous crosswalk as `previous_xref`: the one named (`--previous`, the
+/// YAML's `previous`), else the one published at the output, else an empty one.
+pub async fn register_previous(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    named: Option<&str>,
+    output: &Location,
+) -> Result<Previous, ResolveError> {
+    let store = storage::store_for(ctx, output, &pipeline.spec.storage)?;
+    let published = crate::publish::published_manifest(store.as_ref(), output).await;
+    let location = match named.or(pipeline.spec.previous.as_deref()) {
+        Some(p) => Some(Location::parse(p, &pipeline.base_dir)?),
+        None => published.is_some().then(|| output.child(CUSTOMER_XREF)),
+    };
+    let Some(loc) = &location else {
+        register_empty_previous(ctx).await?;
+        return Ok(Previous { location, high_water: 0 });
+    };
+    storage::store_for(ctx, loc, &pipeline.spec.storage)?;
+    let url = if loc.url().ends_with(".parquet") {
+        loc.url()
+    } else if loc.glob.is_some() {
+        loc.display()
+    } else {
+        format!("{}/", loc.url().trim_end_matches('/'))
+    };
+    let previous_error = |e: datafusion::error::DataFusionError| ResolveError::Previous {
+        location: loc.display(),
+        message: e.to_string(),
+    };
+    ctx.register_parquet(PREVIOUS_XREF, &url, ParquetReadOptions::default()).await.map_err(previous_error)?;
+    let from_table = high_water(ctx, PREVIOUS_XREF).await.map_err(previous_error)?;
+    // Ids of customers deleted since are not in the table, and must not come back.
+    let from_manifest = published.map_or(0, |m| m.customer_id_high_water);
+    Ok(Previous { high_water: from_table.max(from_manifest), location })
+}
+
+/// Gives every cluster its customer id and materialises `customer_ids`, the crosswalk
+/// (`customer_xref`) and the changes against the previous one. Returns the new high water.
+pub async fn assign(ctx: &SessionContext, previous_high_water: u64, scratch: &Path) -> Result<u64, ResolveError> {
+    let customer_ids = ctx.sql(&customer_ids_sql(previous_high_water)).await?;
+    engine::materialize(ctx, CUSTOMER_IDS, customer_ids, scratch).await?;
+    let xref = ctx.sql(&xref_sql()).await?;
+    engine::materialize(ctx, CUSTOMER_XREF, xref, scratch).await?;
+    let changes = ctx.sql(&changes_sql(previous_high_water)).await?;
+    engine::materialize(ctx, CUSTOMER_CHANGES, changes, scratch).await?;
+    Ok(previous_high_water.max(high_water(ctx, CUSTOMER_XREF).await?))
 }
 
 #[cfg(test)]

@@ -44,6 +44,8 @@ pub enum ResolveError {
     /// The pinned model (`resolve.model`) cannot be read or does not fit the rules.
     #[error("resolve.model {path}: {message}")]
     Model { path: PathBuf, message: String },
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
 }
 
 impl ResolveError {
@@ -51,6 +53,7 @@ impl ResolveError {
     pub fn exit_class(&self) -> crate::ExitClass {
         match self {
             ResolveError::Rule { .. } | ResolveError::Model { .. } => crate::ExitClass::Config,
+            ResolveError::Storage(e) => e.exit_class(),
             _ => crate::ExitClass::Other,
         }
     }
