@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use common::*;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
@@ -94,6 +94,8 @@ async fn retail_pipeline_reads_and_publishes_on_s3() {
 struct FaultyProxy {
     port: u16,
     failing: Arc<AtomicBool>,
+    /// Requests answered 503 so far.
+    refused: Arc<AtomicUsize>,
 }
 
 impl FaultyProxy {
@@ -101,14 +103,19 @@ impl FaultyProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let failing = Arc::new(AtomicBool::new(false));
-        let flag = failing.clone();
+        let refused = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (failing.clone(), refused.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let flag = flag.clone();
-                std::thread::spawn(move || serve(client, upstream, flag));
+                let (flag, count) = (flag.clone(), count.clone());
+                std::thread::spawn(move || serve(client, upstream, flag, count));
             }
         });
-        FaultyProxy { port, failing }
+        FaultyProxy { port, failing, refused }
+    }
+
+    fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
     }
 
     fn set_failing(&self, failing: bool) {
@@ -116,10 +123,11 @@ impl FaultyProxy {
     }
 }
 
-fn serve(mut client: TcpStream, upstream: u16, failing: Arc<AtomicBool>) {
+fn serve(mut client: TcpStream, upstream: u16, failing: Arc<AtomicBool>, refused: Arc<AtomicUsize>) {
     if failing.load(Ordering::SeqCst) {
         let mut buf = [0u8; 4096];
         let _ = client.read(&mut buf);
+        refused.fetch_add(1, Ordering::SeqCst);
         let _ = client.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
     }
@@ -152,6 +160,15 @@ fn serve(mut client: TcpStream, upstream: u16, failing: Arc<AtomicBool>) {
     let _ = up.join();
 }
 
+/// Waits until a run holds the lock of `golden/retail` (seen through the healthy endpoint).
+async fn wait_for_lock(server: &S3Server) {
+    let started = std::time::Instant::now();
+    while server.get_text("golden", "retail/_lock").await.is_none() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the run never took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 #[tokio::test]
 async fn transient_faults_are_retried_and_a_dead_server_fails_cleanly() {
     let server = S3Server::start();
@@ -164,7 +181,8 @@ async fn transient_faults_are_retried_and_a_dead_server_fails_cleanly() {
     assert!(out.status.success(), "{}", stderr(&out));
     let before = server.get_text("golden", "retail/_manifest.json").await.unwrap();
 
-    // Trouble for two seconds in the middle of a run: retries carry it through.
+    // Trouble for two seconds in the middle of a run (from the moment it holds the
+    // output's lock, before it reads any input): retries carry it through.
     let proxy = FaultyProxy::start(server.port);
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
     let yaml = retail_yaml();
@@ -182,17 +200,20 @@ async fn transient_faults_are_retried_and_a_dead_server_fails_cleanly() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    wait_for_lock(&server).await;
     proxy.set_failing(true);
     std::thread::sleep(std::time::Duration::from_millis(2000));
     proxy.set_failing(false);
     let out = child.wait_with_output().unwrap();
+    assert!(proxy.refused() > 0, "no request of the run met the outage");
     assert!(out.status.success(), "a two-second outage must be retried: {}", stderr(&out));
     let after = server.get_text("golden", "retail/_manifest.json").await.unwrap();
     assert_ne!(before, after);
     assert!(server.get_text("golden", "retail/_SUCCESS").await.is_some());
 
-    // The server dies for good: the run fails with a clear message, the output stays.
+    // The server dies for good once the run holds the output's lock (it takes it before
+    // reading any input, so the run is far from its commit point): the run fails with a
+    // clear message, the output stays as it was, and the lock stays behind.
     let p = pipeline_variant(dir.path(), |t| {
         t.replace("engine:\n", "storage:\n  max_retries: 2\n  initial_backoff_ms: 50\n  retry_timeout_s: 3\n  request_timeout_s: 5\nengine:\n")
     });
@@ -203,32 +224,32 @@ async fn transient_faults_are_retried_and_a_dead_server_fails_cleanly() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    wait_for_lock(&server).await;
+    let refused_before = proxy.refused();
     proxy.set_failing(true);
     let out = child.wait_with_output().unwrap();
+    assert!(proxy.refused() > refused_before, "no request of the run met the dead server");
     assert!(!out.status.success());
     let err = stderr(&out);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("503") || err.contains("retries") || err.contains("error sending request"), "{err}");
-    // Through the healthy endpoint: the last published output is whole.
-    let now = server.get_text("golden", "retail/_manifest.json").await.unwrap();
-    let success = server.get_text("golden", "retail/_SUCCESS").await;
-    let lock = server.get_text("golden", "retail/_lock").await;
-    if success.is_some() {
-        assert_eq!(now, after, "a failed run replaced the output");
-    } else {
-        // It died after its commit point: the next run finishes that publish first.
-        assert!(server.get_text("golden", "retail/_staging").await.is_none() || lock.is_some());
-    }
+    // Through the healthy endpoint: the last published output is whole and unchanged.
+    assert_eq!(
+        server.get_text("golden", "retail/_manifest.json").await.unwrap(),
+        after,
+        "a failed run replaced the output"
+    );
+    assert!(server.get_text("golden", "retail/_SUCCESS").await.is_some());
     // The failed run could not remove its lock from a dead server: the next run says so,
     // and an operator who knows that run is dead takes the lock over.
-    if lock.is_some() {
-        let out = run_s3(&server.endpoint(), "input=s3://dumps/d", "output=s3://golden/retail", &[]);
-        assert!(stderr(&out).contains("another klantbeeld run is publishing") && stderr(&out).contains("--break-lock"));
-    }
+    assert!(server.get_text("golden", "retail/_lock").await.is_some(), "the dead server took the lock's removal");
+    let out = run_s3(&server.endpoint(), "input=s3://dumps/d", "output=s3://golden/retail", &[]);
+    assert!(stderr(&out).contains("another klantbeeld run is publishing") && stderr(&out).contains("--break-lock"));
+    assert_eq!(server.get_text("golden", "retail/_manifest.json").await.unwrap(), after);
     let out = run_s3(&server.endpoint(), "input=s3://dumps/d", "output=s3://golden/retail", &["--break-lock"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(server.get_text("golden", "retail/_SUCCESS").await.is_some());
+    assert_ne!(server.get_text("golden", "retail/_manifest.json").await.unwrap(), after);
 }
 
 #[tokio::test]
@@ -259,11 +280,7 @@ async fn two_runs_on_one_output_cannot_mix() {
     // The second run starts while the first holds the output's lock (it takes the lock
     // before reading any input, and keeps it until it has published).
     let first = spawn();
-    let started = std::time::Instant::now();
-    while server.get_text("golden", "retail/_lock").await.is_none() {
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the first run never took the lock");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_lock(&server).await;
     let second = spawn().wait_with_output().unwrap();
     let first = first.wait_with_output().unwrap();
     assert!(first.status.success(), "{}", stderr(&first));
