@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{Pipeline, Vars};
+use crate::config::{ByteSize, Pipeline, Vars};
 use crate::pipeline::RunOptions;
 use crate::{Error, exit};
 
@@ -85,7 +85,7 @@ pub struct RunArgs {
     pub pipeline: PipelineArgs,
     /// Memory the engine may use before spilling to disk, e.g. 2GB (overrides the YAML).
     #[arg(long, value_name = "SIZE")]
-    pub memory_limit: Option<String>,
+    pub memory_limit: Option<ByteSize>,
     /// Read at most N rows of every input file: a quick run on a sample.
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub limit: Option<usize>,
@@ -144,7 +144,7 @@ pub struct EvalArgs {
     pub json: bool,
     /// Memory the engine may use before spilling, such as 2GB.
     #[arg(long, default_value = "2GB")]
-    pub memory_limit: String,
+    pub memory_limit: ByteSize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -332,8 +332,7 @@ async fn dispatch(command: Command, live_progress: bool, run_id: Option<String>)
         }
         Command::Run(args) => {
             let p = load(&args.pipeline)?;
-            let memory_limit =
-                args.memory_limit.as_deref().map(crate::engine::parse_size).transpose().map_err(Error::Usage)?;
+            let memory_limit = args.memory_limit.map(|b| b.0);
             let run_id = run_id.unwrap_or_else(crate::pipeline::new_run_id);
             let options = RunOptions {
                 memory_limit,
@@ -407,7 +406,7 @@ async fn dispatch(command: Command, live_progress: bool, run_id: Option<String>)
             let cwd = std::env::current_dir().unwrap_or_default();
             let truth = crate::storage::Location::parse(&args.truth, &cwd)?;
             let crosswalk = crate::storage::Location::parse(&args.crosswalk, &cwd)?;
-            let memory_limit = Some(crate::engine::parse_size(&args.memory_limit).map_err(Error::Usage)?);
+            let memory_limit = Some(args.memory_limit.0);
             let scratch = tempfile::tempdir().map_err(|e| Error::Other(format!("scratch folder: {e}")))?;
             let options = crate::engine::EngineOptions { memory_limit, ..Default::default() };
             let ctx = crate::engine::session(&options, scratch.path()).map_err(Error::engine("engine"))?;

@@ -91,8 +91,8 @@ pub struct ExecutorArgs {
     pub work_dir: Option<String>,
     /// Memory the executor's tasks may use before spilling, e.g. 4GB (default: Ballista's
     /// share of the machine's memory).
-    #[arg(long, value_name = "SIZE", value_parser = crate::engine::parse_size)]
-    pub memory_pool_size: Option<usize>,
+    #[arg(long, value_name = "SIZE")]
+    pub memory_pool_size: Option<crate::config::ByteSize>,
     /// How long to keep trying to reach the scheduler at start, in seconds (0: once).
     #[arg(long, default_value_t = 30)]
     pub scheduler_connect_timeout_seconds: u16,
@@ -199,7 +199,7 @@ pub async fn run_executor(args: &ExecutorArgs) -> Result<(), DistributedError> {
         scheduler_connect_timeout_seconds: args.scheduler_connect_timeout_seconds,
         vcores: args.concurrent_tasks.unwrap_or(0),
         work_dir: work_dir.clone(),
-        memory_pool_size: args.memory_pool_size.map(|b| b as u64),
+        memory_pool_size: args.memory_pool_size.map(|b| b.0 as u64),
         override_function_registry: Some(Arc::new(executor_functions())),
         override_runtime_producer: Some(Arc::new(move |_: &SessionConfig| runtime(work_dir.as_deref()))),
         ..defaults

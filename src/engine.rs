@@ -21,26 +21,6 @@ pub struct EngineOptions {
     pub settings: Vec<(String, String)>,
 }
 
-/// Parses `512MB`, `2GB`, `1.5G`, `300000000` (bytes).
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let t = text.trim().to_ascii_uppercase();
-    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.trim().parse().map_err(|_| format!("`{text}` is not a size such as 512MB or 2GB"))?;
-    let factor: f64 = match unit.trim() {
-        "" | "B" => 1.0,
-        "K" | "KB" | "KIB" => 1024.0,
-        "M" | "MB" | "MIB" => 1024.0 * 1024.0,
-        "G" | "GB" | "GIB" => 1024.0 * 1024.0 * 1024.0,
-        "T" | "TB" | "TIB" => 1024.0_f64.powi(4),
-        _ => return Err(format!("`{text}`: unknown unit (use KB, MB, GB)")),
-    };
-    if n <= 0.0 {
-        return Err(format!("`{text}` must be positive"));
-    }
-    Ok((n * factor) as usize)
-}
-
 /// Where a run's queries execute.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Engine {
@@ -142,21 +122,5 @@ pub fn shares_for_memory(ctx: &SessionContext, bytes: usize, fraction: usize) ->
     match ctx.runtime_env().memory_pool.memory_limit() {
         MemoryLimit::Finite(limit) => bytes.div_ceil((limit / fraction).max(1)).max(1),
         _ => 1,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512MB"), Ok(512 << 20));
-        assert_eq!(parse_size("2gb"), Ok(2 << 30));
-        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
-        assert_eq!(parse_size("1000"), Ok(1000));
-        assert!(parse_size("veel").is_err());
-        assert!(parse_size("10XB").is_err());
-        assert!(parse_size("0MB").is_err());
     }
 }

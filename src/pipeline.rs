@@ -321,10 +321,7 @@ pub fn start_session(pipeline: &Pipeline, options: &RunOptions, scratch: &Path) 
 fn engine_options(pipeline: &Pipeline, options: &RunOptions) -> Result<EngineOptions, Error> {
     let spec = &pipeline.spec;
     Ok(EngineOptions {
-        memory_limit: match options.memory_limit {
-            Some(n) => Some(n),
-            None => spec.engine.memory_limit.as_deref().map(engine::parse_size).transpose().map_err(Error::Usage)?,
-        },
+        memory_limit: options.memory_limit.or(spec.engine.memory_limit.map(|b| b.0)),
         target_partitions: spec.engine.target_partitions,
         batch_size: spec.engine.batch_size,
         settings: spec.engine.settings(),

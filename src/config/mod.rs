@@ -478,6 +478,19 @@ mod tests {
     }
 
     #[test]
+    fn a_memory_limit_is_a_size_read_at_load() {
+        let with = |size: &str| load(&format!("{MINIMAL}engine:\n  memory_limit: {size}\n"));
+        assert_eq!(with("1.5G").unwrap().spec.engine.memory_limit, Some(ByteSize(3 << 29)));
+        let err = with("veel").unwrap_err().to_string();
+        assert!(err.starts_with("p.yaml:11:") && err.contains("`veel` is not a size such as 512MB"), "{err}");
+        let sizes = ["512MB", "2gb", "1000"].map(|t| t.parse::<ByteSize>().map(|b| b.0));
+        assert_eq!(sizes, [Ok(512 << 20), Ok(2 << 30), Ok(1000)]);
+        for bad in ["10XB", "0MB", ""] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn unknown_top_level_key_is_located_with_suggestion() {
         let text = MINIMAL.replace("sources:", "sourcez:");
         let err = load(&text).unwrap_err().to_string();

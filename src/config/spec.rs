@@ -46,7 +46,7 @@ impl PipelineSpec {
 pub struct EngineSpec {
     /// Memory pool size such as `2GB` or `512MB`; spills to disk beyond it.
     #[serde(default)]
-    pub memory_limit: Option<String>,
+    pub memory_limit: Option<ByteSize>,
     #[serde(default)]
     pub target_partitions: Option<usize>,
     #[serde(default)]
@@ -55,6 +55,42 @@ pub struct EngineSpec {
     /// applied as given; an unknown key or bad value fails before the run starts.
     #[serde(default)]
     pub settings: IndexMap<String, serde_yaml::Value>,
+}
+
+/// A number of bytes, written `512MB`, `2GB`, `1.5G` or `1000` (units of 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ByteSize(pub usize);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ByteSize, String> {
+        let t = text.trim().to_ascii_uppercase();
+        let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num.trim().parse().map_err(|_| format!("`{text}` is not a size such as 512MB or 2GB"))?;
+        let factor: f64 = match unit.trim() {
+            "" | "B" => 1.0,
+            "K" | "KB" | "KIB" => 1024.0,
+            "M" | "MB" | "MIB" => 1024.0 * 1024.0,
+            "G" | "GB" | "GIB" => 1024.0 * 1024.0 * 1024.0,
+            "T" | "TB" | "TIB" => 1024.0_f64.powi(4),
+            _ => return Err(format!("`{text}`: unknown unit (use KB, MB, GB)")),
+        };
+        if n <= 0.0 {
+            return Err(format!("`{text}` must be positive"));
+        }
+        Ok(ByteSize((n * factor) as usize))
+    }
+}
+
+impl TryFrom<String> for ByteSize {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<ByteSize, String> {
+        text.parse()
+    }
 }
 
 impl EngineSpec {

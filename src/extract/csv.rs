@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::io::Read;
+use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
@@ -12,11 +13,8 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use indexmap::IndexMap;
 use object_store::ObjectMeta;
 
-use super::lint::{self, BadRow, RejectedRows};
-use super::{
-    ExtractError, SourceCtx, apply_declared, declared_types, listing_frame, scratch_copy_path, text_schema,
-    union_by_name,
-};
+use super::lint::{self, BadRow, CheckedFile, FileReport, Reader, RejectedRows, TextFormat};
+use super::{ExtractError, SourceCtx, apply_declared, declared_types, listing_frame, text_schema, union_by_name};
 use crate::config::{BadRowPolicy, FormatSpec};
 
 /// The dialect of one CSV source.
@@ -53,21 +51,18 @@ impl Dialect {
     }
 }
 
-/// What checking one file found.
+/// What checking one file found besides its rows.
 #[derive(Debug, Default)]
-struct FileReport {
+struct Header {
     columns: Vec<String>,
-    bad: Vec<BadRow>,
     /// Rows with trailing empty fields beyond the header, to be trimmed in a copy.
     repaired: u64,
     multiline: bool,
-    rows: u64,
 }
 
-/// What the checker needs to know about the source.
+/// One CSV source as the text driver checks and copies it.
 #[derive(Debug, Clone)]
-struct Checks {
-    url: String,
+struct Csv {
     dialect: Dialect,
     key: Option<String>,
     declared: Vec<(String, DataType)>,
@@ -88,12 +83,28 @@ fn header_names(record: &::csv::ByteRecord) -> Vec<String> {
         .collect()
 }
 
-fn check_file(reader: Box<dyn Read + Send>, checks: &Checks) -> Result<FileReport, String> {
+impl TextFormat for Csv {
+    type Found = Header;
+
+    fn check(&self, url: &str, reader: Reader) -> Result<FileReport<Header>, String> {
+        check_file(reader, self, url)
+    }
+
+    fn needs_rewrite(&self, found: &Header) -> bool {
+        found.repaired > 0
+    }
+
+    fn write_copy(&self, reader: Reader, skip: &HashSet<u64>, dest: &Path) -> std::io::Result<()> {
+        write_clean_copy(reader, self, skip, dest)
+    }
+}
+
+fn check_file(reader: Box<dyn Read + Send>, checks: &Csv, url: &str) -> Result<FileReport<Header>, String> {
     let mut csv = checks.dialect.reader(reader);
     let mut record = ::csv::ByteRecord::new();
-    let mut report = FileReport::default();
+    let mut report = FileReport::<Header>::default();
     let bad = |line: u64, reason: String, record: &::csv::ByteRecord, delimiter: u8| BadRow {
-        file: checks.url.clone(),
+        file: url.to_string(),
         line,
         reason,
         record: lint::lossy(&record.iter().collect::<Vec<_>>().join(&delimiter)),
@@ -101,32 +112,41 @@ fn check_file(reader: Box<dyn Read + Send>, checks: &Checks) -> Result<FileRepor
     // The header row, or numbered columns when the file has none.
     let mut first_data: Option<::csv::ByteRecord> = None;
     match csv.read_byte_record(&mut record) {
-        Ok(true) if checks.dialect.header => report.columns = header_names(&record),
+        Ok(true) if checks.dialect.header => report.found.columns = header_names(&record),
         Ok(true) => {
-            report.columns = (1..=record.len()).map(|i| format!("column_{i}")).collect();
+            report.found.columns = (1..=record.len()).map(|i| format!("column_{i}")).collect();
             first_data = Some(record.clone());
         }
-        Ok(false) => return Ok(report),
+        Ok(false) => {
+            report.bad.push(BadRow {
+                file: url.to_string(),
+                line: 0,
+                reason: "file has no header and no rows".into(),
+                record: String::new(),
+            });
+            return Ok(report);
+        }
         Err(e) => return Err(format!("cannot read the header: {e}")),
     }
     let mut seen = HashSet::new();
-    if let Some(dup) = report.columns.iter().find(|c| !seen.insert(c.as_str())) {
+    let columns = &report.found.columns;
+    if let Some(dup) = columns.iter().find(|c| !seen.insert(c.as_str())) {
         return Err(format!("column `{dup}` appears twice in the header"));
     }
-    let width = report.columns.len();
-    let key_at = checks.key.as_ref().and_then(|k| report.columns.iter().position(|c| c == k));
+    let width = columns.len();
+    let key_at = checks.key.as_ref().and_then(|k| columns.iter().position(|c| c == k));
     // A file without the key column would give all its rows one empty key.
     if let (Some(key), None) = (&checks.key, key_at) {
         return Err(format!(
             "the header has no key column `{key}`{} (columns: {})",
-            crate::config::suggest(key, report.columns.iter().map(String::as_str)),
-            report.columns.join(", ")
+            crate::config::suggest(key, columns.iter().map(String::as_str)),
+            columns.join(", ")
         ));
     }
     let typed: Vec<(usize, &DataType, &str)> = checks
         .declared
         .iter()
-        .filter_map(|(c, t)| report.columns.iter().position(|h| h == c).map(|i| (i, t, c.as_str())))
+        .filter_map(|(c, t)| columns.iter().position(|h| h == c).map(|i| (i, t, c.as_str())))
         .collect();
     let mut pending = first_data;
     loop {
@@ -139,7 +159,7 @@ fn check_file(reader: Box<dyn Read + Send>, checks: &Checks) -> Result<FileRepor
                 Err(e) => {
                     let line = e.position().map_or(0, |p| p.line());
                     report.bad.push(BadRow {
-                        file: checks.url.clone(),
+                        file: url.to_string(),
                         line,
                         reason: e.to_string(),
                         record: String::new(),
@@ -186,10 +206,10 @@ fn check_file(reader: Box<dyn Read + Send>, checks: &Checks) -> Result<FileRepor
             None => {
                 report.rows += 1;
                 if row.len() > width {
-                    report.repaired += 1;
+                    report.found.repaired += 1;
                 }
                 if spans_lines {
-                    report.multiline = true;
+                    report.found.multiline = true;
                 }
                 if checks.limit.is_some_and(|n| report.rows as usize >= n) {
                     break;
@@ -203,16 +223,15 @@ fn check_file(reader: Box<dyn Read + Send>, checks: &Checks) -> Result<FileRepor
 /// Writes the good rows of a file (trimmed to the header's width) to a local copy.
 fn write_clean_copy(
     reader: Box<dyn Read + Send>,
-    checks: &Checks,
+    checks: &Csv,
     skip_lines: &HashSet<u64>,
     dest: &std::path::Path,
 ) -> std::io::Result<()> {
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
     let mut csv = checks.dialect.reader(reader);
-    let mut out =
-        ::csv::WriterBuilder::new().delimiter(checks.dialect.delimiter).quote(checks.dialect.quote).from_path(dest)?;
+    let mut out = ::csv::WriterBuilder::new()
+        .delimiter(checks.dialect.delimiter)
+        .quote(checks.dialect.quote)
+        .from_writer(lint::create_copy(dest)?);
     let mut record = ::csv::ByteRecord::new();
     let mut width = None;
     let mut written = 0usize;
@@ -244,64 +263,38 @@ pub(super) async fn read(
     // Header names are lower-cased, so declared names are too.
     let declared: Vec<(String, DataType)> =
         declared_types(src.spec).into_iter().map(|(c, t)| (c.to_lowercase(), t)).collect();
+    let format = Csv {
+        dialect: dialect.clone(),
+        key: src.spec.key.as_deref().map(str::to_lowercase),
+        declared: declared.clone(),
+        stop_at_first_bad: src.spec.on_bad_rows == BadRowPolicy::Fail,
+        limit: src.limit,
+    };
+    let (_, checked) = lint::check_and_copy(format, src, files, rejected).await?;
     // Files with the same header (same columns in the same order) share one listing table.
     let mut groups: IndexMap<Vec<String>, (Vec<String>, bool)> = IndexMap::new();
     let mut rows = 0;
-    for (index, (meta, url)) in files.iter().enumerate() {
-        let checks = Arc::new(Checks {
-            url: url.clone(),
-            dialect: dialect.clone(),
-            key: src.spec.key.as_deref().map(str::to_lowercase),
-            declared: declared.clone(),
-            stop_at_first_bad: src.spec.on_bad_rows == BadRowPolicy::Fail,
-            limit: src.limit,
-        });
-        let c = checks.clone();
-        let report = lint::with_reader(src.store.clone(), meta.location.clone(), move |r| check_file(r, &c))
-            .await
-            .map_err(|e| ExtractError::BadFile {
-                source_name: src.name.into(),
-                file: url.clone(),
-                reason: e.to_string(),
-            })?
-            .map_err(|reason| ExtractError::BadFile { source_name: src.name.into(), file: url.clone(), reason })?;
-        if report.columns.is_empty() {
-            lint::bad_row(
-                src,
-                BadRow {
-                    file: url.clone(),
-                    line: 0,
-                    reason: "file has no header and no rows".into(),
-                    record: String::new(),
-                },
-                &mut rejected.rows,
-            )?;
+    for CheckedFile { report, read_url } in checked {
+        rows += report.rows;
+        let Header { columns, multiline, .. } = report.found;
+        if columns.is_empty() {
             continue;
         }
-        rows += report.rows;
-        let skip: HashSet<u64> = report.bad.iter().map(|b| b.line).collect();
-        for b in report.bad {
-            lint::bad_row(src, b, &mut rejected.rows)?;
-        }
-        let needs_copy = !skip.is_empty() || report.repaired > 0 || src.limit.is_some();
-        let read_url = if needs_copy {
-            let dest = scratch_copy_path(src.scratch, src.name, index, url);
-            let (c, d) = (checks.clone(), dest.clone());
-            lint::with_reader(src.store.clone(), meta.location.clone(), move |r| write_clean_copy(r, &c, &skip, &d))
-                .await
-                .and_then(|r| r)
-                .map_err(|source| ExtractError::Scratch { path: dest.clone(), source })?;
-            format!("file://{}", dest.display())
-        } else {
-            url.clone()
-        };
-        let entry = groups.entry(report.columns).or_default();
-        entry.0.push(read_url);
-        entry.1 |= report.multiline;
+        let entry = groups.entry(columns).or_default();
+        entry.0.extend(read_url);
+        entry.1 |= multiline;
     }
     let mut frames = Vec::new();
     let mut all_columns: Vec<String> = Vec::new();
     for (columns, (urls, multiline)) in &groups {
+        for c in columns {
+            if !all_columns.contains(c) {
+                all_columns.push(c.clone());
+            }
+        }
+        if urls.is_empty() {
+            continue;
+        }
         let format = CsvFormat::default()
             .with_delimiter(dialect.delimiter)
             .with_quote(dialect.quote)
@@ -311,11 +304,6 @@ pub(super) async fn read(
         let options = ListingOptions::new(Arc::new(format)).with_file_extension("");
         let schema = Arc::new(text_schema(columns));
         frames.push(listing_frame(ctx, src.name, urls, options, schema).await?);
-        for c in columns {
-            if !all_columns.contains(c) {
-                all_columns.push(c.clone());
-            }
-        }
     }
     let Some(df) = union_by_name(src.name, frames)? else { return Ok((None, all_columns, 0)) };
     let df = apply_declared(src.name, df, &declared)?;
@@ -326,9 +314,8 @@ pub(super) async fn read(
 mod tests {
     use super::*;
 
-    fn checks(stop: bool) -> Checks {
-        Checks {
-            url: "file:///x.csv".into(),
+    fn checks(stop: bool) -> Csv {
+        Csv {
             dialect: Dialect { delimiter: b';', quote: b'"', escape: None, header: true },
             key: Some("id".into()),
             declared: vec![("bedrag".into(), DataType::Decimal128(18, 2))],
@@ -337,14 +324,18 @@ mod tests {
         }
     }
 
-    fn run(text: &[u8], stop: bool) -> FileReport {
-        check_file(Box::new(std::io::Cursor::new(text.to_vec())), &checks(stop)).unwrap()
+    fn run(text: &[u8], stop: bool) -> FileReport<Header> {
+        check(text, stop).unwrap()
+    }
+
+    fn check(text: &[u8], stop: bool) -> Result<FileReport<Header>, String> {
+        check_file(Box::new(std::io::Cursor::new(text.to_vec())), &checks(stop), "file:///x.csv")
     }
 
     #[test]
     fn clean_file_with_bom_and_mixed_case_header() {
         let r = run("\u{feff}ID; Naam ;Bedrag\n1;Jan;12.50\n2;\"de Vries; Piet\";3\n".as_bytes(), false);
-        assert_eq!(r.columns, ["id", "naam", "bedrag"]);
+        assert_eq!(r.found.columns, ["id", "naam", "bedrag"]);
         assert_eq!(r.rows, 2);
         assert!(r.bad.is_empty());
     }
@@ -367,14 +358,13 @@ mod tests {
     #[test]
     fn an_unterminated_quote_fails_the_file_instead_of_swallowing_rows() {
         let text = b"id;naam;bedrag\n1;Jan;1\n6;\"open;3\n7;x;1\n8;y;2\n";
-        let err = check_file(Box::new(std::io::Cursor::new(text.to_vec())), &checks(false)).unwrap_err();
+        let err = check(text, false).unwrap_err();
         assert!(err.starts_with("line 3: unterminated quote") && err.contains("cannot be set aside"), "{err}");
     }
 
     #[test]
     fn a_header_without_the_key_column_fails_the_file() {
-        let err =
-            check_file(Box::new(std::io::Cursor::new(b"ident;naam\n1;Jan\n".to_vec())), &checks(false)).unwrap_err();
+        let err = check(b"ident;naam\n1;Jan\n", false).unwrap_err();
         assert!(err.contains("no key column `id`") && err.contains("columns: ident, naam"), "{err}");
     }
 
@@ -388,7 +378,7 @@ mod tests {
     fn trailing_empty_fields_are_repaired_not_rejected() {
         let r = run(b"id;naam;bedrag\n1;Jan;1;\n", false);
         assert!(r.bad.is_empty());
-        assert_eq!(r.repaired, 1);
+        assert_eq!(r.found.repaired, 1);
     }
 
     #[test]

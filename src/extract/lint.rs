@@ -1,17 +1,21 @@
 //! Line-level checks of text inputs before DataFusion reads them, so that a bad row is
 //! named by file and line, and quarantine can set it aside instead of failing the run.
+//! One driver ([`check_and_copy`]) does this for every text format; a format says how to
+//! check one file and how to write the copy the engine reads ([`TextFormat`]).
 
+use std::collections::HashSet;
 use std::io::{BufReader, Read};
+use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
 use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::Serialize;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use super::{ExtractError, SourceCtx};
+use super::{ExtractError, SourceCtx, scratch_copy_path};
 use crate::config::BadRowPolicy;
 
 /// A row that could not be read, with where it was and why.
@@ -43,6 +47,93 @@ impl RejectedRows {
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
+}
+
+/// A text file being read, from any store.
+pub(crate) type Reader = Box<dyn Read + Send>;
+
+/// What checking one text file found.
+#[derive(Debug, Default)]
+pub(crate) struct FileReport<T> {
+    pub bad: Vec<BadRow>,
+    /// Good rows.
+    pub rows: u64,
+    /// What the format learned about the file besides its rows: a header, value kinds.
+    pub found: T,
+}
+
+/// A line-oriented text format (CSV, NDJSON) as the driver sees it.
+pub(crate) trait TextFormat: Clone + Send + 'static {
+    type Found: Send + 'static;
+    /// Reads the file once: its bad rows, by line, and what the format needs to read it.
+    /// An error fails the whole file (nothing of it can be trusted).
+    fn check(&self, url: &str, reader: Reader) -> Result<FileReport<Self::Found>, String>;
+    /// Called once every file is checked, before any copy is written: a format that
+    /// reads all files with one schema settles it here.
+    fn settle(&mut self, _reports: &[FileReport<Self::Found>]) {}
+    /// Whether the engine cannot read the file as it is, even without bad lines.
+    fn needs_rewrite(&self, found: &Self::Found) -> bool;
+    /// Writes the file without the `skip` lines, rewritten as the format needs, to `dest`.
+    fn write_copy(&self, reader: Reader, skip: &HashSet<u64>, dest: &Path) -> std::io::Result<()>;
+}
+
+/// One checked file and the URL the engine reads it from: the file itself, or its copy;
+/// none when every row of it was bad.
+pub(crate) struct CheckedFile<T> {
+    pub report: FileReport<T>,
+    pub read_url: Option<String>,
+}
+
+/// Checks every file of a source line by line, applies the source's bad-row policy, and
+/// writes a scratch copy of the files the engine cannot read as they are (bad lines,
+/// repairs, a row limit). Returns the settled format and the files in input order.
+pub(crate) async fn check_and_copy<F: TextFormat>(
+    mut format: F,
+    src: &SourceCtx<'_>,
+    files: &[(ObjectMeta, String)],
+    rejected: &mut RejectedRows,
+) -> Result<(F, Vec<CheckedFile<F::Found>>), ExtractError> {
+    let mut reports = Vec::with_capacity(files.len());
+    for (meta, url) in files {
+        let (f, u) = (format.clone(), url.clone());
+        let report = with_reader(src.store.clone(), meta.location.clone(), move |r| f.check(&u, r))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|checked| checked)
+            .map_err(|reason| ExtractError::BadFile { source_name: src.name.into(), file: url.clone(), reason })?;
+        for b in &report.bad {
+            bad_row(src, b.clone(), &mut rejected.rows)?;
+        }
+        reports.push(report);
+    }
+    format.settle(&reports);
+    let mut checked = Vec::with_capacity(files.len());
+    for (index, ((meta, url), report)) in files.iter().zip(reports).enumerate() {
+        let skip: HashSet<u64> = report.bad.iter().map(|b| b.line).collect();
+        let read_url = if report.rows == 0 && !skip.is_empty() {
+            None
+        } else if !skip.is_empty() || src.limit.is_some() || format.needs_rewrite(&report.found) {
+            let dest = scratch_copy_path(src.scratch, src.name, index, url);
+            let (f, d) = (format.clone(), dest.clone());
+            with_reader(src.store.clone(), meta.location.clone(), move |r| f.write_copy(r, &skip, &d))
+                .await
+                .and_then(|written| written)
+                .map_err(|source| ExtractError::Scratch { path: dest.clone(), source })?;
+            Some(format!("file://{}", dest.display()))
+        } else {
+            Some(url.clone())
+        };
+        checked.push(CheckedFile { report, read_url });
+    }
+    Ok((format, checked))
+}
+
+/// Creates the folder of a scratch copy and opens the file.
+pub(crate) fn create_copy(dest: &Path) -> std::io::Result<std::fs::File> {
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::File::create(dest)
 }
 
 /// Decides what one bad row means under the source's policy: an error that stops the run,

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -14,8 +15,8 @@ use indexmap::IndexMap;
 use object_store::ObjectMeta;
 use serde_json::Value;
 
-use super::lint::{self, BadRow, RejectedRows};
-use super::{ExtractError, SourceCtx, apply_declared, declared_types, listing_frame, scratch_copy_path};
+use super::lint::{self, BadRow, FileReport, Reader, RejectedRows, TextFormat};
+use super::{ExtractError, SourceCtx, apply_declared, declared_types, listing_frame};
 use crate::config::BadRowPolicy;
 
 /// JSON kinds seen for one key, as bits.
@@ -71,20 +72,54 @@ fn readable(kinds: u8, t: &DataType) -> bool {
     kinds & !allowed == 0
 }
 
+/// One NDJSON source as the text driver checks and copies it.
 #[derive(Debug, Clone)]
-struct Checks {
-    url: String,
+struct Ndjson {
     key: Option<String>,
     declared: Vec<(String, DataType)>,
     stop_at_first_bad: bool,
     limit: Option<usize>,
+    /// The type each key is read as, settled over all files once they are checked.
+    types: IndexMap<String, DataType>,
 }
 
-#[derive(Debug, Default)]
-struct FileReport {
-    kinds: IndexMap<String, u8>,
-    bad: Vec<BadRow>,
-    rows: u64,
+/// The JSON kinds of each key seen in one file.
+type Kinds = IndexMap<String, u8>;
+
+impl TextFormat for Ndjson {
+    type Found = Kinds;
+
+    fn check(&self, url: &str, reader: Reader) -> Result<FileReport<Kinds>, String> {
+        check_file(reader, self, url)
+    }
+
+    /// One schema for the whole source: JSON is read by key, so files agree by name.
+    fn settle(&mut self, reports: &[FileReport<Kinds>]) {
+        let mut kinds = Kinds::new();
+        for r in reports {
+            for (k, v) in &r.found {
+                *kinds.entry(k.clone()).or_default() |= v;
+            }
+        }
+        self.types = kinds
+            .iter()
+            .map(|(k, v)| {
+                let t = match self.declared.iter().find(|(c, _)| c == k) {
+                    Some((_, d)) => declared_read_type(d, *v),
+                    None => column_type(*v),
+                };
+                (k.clone(), t)
+            })
+            .collect();
+    }
+
+    fn needs_rewrite(&self, found: &Kinds) -> bool {
+        found.iter().any(|(k, v)| !readable(*v, &self.types[k]))
+    }
+
+    fn write_copy(&self, reader: Reader, skip: &HashSet<u64>, dest: &Path) -> std::io::Result<()> {
+        write_copy(reader, skip, &self.types, self.limit, dest)
+    }
 }
 
 fn value_text(v: &Value) -> Option<String> {
@@ -95,8 +130,8 @@ fn value_text(v: &Value) -> Option<String> {
     }
 }
 
-fn check_file(reader: Box<dyn Read + Send>, checks: &Checks) -> Result<FileReport, String> {
-    let mut report = FileReport::default();
+fn check_file(reader: Box<dyn Read + Send>, checks: &Ndjson, url: &str) -> Result<FileReport<Kinds>, String> {
+    let mut report = FileReport::<Kinds>::default();
     let mut reader = std::io::BufReader::new(reader);
     let mut buf = Vec::new();
     let mut line_no = 0u64;
@@ -123,7 +158,7 @@ fn check_file(reader: Box<dyn Read + Send>, checks: &Checks) -> Result<FileRepor
                     });
                     if wrong.is_none() {
                         for (k, v) in &map {
-                            *report.kinds.entry(k.clone()).or_default() |= kind(v);
+                            *report.found.entry(k.clone()).or_default() |= kind(v);
                         }
                     }
                     wrong
@@ -132,7 +167,7 @@ fn check_file(reader: Box<dyn Read + Send>, checks: &Checks) -> Result<FileRepor
         };
         match reason {
             Some(reason) => {
-                report.bad.push(BadRow { file: checks.url.clone(), line: line_no, reason, record: lint::lossy(&buf) });
+                report.bad.push(BadRow { file: url.to_string(), line: line_no, reason, record: lint::lossy(&buf) });
                 if checks.stop_at_first_bad {
                     break;
                 }
@@ -156,10 +191,7 @@ fn write_copy(
     limit: Option<usize>,
     dest: &std::path::Path,
 ) -> std::io::Result<()> {
-    if let Some(parent) = dest.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut out = std::io::BufWriter::new(std::fs::File::create(dest)?);
+    let mut out = std::io::BufWriter::new(lint::create_copy(dest)?);
     let mut reader = std::io::BufReader::new(reader);
     let mut buf = Vec::new();
     let (mut line_no, mut written) = (0u64, 0usize);
@@ -195,71 +227,20 @@ pub(super) async fn read(
     rejected: &mut RejectedRows,
 ) -> Result<(Option<DataFrame>, Vec<String>, u64), ExtractError> {
     let declared = declared_types(src.spec);
-    let mut reports = Vec::new();
-    for (meta, url) in files {
-        let checks = Checks {
-            url: url.clone(),
-            key: src.spec.key.clone(),
-            declared: declared.clone(),
-            stop_at_first_bad: src.spec.on_bad_rows == BadRowPolicy::Fail,
-            limit: src.limit,
-        };
-        let report = lint::with_reader(src.store.clone(), meta.location.clone(), move |r| check_file(r, &checks))
-            .await
-            .map_err(|e| ExtractError::BadFile {
-                source_name: src.name.into(),
-                file: url.clone(),
-                reason: e.to_string(),
-            })?
-            .map_err(|reason| ExtractError::BadFile { source_name: src.name.into(), file: url.clone(), reason })?;
-        for b in &report.bad {
-            lint::bad_row(src, b.clone(), &mut rejected.rows)?;
-        }
-        reports.push(report);
-    }
-    // One schema for the whole source: JSON is read by key, so files agree by name.
-    let mut kinds: IndexMap<String, u8> = IndexMap::new();
-    for r in &reports {
-        for (k, v) in &r.kinds {
-            *kinds.entry(k.clone()).or_default() |= v;
-        }
-    }
-    let rows: u64 = reports.iter().map(|r| r.rows).sum();
-    if kinds.is_empty() && declared.is_empty() {
-        return Ok((None, Vec::new(), 0));
-    }
-    let types: IndexMap<String, DataType> = kinds
-        .iter()
-        .map(|(k, v)| {
-            let t = match declared.iter().find(|(c, _)| c == k) {
-                Some((_, d)) => declared_read_type(d, *v),
-                None => column_type(*v),
-            };
-            (k.clone(), t)
-        })
-        .collect();
-    let mut urls = Vec::new();
-    for (index, ((meta, url), report)) in files.iter().zip(&reports).enumerate() {
-        if report.rows == 0 {
-            continue;
-        }
-        let skip: HashSet<u64> = report.bad.iter().map(|b| b.line).collect();
-        let coerce = report.kinds.iter().any(|(k, v)| !readable(*v, &types[k]));
-        if skip.is_empty() && !coerce && src.limit.is_none() {
-            urls.push(url.clone());
-            continue;
-        }
-        let dest = scratch_copy_path(src.scratch, src.name, index, url);
-        let (t, d, limit) = (types.clone(), dest.clone(), src.limit);
-        lint::with_reader(src.store.clone(), meta.location.clone(), move |r| write_copy(r, &skip, &t, limit, &d))
-            .await
-            .and_then(|r| r)
-            .map_err(|source| ExtractError::Scratch { path: dest.clone(), source })?;
-        urls.push(format!("file://{}", dest.display()));
-    }
+    let format = Ndjson {
+        key: src.spec.key.clone(),
+        declared: declared.clone(),
+        stop_at_first_bad: src.spec.on_bad_rows == BadRowPolicy::Fail,
+        limit: src.limit,
+        types: IndexMap::new(),
+    };
+    let (format, checked) = lint::check_and_copy(format, src, files, rejected).await?;
+    let rows: u64 = checked.iter().map(|f| f.report.rows).sum();
+    let urls: Vec<String> = checked.into_iter().filter(|f| f.report.rows > 0).filter_map(|f| f.read_url).collect();
     if urls.is_empty() {
         return Ok((None, Vec::new(), 0));
     }
+    let types = format.types;
     let schema = Arc::new(Schema::new(types.iter().map(|(k, t)| Field::new(k, t.clone(), true)).collect::<Vec<_>>()));
     let options = ListingOptions::new(Arc::new(JsonFormat::default())).with_file_extension("");
     let df = listing_frame(ctx, src.name, &urls, options, schema).await?;
@@ -271,15 +252,15 @@ pub(super) async fn read(
 mod tests {
     use super::*;
 
-    fn run(text: &str) -> FileReport {
-        let checks = Checks {
-            url: "file:///t.jsonl".into(),
+    fn run(text: &str) -> FileReport<Kinds> {
+        let checks = Ndjson {
             key: Some("id".into()),
             declared: vec![("csat".into(), DataType::Int64)],
             stop_at_first_bad: false,
             limit: None,
+            types: IndexMap::new(),
         };
-        check_file(Box::new(std::io::Cursor::new(text.as_bytes().to_vec())), &checks).unwrap()
+        check_file(Box::new(std::io::Cursor::new(text.as_bytes().to_vec())), &checks, "file:///t.jsonl").unwrap()
     }
 
     #[test]
@@ -288,7 +269,7 @@ mod tests {
             "{\"id\":\"a\",\"phone\":612345678}\n\n{\"id\":\"b\",\"phone\":\"06-1\"}\n{\"id\":\"c\",\n{\"phone\":\"x\"}\n{\"id\":\"d\",\"csat\":\"vijf\"}\n",
         );
         assert_eq!(r.rows, 2);
-        assert_eq!(r.kinds["phone"], INT | STR);
+        assert_eq!(r.found["phone"], INT | STR);
         let lines: Vec<u64> = r.bad.iter().map(|b| b.line).collect();
         assert_eq!(lines, [4, 5, 6]);
         assert!(r.bad[0].reason.starts_with("invalid JSON"));

@@ -223,7 +223,8 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
             lap.done(&format!("{name}: dropped values"));
             write_candidate_edges(ctx, name, &queries, passes, &dir).await?;
             lap.done(&format!("{name}: candidate edges"));
-            // Edges in one order whatever the passes, so that the guardrails decide alike.
+            // Edges in one order whatever the passes, so that the guardrails decide alike
+            // (a pair blocked by two keys comes twice, scored under each).
             let df = ctx
                 .read_parquet(format!("{}/", dir.display()), ParquetReadOptions::default())
                 .await
@@ -233,6 +234,7 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
                         datafusion::prelude::col("score").sort(false, true),
                         datafusion::prelude::col("rid_a").sort(true, true),
                         datafusion::prelude::col("rid_b").sort(true, true),
+                        datafusion::prelude::col("detail").sort(true, true),
                     ])
                 })
                 .map_err(rule_error(name))?;

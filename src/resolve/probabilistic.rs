@@ -195,7 +195,9 @@ pub(crate) fn rule_records(rule: &ProbabilisticRule) -> String {
     }
 }
 
-/// Level patterns and their pair counts from a query that returns `g0..gN, n`.
+/// Level patterns and their pair counts from a query that returns `g0..gN, n`, in the
+/// patterns' order: the engine returns groups in any order, and EM's float sums must not
+/// depend on it, so that two runs over the same data fit the same model to the last bit.
 async fn patterns(ctx: &SessionContext, sql: &str, comparisons: usize) -> Result<Vec<(Vec<i64>, f64)>, ResolveError> {
     let batches = ctx.sql(sql).await?.collect().await?;
     let mut out = Vec::new();
@@ -215,6 +217,7 @@ async fn patterns(ctx: &SessionContext, sql: &str, comparisons: usize) -> Result
             out.push((levels.to_vec(), n[0] as f64));
         }
     }
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 
