@@ -38,10 +38,6 @@ pub struct TestOutcome {
     pub sample: String,
 }
 
-fn quote_list(values: &[String]) -> String {
-    values.iter().map(|v| format!("'{}'", v.replace('\'', "''"))).collect::<Vec<_>>().join(", ")
-}
-
 fn bounds_text(b: &Bounds) -> String {
     match (b.min, b.max) {
         (Some(lo), Some(hi)) => format!("between {lo} and {hi}"),
@@ -77,7 +73,7 @@ fn offending_rows_sql(table: &str, test: &TestSpec) -> Option<String> {
         }
         TestSpec::AcceptedValues { column, values } => format!(
             "SELECT * FROM {table} WHERE {column} IS NOT NULL AND CAST({column} AS VARCHAR) NOT IN ({})",
-            quote_list(values)
+            values.iter().map(|v| crate::engine::sql_string(v)).collect::<Vec<_>>().join(", ")
         ),
         TestSpec::Relationships { column, to, field } => format!(
             "SELECT t.* FROM {table} t LEFT JOIN (SELECT DISTINCT {field} AS k FROM {to}) p ON t.{column} = p.k \

@@ -21,6 +21,11 @@ pub struct EngineOptions {
     pub settings: Vec<(String, String)>,
 }
 
+/// A text as an SQL string literal: `O'Brien` becomes `'O''Brien'`.
+pub fn sql_string(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// Where a run's queries execute.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Engine {

@@ -12,6 +12,7 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 
 use crate::Error;
 use crate::config::{Pipeline, RuleSpec};
+use crate::engine::sql_string;
 use crate::resolve::probabilistic::RuleModel;
 use crate::resolve::rules;
 use crate::storage::Location;
@@ -36,10 +37,6 @@ impl std::fmt::Display for RecordRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.system, self.id)
     }
-}
-
-fn lit(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 async fn rows(ctx: &SessionContext, sql: &str) -> Result<Vec<Vec<String>>, Error> {
@@ -102,8 +99,8 @@ pub async fn explain(pipeline: &Pipeline, records: &[RecordRef]) -> Result<Strin
             &ctx,
             &format!(
                 "SELECT customer_id, matched_by FROM {CUSTOMER_XREF} WHERE source_system = {} AND source_record_id = {}",
-                lit(&r.system),
-                lit(&r.id)
+                sql_string(&r.system),
+                sql_string(&r.id)
             ),
         )
         .await?;
@@ -113,7 +110,7 @@ pub async fn explain(pipeline: &Pipeline, records: &[RecordRef]) -> Result<Strin
     let mut out = String::new();
     for (r, c) in records.iter().zip(&customers) {
         let members =
-            rows(&ctx, &format!("SELECT count(*) FROM {CUSTOMER_XREF} WHERE customer_id = {}", lit(c))).await?;
+            rows(&ctx, &format!("SELECT count(*) FROM {CUSTOMER_XREF} WHERE customer_id = {}", sql_string(c))).await?;
         let _ = writeln!(out, "{r} is customer {c} ({} records)", members[0][0]);
     }
     match records {
@@ -149,7 +146,7 @@ async fn merged_edges(ctx: &SessionContext, customer: &str) -> Result<Vec<Edge>,
          SELECT e.source_system_a, e.source_record_id_a, e.source_system_b, e.source_record_id_b, e.rule, e.score, e.detail \
          FROM {MATCH_EDGES} e JOIN members m ON m.source_system = e.source_system_a AND m.source_record_id = e.source_record_id_a \
          WHERE e.decision = 'merged' ORDER BY e.rule, e.source_record_id_a, e.source_record_id_b",
-        c = lit(customer)
+        c = sql_string(customer)
     );
     Ok(rows(ctx, &sql)
         .await?
@@ -206,7 +203,7 @@ async fn cluster_story(
         &format!(
             "SELECT source_system, source_record_id, matched_by FROM {CUSTOMER_XREF} WHERE customer_id = {} \
              ORDER BY source_system, source_record_id",
-            lit(customer)
+            sql_string(customer)
         ),
     )
     .await?;
@@ -233,8 +230,8 @@ async fn refused_between(ctx: &SessionContext, c1: &str, c2: &str, out: &mut Str
          JOIN m ma ON ma.source_system = e.source_system_a AND ma.source_record_id = e.source_record_id_a \
          JOIN m mb ON mb.source_system = e.source_system_b AND mb.source_record_id = e.source_record_id_b \
          WHERE ma.customer_id <> mb.customer_id ORDER BY e.rule",
-        a = lit(c1),
-        b = lit(c2)
+        a = sql_string(c1),
+        b = sql_string(c2)
     );
     let refused = rows(ctx, &sql).await?;
     if refused.is_empty() {
@@ -255,8 +252,8 @@ async fn meets(ctx: &SessionContext, filter: &Option<String>, rec: &RecordRef) -
         ctx,
         &format!(
             "SELECT COALESCE(({f}), false) FROM {IDENTITY_RECORDS} WHERE source_system = {} AND source_record_id = {}",
-            lit(&rec.system),
-            lit(&rec.id)
+            sql_string(&rec.system),
+            sql_string(&rec.id)
         ),
     )
     .await?;
@@ -293,10 +290,10 @@ async fn compare_pair(
         format!(
             "FROM {table} l, {table} r WHERE l.source_system = {} AND l.source_record_id = {} \
              AND r.source_system = {} AND r.source_record_id = {}",
-            lit(&a.system),
-            lit(&a.id),
-            lit(&b.system),
-            lit(&b.id)
+            sql_string(&a.system),
+            sql_string(&a.id),
+            sql_string(&b.system),
+            sql_string(&b.id)
         )
     };
     let pair = pair_in(IDENTITY_RECORDS);

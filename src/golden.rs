@@ -6,27 +6,16 @@ use std::path::Path;
 
 use datafusion::prelude::SessionContext;
 
-use crate::config::{Pipeline, Survivorship};
+use crate::config::{GoldenChoice, Pipeline, Survivorship};
 use crate::tables::{self, CLUSTERED_RECORDS, CUSTOMER_IDS, CUSTOMER_XREF, CUSTOMERS, GOLDEN_BASE};
 
-/// The attributes of the golden record, in column order.
-pub const GOLDEN_ATTRIBUTES: &[&str] = &[
-    "first_name",
-    "last_name",
-    "email",
-    "phone",
-    "birth_date",
-    "street",
-    "house_number",
-    "postcode",
-    "city",
-    "country",
-];
+/// The golden record's attribute columns, in column order.
+pub fn golden_columns() -> impl Iterator<Item = &'static str> {
+    GoldenChoice::ALL.into_iter().flat_map(GoldenChoice::columns).copied()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GoldenError {
-    #[error("{file}: key `golden.attributes.{attribute}`: not a golden attribute{hint}")]
-    UnknownAttribute { file: String, attribute: String, hint: String },
     #[error("golden: {0}")]
     Engine(#[from] datafusion::error::DataFusionError),
 }
@@ -35,38 +24,26 @@ impl GoldenError {
     /// What the user has to do about this error (the exit code).
     pub fn exit_class(&self) -> crate::ExitClass {
         match self {
-            GoldenError::UnknownAttribute { .. } => crate::ExitClass::Config,
             GoldenError::Engine(_) => crate::ExitClass::Other,
         }
     }
 }
 
-/// Address parts survive together, from one record, so that a street never lands at
-/// another record's postcode. They are configured as one attribute, `address`.
-pub const ADDRESS_PARTS: &[&str] = &["street", "house_number", "postcode", "city", "country"];
-
-/// Attribute names the `golden.attributes` section accepts.
-pub fn configurable_attributes() -> Vec<&'static str> {
-    GOLDEN_ATTRIBUTES.iter().copied().filter(|a| !ADDRESS_PARTS.contains(a)).chain(["address"]).collect()
-}
-
-/// Survivorship ordering for one attribute: the first row in this order wins.
-fn order_by(strategy: Survivorship, attribute: &str) -> String {
+/// Survivorship ordering for one choice: the first row in this order wins.
+fn order_by(strategy: Survivorship, choice: GoldenChoice) -> String {
     // A full first name beats an initial, a full address a bare postcode, whatever the
     // strategy.
-    let initials = if attribute == "first_name" {
-        "is_initials(first_name) ASC NULLS LAST, "
-    } else if ADDRESS_PARTS.contains(&attribute) {
-        "full_address DESC, "
-    } else {
-        ""
+    let complete = match choice {
+        GoldenChoice::FirstName => "is_initials(first_name) ASC NULLS LAST, ",
+        GoldenChoice::Address => "full_address DESC, ",
+        _ => "",
     };
     let tail = "source_record_id ASC";
     match strategy {
-        Survivorship::MostRecent => format!("{initials}updated_at DESC NULLS LAST, priority ASC, {tail}"),
-        Survivorship::SourcePriority => format!("{initials}priority ASC, updated_at DESC NULLS LAST, {tail}"),
-        Survivorship::MostFrequent => format!("{initials}freq DESC, updated_at DESC NULLS LAST, priority ASC, {tail}"),
-        Survivorship::FirstNonNull => format!("{initials}updated_at ASC NULLS LAST, priority ASC, {tail}"),
+        Survivorship::MostRecent => format!("{complete}updated_at DESC NULLS LAST, priority ASC, {tail}"),
+        Survivorship::SourcePriority => format!("{complete}priority ASC, updated_at DESC NULLS LAST, {tail}"),
+        Survivorship::MostFrequent => format!("{complete}freq DESC, updated_at DESC NULLS LAST, priority ASC, {tail}"),
+        Survivorship::FirstNonNull => format!("{complete}updated_at ASC NULLS LAST, priority ASC, {tail}"),
     }
 }
 
@@ -74,15 +51,13 @@ fn order_by(strategy: Survivorship, attribute: &str) -> String {
 /// address parts come from one record), which records may give them, and in what order
 /// they are tried.
 struct Choice {
-    name: &'static str,
-    members: Vec<&'static str>,
-    filter: String,
+    choice: GoldenChoice,
     strategy: Survivorship,
 }
 
 impl Choice {
     fn table(&self) -> String {
-        tables::golden_pick(self.name)
+        tables::golden_pick(self.choice.name())
     }
 
     /// Per customer, the first record in the choice's order with its values and lineage.
@@ -90,34 +65,33 @@ impl Choice {
     /// record in (count, recency) order carries the most frequent value, and ties go to
     /// the value of the most recent record.
     fn sql(&self) -> String {
-        let counted = self.members[0];
+        let key = self.choice.key_column();
         // Counts come from an aggregation joined back (the counts are the build side):
         // `count(*) OVER (PARTITION BY ...)` is an unbounded window, which DataFusion
         // computes over its whole input at once (at 1M people, one 650 MB batch that
         // the next sort could not take in a 2 GB pool).
         let rows = if self.strategy == Survivorship::MostFrequent {
-            let value = if ADDRESS_PARTS.contains(&counted) { "postcode" } else { counted };
             format!(
                 "(SELECT b.*, f.freq FROM \
-                  (SELECT cluster_id, {value} AS v, count(*) AS freq FROM {GOLDEN_BASE} GROUP BY cluster_id, {value}) f \
-                  JOIN {GOLDEN_BASE} b ON b.cluster_id = f.cluster_id AND b.{value} = f.v)"
+                  (SELECT cluster_id, {key} AS v, count(*) AS freq FROM {GOLDEN_BASE} GROUP BY cluster_id, {key}) f \
+                  JOIN {GOLDEN_BASE} b ON b.cluster_id = f.cluster_id AND b.{key} = f.v)"
             )
         } else {
             GOLDEN_BASE.to_string()
         };
         let columns: Vec<String> = self
-            .members
+            .choice
+            .columns()
             .iter()
             .map(|m| format!("{m}, CASE WHEN {m} IS NOT NULL THEN record END AS lineage_{m}"))
             .collect();
         format!(
             "SELECT cluster_id, {columns} FROM \
              (SELECT *, row_number() OVER (PARTITION BY cluster_id ORDER BY {order}) AS pick \
-              FROM {rows} WHERE {filter}) \
+              FROM {rows} WHERE {key} IS NOT NULL) \
              WHERE pick = 1",
             columns = columns.join(", "),
-            order = order_by(self.strategy, counted),
-            filter = self.filter,
+            order = order_by(self.strategy, self.choice),
         )
     }
 }
@@ -148,8 +122,7 @@ impl GoldenSql {
                 format!(" LEFT JOIN (SELECT * FROM {} WHERE {share}) p{i} ON p{i}.cluster_id = x.cluster_id", c.table())
             })
             .collect();
-        let lineage: Vec<String> = GOLDEN_ATTRIBUTES
-            .iter()
+        let lineage: Vec<String> = golden_columns()
             .map(|a| {
                 format!(
                     "CASE WHEN lineage_{a} IS NOT NULL THEN concat('\"{a}\":\"', replace(replace(lineage_{a}, '\\\\', '\\\\\\\\'), '\"', '\\\\\"'), '\"') END"
@@ -165,29 +138,15 @@ impl GoldenSql {
                     concat('{{', concat_ws(',', {lineage}), '}}') AS lineage \
              FROM (SELECT * FROM {CUSTOMER_IDS} WHERE {share}) x JOIN counts c ON c.cluster_id = x.cluster_id{joins}",
             systems = self.systems,
-            columns = GOLDEN_ATTRIBUTES.join(", "),
+            columns = golden_columns().collect::<Vec<_>>().join(", "),
             lineage = lineage.join(", "),
         )
     }
 }
 
 /// The queries that build `customers` from the crosswalk and the staged records.
-pub fn customers_sql(pipeline: &Pipeline) -> Result<GoldenSql, GoldenError> {
+pub fn customers_sql(pipeline: &Pipeline) -> GoldenSql {
     let golden = &pipeline.spec.golden;
-    let allowed = configurable_attributes();
-    for attribute in golden.attributes.keys() {
-        if !allowed.contains(&attribute.as_str()) {
-            return Err(GoldenError::UnknownAttribute {
-                file: pipeline.file.display().to_string(),
-                attribute: attribute.clone(),
-                hint: crate::config::suggest(attribute, allowed.iter().copied()),
-            });
-        }
-    }
-    let strategy = |a: &str| {
-        let key = if ADDRESS_PARTS.contains(&a) { "address" } else { a };
-        golden.attributes.get(key).copied().unwrap_or(Survivorship::MostRecent)
-    };
     let priority = if golden.source_priority.is_empty() {
         "0".to_string()
     } else {
@@ -195,40 +154,34 @@ pub fn customers_sql(pipeline: &Pipeline) -> Result<GoldenSql, GoldenError> {
             .source_priority
             .iter()
             .enumerate()
-            .map(|(i, s)| format!(" WHEN '{}' THEN {i}", s.replace('\'', "''")))
+            .map(|(i, s)| format!(" WHEN {} THEN {i}", crate::engine::sql_string(s)))
             .collect();
         format!("CASE source_system{whens} ELSE {} END", golden.source_priority.len())
     };
-    let columns = GOLDEN_ATTRIBUTES.join(", ");
+    let columns = golden_columns().collect::<Vec<_>>().join(", ");
     let base = format!(
         "SELECT cluster_id, source_system, source_record_id, updated_at, {columns}, {priority} AS priority, \
                 concat(source_system, ':', source_record_id) AS record, \
                 (street IS NOT NULL AND house_number IS NOT NULL AND postcode IS NOT NULL) AS full_address \
          FROM {CLUSTERED_RECORDS}"
     );
-    let mut choices: Vec<Choice> = GOLDEN_ATTRIBUTES
-        .iter()
-        .copied()
-        .filter(|a| !ADDRESS_PARTS.contains(a))
-        .map(|a| Choice { name: a, members: vec![a], filter: format!("{a} IS NOT NULL"), strategy: strategy(a) })
+    let choices = GoldenChoice::ALL
+        .into_iter()
+        .map(|choice| Choice {
+            choice,
+            strategy: golden.attributes.get(&choice).copied().unwrap_or(Survivorship::MostRecent),
+        })
         .collect();
-    // Address parts share one filter: the record must have an address at all.
-    choices.push(Choice {
-        name: "address",
-        members: ADDRESS_PARTS.to_vec(),
-        filter: "postcode IS NOT NULL".into(),
-        strategy: strategy("address"),
-    });
     let identity: Vec<&String> = pipeline.spec.identity_sources().map(|(n, _)| n).collect();
     let systems = identity
         .iter()
         .map(|n| {
-            let n = n.replace('\'', "''");
-            format!("CASE WHEN bool_or(source_system = '{n}') THEN '{n}' END")
+            let n = crate::engine::sql_string(n);
+            format!("CASE WHEN bool_or(source_system = {n}) THEN {n} END")
         })
         .collect::<Vec<_>>()
         .join(", ");
-    Ok(GoldenSql { base, choices, systems })
+    GoldenSql { base, choices, systems }
 }
 
 /// Builds `customers`. Each survivorship choice is one query that sorts the records of
@@ -245,7 +198,7 @@ pub async fn build_customers(
     scratch: &Path,
     shares: usize,
 ) -> Result<(), GoldenError> {
-    let sql = customers_sql(pipeline)?;
+    let sql = customers_sql(pipeline);
     ctx.register_table(GOLDEN_BASE, ctx.sql(&sql.base).await?.into_view())?;
     for (table, query) in sql.picks() {
         let df = ctx.sql(&query).await?;

@@ -516,6 +516,18 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_golden_attribute_is_refused_at_its_line() {
+        let text = format!("{MINIMAL}golden:\n  attributes:\n    email: most_frequent\n    adres: source_priority\n");
+        let err = load(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("p.yaml:13:") && err.contains("`adres`") && err.contains("did you mean `address`?"),
+            "{err}"
+        );
+        let err = load(&text.replace("adres", "street")).unwrap_err().to_string();
+        assert!(err.contains("`street`") && err.contains("`address`"), "{err}");
+    }
+
+    #[test]
     fn malformed_yaml_is_located() {
         let err = load("name: t\nsources: [\n").unwrap_err().to_string();
         assert!(err.starts_with("p.yaml:"), "{err}");

@@ -1018,7 +1018,61 @@ pub struct GoldenSpec {
     pub source_priority: Vec<String>,
     /// Per attribute; `most_recent` for those not listed.
     #[serde(default)]
-    pub attributes: IndexMap<String, Survivorship>,
+    pub attributes: IndexMap<GoldenChoice, Survivorship>,
+}
+
+/// What `golden.attributes` configures: the golden record's attributes, each surviving
+/// from one record. The address parts survive together, so that a street never lands at
+/// another record's postcode: they are one choice, `address`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GoldenChoice {
+    FirstName,
+    LastName,
+    Email,
+    Phone,
+    BirthDate,
+    Address,
+}
+
+impl GoldenChoice {
+    /// In the golden table's column order.
+    pub const ALL: [GoldenChoice; 6] = [
+        GoldenChoice::FirstName,
+        GoldenChoice::LastName,
+        GoldenChoice::Email,
+        GoldenChoice::Phone,
+        GoldenChoice::BirthDate,
+        GoldenChoice::Address,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GoldenChoice::Address => "address",
+            other => other.columns()[0],
+        }
+    }
+
+    /// The golden columns this choice fills.
+    pub fn columns(self) -> &'static [&'static str] {
+        match self {
+            GoldenChoice::FirstName => &["first_name"],
+            GoldenChoice::LastName => &["last_name"],
+            GoldenChoice::Email => &["email"],
+            GoldenChoice::Phone => &["phone"],
+            GoldenChoice::BirthDate => &["birth_date"],
+            GoldenChoice::Address => &["street", "house_number", "postcode", "city", "country"],
+        }
+    }
+
+    /// The column whose value a record must have to be chosen, and that `most_frequent`
+    /// counts: an address is known by its postcode.
+    pub fn key_column(self) -> &'static str {
+        match self {
+            GoldenChoice::Address => "postcode",
+            other => other.columns()[0],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

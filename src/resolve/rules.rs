@@ -7,6 +7,7 @@ use crate::config::{
     ComparisonSpec, Condition, DeterministicRule, ExternalIdRule, FuzzyRule, LevelKind, LevelSpec, ProbabilisticRule,
     RuleSpec,
 };
+use crate::engine::sql_string;
 use crate::tables::IDENTITY_RECORDS;
 
 /// SQL that must hold for a pair not to conflict on an attribute; pairs with a missing
@@ -20,7 +21,7 @@ pub(crate) fn no_conflict(attribute: &str, learned: &LearnedNames) -> String {
             if learned.is_empty() {
                 return compatible.into();
             }
-            let pairs: Vec<String> = learned.keys().map(|k| quote(&k)).collect();
+            let pairs: Vec<String> = learned.keys().map(|k| sql_string(&k)).collect();
             format!(
                 "({compatible} OR COALESCE(concat(least(l.first_name_root, r.first_name_root), '{sep}', \
                  greatest(l.first_name_root, r.first_name_root)) IN ({}), false))",
@@ -50,10 +51,6 @@ fn conflicts_clause(attributes: &[String], learned: &LearnedNames) -> String {
     } else {
         attributes.iter().map(|a| no_conflict(a, learned)).collect::<Vec<_>>().join(" AND ")
     }
-}
-
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// One of the passes a rule's joins run in: pass `index` of `count` takes the records
@@ -206,11 +203,11 @@ pub(crate) fn comparison_cases(c: &ComparisonSpec) -> (String, String) {
         weight.push_str(&format!(" WHEN {cond} THEN {:.6}", level.weight));
         label.push_str(&format!(
             " WHEN {cond} THEN {}",
-            quote(&format!("{}:{}({:+})", c.name(), level_label(level), level.weight))
+            sql_string(&format!("{}:{}({:+})", c.name(), level_label(level), level.weight))
         ));
     }
     weight.push_str(" ELSE 0.0 END");
-    label.push_str(&format!(" ELSE {} END", quote(&format!("{}:none(+0)", c.name()))));
+    label.push_str(&format!(" ELSE {} END", sql_string(&format!("{}:none(+0)", c.name()))));
     (weight, label)
 }
 
@@ -401,9 +398,9 @@ pub(crate) fn probabilistic_scores(rule: &ProbabilisticRule, model: &RuleModel) 
         // The share of records with this value, standing in for an average u.
         let tf_weight = |p: f64| format!("log2({p} / greatest(CAST({tf} AS DOUBLE) / {total}, 1e-9))");
         let shown_tf =
-            |label: String, w: &str| format!("concat({}, CAST(round({w}, 2) AS VARCHAR), ')')", quote(&label));
+            |label: String, w: &str| format!("concat({}, CAST(round({w}, 2) AS VARCHAR), ')')", sql_string(&label));
         let mut weight = format!("CASE {g} WHEN -1 THEN 0.0");
-        let mut label = format!("CASE {g} WHEN -1 THEN {}", quote(&format!("{}:null(+0)", c.name())));
+        let mut label = format!("CASE {g} WHEN -1 THEN {}", sql_string(&format!("{}:null(+0)", c.name())));
         let mut adjustment = None;
         for (l, (level, lm)) in c.levels.iter().zip(&fitted.levels).enumerate() {
             if c.term_frequency && level.kind == LevelKind::Exact && !lm.fixed {
@@ -422,13 +419,13 @@ pub(crate) fn probabilistic_scores(rule: &ProbabilisticRule, model: &RuleModel) 
                 weight.push_str(&format!(" WHEN {l} THEN {:.6}", lm.weight));
                 label.push_str(&format!(
                     " WHEN {l} THEN {}",
-                    quote(&format!("{}:{}({:+.2})", c.name(), lm.level, lm.weight))
+                    sql_string(&format!("{}:{}({:+.2})", c.name(), lm.level, lm.weight))
                 ));
             }
         }
         let otherwise = fitted.levels.last().expect("else level");
         weight.push_str(&format!(" ELSE {:.6} END", otherwise.weight));
-        label.push_str(&format!(" ELSE {} END", quote(&format!("{}:else({:+.2})", c.name(), otherwise.weight))));
+        label.push_str(&format!(" ELSE {} END", sql_string(&format!("{}:else({:+.2})", c.name(), otherwise.weight))));
         weights.push(weight);
         labels.push(label);
         adjustments.push(adjustment);
@@ -457,7 +454,7 @@ pub(crate) fn probabilistic_scores(rule: &ProbabilisticRule, model: &RuleModel) 
             if columns.is_empty() {
                 columns.push("0 AS g".into());
             }
-            let head = quote(&format!("prior({prior:+.2}) blocked_on:{}", block.key.join(",")));
+            let head = sql_string(&format!("prior({prior:+.2}) blocked_on:{}", block.key.join(",")));
             PairScore {
                 columns: columns.join(", "),
                 weight: format!("{prior:.6} + {}", if sum.is_empty() { "0.0".to_string() } else { sum.join(" + ") }),
