@@ -110,8 +110,7 @@ const SALUTATIONS: &[&str] =
 /// Whether a word is a first name we know: a name of a nickname group or a common given
 /// name.
 pub fn is_known_first_name(word: &str) -> bool {
-    let w = name_words(word).concat();
-    NICKNAMES.iter().any(|g| g.contains(&w.as_str())) || COMMON_FIRST_NAMES.contains(&w.as_str())
+    roots_index().contains_key(name_words(word).concat().as_str())
 }
 
 /// Frequent Dutch given names outside the nickname groups.
@@ -269,6 +268,29 @@ fn deletion_index() -> &'static std::collections::HashMap<String, Vec<&'static s
     })
 }
 
+/// Every known given name with the roots of the nickname groups it belongs to (a common
+/// name outside the groups is its own root). Looked up per candidate pair by the rules'
+/// first-name checks, so a map instead of a scan of the lists.
+fn roots_index() -> &'static std::collections::HashMap<&'static str, Vec<&'static str>> {
+    static INDEX: std::sync::OnceLock<std::collections::HashMap<&'static str, Vec<&'static str>>> =
+        std::sync::OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut index: std::collections::HashMap<&'static str, Vec<&'static str>> = std::collections::HashMap::new();
+        for group in NICKNAMES {
+            for name in group.iter() {
+                let roots = index.entry(name).or_default();
+                if !roots.contains(&group[0]) {
+                    roots.push(group[0]);
+                }
+            }
+        }
+        for name in COMMON_FIRST_NAMES {
+            index.entry(name).or_insert_with(|| vec![name]);
+        }
+        index
+    })
+}
+
 fn longest_known_name() -> usize {
     static LONGEST: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *LONGEST.get_or_init(|| {
@@ -288,7 +310,7 @@ fn corrections(word: &str) -> Vec<&'static str> {
     if let Some(exact) = index.get(word).and_then(|c| c.iter().find(|n| **n == word)) {
         return vec![exact];
     }
-    if let Some(known) = NICKNAMES.iter().flat_map(|g| g.iter()).chain(COMMON_FIRST_NAMES).find(|n| **n == word) {
+    if let Some((known, _)) = roots_index().get_key_value(word) {
         return vec![known];
     }
     // One edit from a known name means at most one letter longer; checking that first
@@ -317,8 +339,10 @@ fn corrected(word: &str) -> Option<&'static str> {
 /// Roots of the nickname groups a name belongs to (Nel is short for Cornelia and for
 /// Petronella); the name itself when it is in none.
 fn name_roots(word: &str) -> Vec<String> {
-    let roots: Vec<String> = NICKNAMES.iter().filter(|g| g.contains(&word)).map(|g| g[0].to_string()).collect();
-    if roots.is_empty() { vec![word.to_string()] } else { roots }
+    match roots_index().get(word) {
+        Some(roots) => roots.iter().map(|r| r.to_string()).collect(),
+        None => vec![word.to_string()],
+    }
 }
 
 /// The root of a first name's nickname group (`Hans`, `Jan`, `Johannes` -> `johannes`),
