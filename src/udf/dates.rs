@@ -76,7 +76,10 @@ pub fn parse_timestamp(raw: &str) -> Option<DateTime<Utc>> {
             _ => parse_date(s).map(|d| Utc.from_utc_datetime(&d.and_time(NaiveTime::MIN))),
         };
     }
-    if let Some(ts) = FORMATS.zoned.iter().find_map(|f| parsed(s, f)?.to_datetime().ok()) {
+    // Every zoned format puts its offset after a leading `YYYY-MM-DD`: the naive
+    // timestamps most exports write skip the zoned formats (three failed parses each).
+    let zoned = s.get(10..).is_some_and(|time| time.contains(['+', '-', 'Z', 'z']));
+    if let Some(ts) = FORMATS.zoned.iter().filter(|_| zoned).find_map(|f| parsed(s, f)?.to_datetime().ok()) {
         return Some(ts.with_timezone(&Utc));
     }
     let naive = s.trim_end_matches(['Z', 'z']);
@@ -147,6 +150,9 @@ mod tests {
         assert_eq!(parse_timestamp("2026-11-22T13:05:00Z"), want);
         assert_eq!(parse_timestamp("2026-11-22T14:05:00+01:00"), want);
         assert_eq!(parse_timestamp("2026-11-22 13:05:00"), want);
+        for zoned in ["2026-11-22 14:05:00+0100", "2026-11-22T14:05:00+0100", "2026-11-22 12:05:00-01:00"] {
+            assert_eq!(parse_timestamp(zoned), want, "{zoned}");
+        }
         assert_eq!(parse_timestamp("2026-11-22 13:05"), want);
         assert_eq!(parse_timestamp("2026-11-22T13:05:00.000"), want);
         assert_eq!(parse_timestamp("2026-11-22"), Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).single());
