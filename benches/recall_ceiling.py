@@ -1,9 +1,10 @@
 """How much recall the data allows: for each person of the truth, link their records only
 where two of them share evidence and count the same-person pairs that this joins,
-transitively. No matcher that relies on that evidence can recall more. Three kinds of
+transitively. No matcher that relies on that evidence can recall more. Four kinds of
 evidence: hard (normalised e-mail, phone, or postcode + surname), hard plus an exact full
-name, and the robustness matrix's ceiling (an identifier, or surname + first name or
-initial).
+name, the robustness matrix's ceiling (an identifier, or surname + first name or
+initial), and that ceiling with only the name keys that one person holds in the whole data
+(a key several people share cannot tell them apart).
 
 usage: python recall_ceiling.py DATA_DIR [--json]   (the folder with dumps/ and truth/)
 """
@@ -93,8 +94,11 @@ def reachable_pairs(records, evidence_kind):
             evidence.append(("np", (re.sub(r"\s", "", pc).upper(), surname(name))))
         if evidence_kind == "names":
             evidence.append(("n", full_name(name)))
-        if evidence_kind == "initial":
-            evidence = evidence[:2] + [("i", name_initial(name))]
+        if evidence_kind in ("initial", "unique"):
+            key = name_initial(name)
+            if evidence_kind == "unique" and len(holders.get(key, ())) > 1:
+                key = None
+            evidence = evidence[:2] + [("i", key)]
         for key in evidence:
             if key[1]:
                 keys[key].append(i)
@@ -109,10 +113,15 @@ people = collections.defaultdict(list)
 for person, *record in rows:
     people[person].append(record)
 total = sum(len(r) * (len(r) - 1) // 2 for r in people.values())
+holders = collections.defaultdict(set)
+for person, records in people.items():
+    for name, *_ in records:
+        holders[name_initial(name)].add(person)
 kinds = {
     "hard": "e-mail, phone, postcode + surname",
     "names": "... and exact full name",
     "initial": "identifier, or surname + first name or initial",
+    "unique": "... with only the name keys one person holds",
 }
 ceilings = {}
 for kind, label in kinds.items():

@@ -173,6 +173,40 @@ async fn quarantine_sets_bad_rows_aside_and_counts_them() {
     assert_eq!(crm as usize, lines);
 }
 
+/// A file whose every row is bad is set aside whole (none of its rows reaches the output,
+/// not even through the file itself), while the other files of the source are read.
+#[tokio::test]
+async fn a_file_with_only_bad_rows_is_set_aside_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = published(dir.path());
+    let header = std::fs::read_to_string(input.join("crm/contacts_1.csv")).unwrap().lines().next().unwrap().to_string();
+    std::fs::write(input.join("crm/contacts_9.csv"), format!("{header}\nC9999998;Piet;;Bakker\n;Kees;;Smit;;;;;;;;\n"))
+        .unwrap();
+    std::fs::write(input.join("webshop/accounts_9.jsonl"), "{\"account_id\":\"A999\",\n{\"email\":\"x@y.nl\"}\n")
+        .unwrap();
+    let p = pipeline_variant(dir.path(), |t| {
+        t.replace("    key: klant_id\n", "    key: klant_id\n    on_bad_rows: quarantine\n")
+            .replace("    key: account_id\n", "    key: account_id\n    on_bad_rows: quarantine\n")
+    });
+    let out = run_pipeline(&p, &input, &output, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("_manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["inputs"]["crm"]["rejected_rows"], 2);
+    assert_eq!(m["inputs"]["webshop"]["rejected_rows"], 2);
+    let rows = |file: &str| std::fs::read_to_string(input.join(file)).unwrap().lines().count();
+    let crm =
+        scalar(&output, &["customer_xref"], "SELECT count(*) FROM customer_xref WHERE source_system = 'crm'").await;
+    assert_eq!(crm as usize, rows("crm/contacts_1.csv") + rows("crm/contacts_2.csv") - 2);
+    let strays = scalar(
+        &output,
+        &["customer_xref"],
+        "SELECT count(*) FROM customer_xref WHERE source_record_id IN ('C9999998', 'A999', '')",
+    )
+    .await;
+    assert_eq!(strays, 0);
+}
+
 #[test]
 fn killed_run_leaves_the_previous_output_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
