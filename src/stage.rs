@@ -64,7 +64,9 @@ fn parse_mapping(
         line: crate::config::locate_key(&pipeline.text, &["sources", name, section, key]).map_or(1, |(l, _)| l),
         source_name: name.into(),
         key: format!("{section}.{key}"),
-        message: first_line(&e.to_string()),
+        // The engine's hint names the internal raw table (`raw_crm.telefoon`); the user
+        // knows the column by its own name.
+        message: first_line(&e.to_string()).replace(&format!("{}.", tables::raw(name)), ""),
     })
 }
 

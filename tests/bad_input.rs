@@ -207,6 +207,23 @@ async fn a_file_with_only_bad_rows_is_set_aside_whole() {
     assert_eq!(strays, 0);
 }
 
+/// A source column misspelt under `identity:` is reported at its own YAML line and key,
+/// with the engine's hint, not as an internal table's missing field; nothing is published.
+#[test]
+fn a_misspelt_identity_column_names_its_yaml_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = published(dir.path());
+    let before = run_id(&output);
+    let p = pipeline_variant(dir.path(), |t| t.replacen("      phone: telefoon\n", "      phone: telefon\n", 1));
+    let line = std::fs::read_to_string(&p).unwrap().lines().position(|l| l == "      phone: telefon").unwrap() + 1;
+    let (code, err) = fail(&p, &input, &output);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!(":{line}: key `sources.crm.identity.phone`")), "line {line}: {err}");
+    // The wrong name, and the right one as the user wrote it in the dump's header.
+    assert!(err.contains("telefon.") && err.contains("'telefoon'") && !err.contains("raw_crm"), "{err}");
+    assert_untouched(&output, &before);
+}
+
 #[test]
 fn killed_run_leaves_the_previous_output_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
