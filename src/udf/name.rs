@@ -306,13 +306,10 @@ fn deletions(word: &str) -> Vec<String> {
 /// The known names a spelling stands for: itself when known, else those a single typing
 /// error away (`Hasn` -> `hans`, `Mikee` -> `mieke` or `mike`).
 fn corrections(word: &str) -> Vec<&'static str> {
-    let index = deletion_index();
-    if let Some(exact) = index.get(word).and_then(|c| c.iter().find(|n| **n == word)) {
-        return vec![exact];
-    }
     if let Some((known, _)) = roots_index().get_key_value(word) {
         return vec![known];
     }
+    let index = deletion_index();
     // One edit from a known name means at most one letter longer; checking that first
     // keeps the work linear in the word (its deletions are quadratic).
     if word.len() < 4 || word.chars().count() > longest_known_name() + 1 {
