@@ -213,7 +213,7 @@ pub async fn check_target(store: &dyn ObjectStore, output: &Location) -> Result<
         let manifest = std::fs::read(dir.join(manifest::FILE)).ok();
         return check_entries(&top, manifest.as_deref()).map_err(not_ours);
     }
-    let metas: Vec<object_store::ObjectMeta> = match store.list(Some(&output.prefix)).try_collect().await {
+    let metas: Vec<object_store::ObjectMeta> = match crate::storage::list_all(store, &output.prefix).await {
         Ok(m) => m,
         Err(e) if matches!(e, object_store::Error::NotFound { .. }) || e.to_string().contains("NoSuchBucket") => {
             return Err(PublishError::Unusable {
@@ -564,7 +564,7 @@ impl Staging {
 
     /// Objects under a prefix, as paths relative to it.
     async fn list(&self, prefix: &ObjectPath) -> Result<Vec<String>, PublishError> {
-        let metas: Vec<_> = self.store.list(Some(prefix)).try_collect().await.map_err(|e| self.store_err(e))?;
+        let metas = crate::storage::list_all(self.store.as_ref(), prefix).await.map_err(|e| self.store_err(e))?;
         let n = prefix.as_ref().len();
         let mut rels: Vec<String> =
             metas.iter().map(|m| m.location.as_ref()[n..].trim_start_matches('/').to_string()).collect();

@@ -287,6 +287,24 @@ pub fn store_for(
     Ok(store)
 }
 
+/// Every object under `prefix`. A listing reads its pages' bodies after the store's retry
+/// policy has done its part: object_store retries a request that fails, not a response
+/// body cut off mid-way (a dropped connection), so such a listing is started again.
+pub async fn list_all(store: &dyn ObjectStore, prefix: &ObjectPath) -> object_store::Result<Vec<ObjectMeta>> {
+    const ATTEMPTS: u32 = 4;
+    let mut attempt = 1;
+    loop {
+        match store.list(Some(prefix)).try_collect().await {
+            Err(e @ object_store::Error::Generic { .. }) if attempt < ATTEMPTS && e.to_string().contains("body") => {
+                tracing::warn!(error = %e, attempt, "listing cut off; listing again");
+                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Files at a location: the objects under the prefix matching the glob, or the single
 /// object the location names, sorted by path. Empty when nothing matches.
 pub async fn list_files(store: &dyn ObjectStore, loc: &Location) -> Result<Vec<ObjectMeta>, StorageError> {
@@ -302,7 +320,7 @@ pub async fn list_files(store: &dyn ObjectStore, loc: &Location) -> Result<Vec<O
     }
     let pattern = loc.glob.as_deref().map(glob::Pattern::new).transpose().ok().flatten();
     let prefix_len = loc.prefix.as_ref().len();
-    let mut files: Vec<ObjectMeta> = match store.list(Some(&loc.prefix)).try_collect().await {
+    let mut files: Vec<ObjectMeta> = match list_all(store, &loc.prefix).await {
         Ok(files) => files,
         Err(object_store::Error::NotFound { .. }) => Vec::new(),
         Err(e) => return Err(io(e)),
