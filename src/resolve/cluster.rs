@@ -1,7 +1,8 @@
 //! Clustering: union-find over the edges, strongest rule first, where every merge of two
 //! clusters is checked as a whole (Senzing-style): no conflicting birth dates, no first
 //! names that cannot be one person, no cluster beyond the size limit. A single false edge
-//! can then not chain two people into one customer.
+//! can then not chain two people into one customer. An edge of a probabilistic rule
+//! weighs a conflict instead (see `Weighing`): evidence that outweighs it still merges.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +35,8 @@ impl Refusal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Merged,
+    /// Merged although the two clusters conflict: the edge's evidence outweighed it.
+    Outweighed(Refusal),
     /// Both records were already in one cluster.
     Redundant,
     Refused(Refusal),
@@ -42,10 +45,52 @@ pub enum Decision {
 impl Decision {
     pub fn as_str(self) -> &'static str {
         match self {
-            Decision::Merged => "merged",
+            Decision::Merged | Decision::Outweighed(_) => "merged",
             Decision::Redundant => "already joined",
             Decision::Refused(r) => r.as_str(),
         }
+    }
+}
+
+/// How an edge of a probabilistic rule weighs a conflict between the clusters it would
+/// join, instead of refusing on sight: each conflicting attribute costs the rule's
+/// weight for disagreeing on it (its lowest level weight, learned from the data), and the
+/// merge goes ahead when the edge's match weight still reaches the rule's threshold after
+/// that cost. Where the conflict lies between the edge's own two records, the edge has
+/// counted the disagreement once already, so it is counted twice: only evidence that
+/// overwhelms it merges (a national id, name and address against a birth-date typo). A
+/// household (same address, other first name and birth date) does not come near: in data
+/// where a person's first name is stable, disagreeing on it weighs heavily. An attribute
+/// the rule does not compare has no weight to pay with, and its conflict still refuses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Weighing {
+    /// log2 of the threshold's odds: what an edge's match weight must reach.
+    pub threshold: f64,
+    /// Weight (<= 0) of disagreeing on the birth date; None when the rule does not compare it.
+    pub birth_date: Option<f64>,
+    /// Weight (<= 0) of disagreeing on the first name; None when the rule does not compare it.
+    pub first_name: Option<f64>,
+}
+
+impl Weighing {
+    fn cost(&self, refusal: Refusal) -> Option<f64> {
+        match refusal {
+            Refusal::BirthDate => self.birth_date,
+            Refusal::FirstName => self.first_name,
+            Refusal::ClusterSize => None,
+        }
+    }
+
+    /// Whether an edge of match weight `weight` outweighs these conflicts.
+    fn outweighs(&self, weight: f64, conflicts: &[Refusal]) -> bool {
+        let mut left = weight;
+        for c in conflicts {
+            match self.cost(*c) {
+                Some(cost) => left += cost,
+                None => return false,
+            }
+        }
+        left >= self.threshold
     }
 }
 
@@ -202,10 +247,9 @@ impl Clusters {
         }
     }
 
-    fn check(&mut self, a: &Summary, b: &Summary) -> Option<Refusal> {
-        if a.size + b.size > self.max_size {
-            return Some(Refusal::ClusterSize);
-        }
+    /// The attributes on which two clusters cannot be one person.
+    fn conflicts(&mut self, a: &Summary, b: &Summary) -> Vec<Refusal> {
+        let mut found = Vec::new();
         for refusal in self.conflicts.clone() {
             let clash = match refusal {
                 Refusal::BirthDate => {
@@ -215,22 +259,30 @@ impl Clusters {
                 Refusal::ClusterSize => false,
             };
             if clash {
-                return Some(refusal);
+                found.push(refusal);
             }
         }
-        None
+        found
     }
 
     /// Tries to join the clusters of two records on the evidence of rule `rule` (1-based).
-    pub fn union(&mut self, a: u32, b: u32, rule: u16) -> Decision {
+    /// `weighed`: the edge's match weight and how its rule weighs conflicts; without it
+    /// (deterministic and hand-weighted rules) a conflict refuses.
+    pub fn union(&mut self, a: u32, b: u32, rule: u16, weighed: Option<(f64, &Weighing)>) -> Decision {
         let (ra, rb) = (self.find(a), self.find(b));
         if ra == rb {
             return Decision::Redundant;
         }
         let (sa, sb) = (self.summary_of(ra), self.summary_of(rb));
-        if let Some(refusal) = self.check(&sa, &sb) {
-            return Decision::Refused(refusal);
+        if sa.size + sb.size > self.max_size {
+            return Decision::Refused(Refusal::ClusterSize);
         }
+        let conflicts = self.conflicts(&sa, &sb);
+        let decision = match conflicts.first() {
+            None => Decision::Merged,
+            Some(first) if weighed.is_some_and(|(w, how)| how.outweighs(w, &conflicts)) => Decision::Outweighed(*first),
+            Some(first) => return Decision::Refused(*first),
+        };
         // The larger cluster's root stays root; the merged summary keeps a few values.
         let (root, child, mut merged, other) = if sa.size >= sb.size { (ra, rb, sa, sb) } else { (rb, ra, sb, sa) };
         self.parent[child as usize] = root;
@@ -252,7 +304,7 @@ impl Clusters {
                 self.matched_by[r as usize] = rule;
             }
         }
-        Decision::Merged
+        decision
     }
 
     /// Rule index (1-based, 0 = none) that first joined a record.
@@ -278,8 +330,8 @@ mod tests {
     fn chain_through_a_shared_record_is_refused() {
         // Jan and Marie share a household record without a name: it may join one of them.
         let mut c = clusters(&[(Some("Jan"), None), (None, None), (Some("Marie"), None)]);
-        assert_eq!(c.union(0, 1, 1), Decision::Merged);
-        assert_eq!(c.union(1, 2, 1), Decision::Refused(Refusal::FirstName));
+        assert_eq!(c.union(0, 1, 1, None), Decision::Merged);
+        assert_eq!(c.union(1, 2, 1, None), Decision::Refused(Refusal::FirstName));
         assert_ne!(c.find(0), c.find(2));
         assert_eq!(c.matched_by(2), 0);
         assert_eq!(c.matched_by(1), 1);
@@ -288,47 +340,73 @@ mod tests {
     #[test]
     fn namesakes_with_other_birth_dates_stay_apart() {
         let mut c = clusters(&[(Some("Jan"), Some("1950-01-01")), (Some("Jan"), Some("1985-06-30"))]);
-        assert_eq!(c.union(0, 1, 1), Decision::Refused(Refusal::BirthDate));
+        assert_eq!(c.union(0, 1, 1, None), Decision::Refused(Refusal::BirthDate));
     }
 
     #[test]
     fn nicknames_initials_and_typo_dates_merge() {
         let mut c =
             clusters(&[(Some("Johannes"), Some("1980-03-07")), (Some("Hans"), None), (Some("J."), Some("1980-07-03"))]);
-        assert_eq!(c.union(0, 1, 1), Decision::Merged);
-        assert_eq!(c.union(1, 2, 2), Decision::Merged);
-        assert_eq!(c.union(0, 2, 2), Decision::Redundant);
+        assert_eq!(c.union(0, 1, 1, None), Decision::Merged);
+        assert_eq!(c.union(1, 2, 2, None), Decision::Merged);
+        assert_eq!(c.union(0, 2, 2, None), Decision::Redundant);
     }
 
     #[test]
     fn a_typo_joins_through_the_name_it_is_a_typo_of() {
         let mut c =
             clusters(&[(Some("Willem"), None), (Some("Wim"), None), (Some("Willlem"), None), (Some("Marie"), None)]);
-        assert_eq!(c.union(0, 1, 1), Decision::Merged);
-        assert_eq!(c.union(1, 2, 1), Decision::Merged);
-        assert_eq!(c.union(2, 3, 1), Decision::Refused(Refusal::FirstName));
+        assert_eq!(c.union(0, 1, 1, None), Decision::Merged);
+        assert_eq!(c.union(1, 2, 1, None), Decision::Merged);
+        assert_eq!(c.union(2, 3, 1, None), Decision::Refused(Refusal::FirstName));
     }
 
     #[test]
     fn an_initial_stands_for_the_nickname_root_too() {
         let mut c = clusters(&[(Some("C."), None), (Some("Kees"), None)]);
-        assert_eq!(c.union(0, 1, 1), Decision::Merged);
+        assert_eq!(c.union(0, 1, 1, None), Decision::Merged);
     }
 
     #[test]
     fn an_initial_does_not_bridge_two_names() {
         let mut c = clusters(&[(Some("Jan"), None), (Some("J."), None), (Some("Johanna"), None), (Some("M."), None)]);
-        assert_eq!(c.union(0, 1, 1), Decision::Merged);
-        assert_eq!(c.union(1, 2, 1), Decision::Refused(Refusal::FirstName));
-        assert_eq!(c.union(0, 3, 1), Decision::Refused(Refusal::FirstName));
+        assert_eq!(c.union(0, 1, 1, None), Decision::Merged);
+        assert_eq!(c.union(1, 2, 1, None), Decision::Refused(Refusal::FirstName));
+        assert_eq!(c.union(0, 3, 1, None), Decision::Refused(Refusal::FirstName));
+    }
+
+    const WEIGHING: Weighing = Weighing { threshold: 6.6, birth_date: Some(-4.0), first_name: Some(-9.0) };
+
+    #[test]
+    fn overwhelming_evidence_outweighs_a_conflict() {
+        // One person with a birth-date typo of two digits, found on an id, name and address.
+        let mut c = clusters(&[(Some("Mitchell"), Some("1956-04-09")), (Some("Mitchell"), Some("1965-04-19"))]);
+        assert_eq!(c.union(0, 1, 1, Some((30.0, &WEIGHING))), Decision::Outweighed(Refusal::BirthDate));
+        assert_eq!(c.find(0), c.find(1));
+    }
+
+    #[test]
+    fn a_conflict_costs_its_weight_again() {
+        // The edge reached its threshold, but not by the conflict's weight more: refused.
+        let mut c = clusters(&[(Some("Jan"), Some("1950-01-01")), (Some("Marie"), Some("1985-06-30"))]);
+        assert_eq!(c.union(0, 1, 1, Some((15.0, &WEIGHING))), Decision::Refused(Refusal::BirthDate));
+        // Both conflicts are paid for: 20 - 4 - 9 = 7 reaches 6.6.
+        assert_eq!(c.union(0, 1, 1, Some((20.0, &WEIGHING))), Decision::Outweighed(Refusal::BirthDate));
+    }
+
+    #[test]
+    fn a_conflict_the_rule_does_not_weigh_refuses() {
+        let weighing = Weighing { first_name: None, ..WEIGHING };
+        let mut c = clusters(&[(Some("Jan"), None), (Some("Marie"), None)]);
+        assert_eq!(c.union(0, 1, 1, Some((f64::INFINITY, &weighing))), Decision::Refused(Refusal::FirstName));
     }
 
     #[test]
     fn size_limit() {
         let mut c = clusters(&[(None, None); 5]);
         for i in 1..4 {
-            assert_eq!(c.union(0, i, 1), Decision::Merged);
+            assert_eq!(c.union(0, i, 1, None), Decision::Merged);
         }
-        assert_eq!(c.union(0, 4, 1), Decision::Refused(Refusal::ClusterSize));
+        assert_eq!(c.union(0, 4, 1, None), Decision::Refused(Refusal::ClusterSize));
     }
 }

@@ -9,7 +9,7 @@ pub mod names;
 pub mod probabilistic;
 pub(crate) mod rules;
 
-pub use cluster::{Clusters, Decision, RecordAttrs, Refusal};
+pub use cluster::{Clusters, Decision, RecordAttrs, Refusal, Weighing};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -75,6 +75,10 @@ pub struct RuleSummary {
     pub merged: u64,
     pub already_joined: u64,
     pub refused: BTreeMap<String, u64>,
+    /// Merges whose evidence outweighed a conflict between the two clusters (probabilistic
+    /// rules), by the conflict.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub outweighed: BTreeMap<String, u64>,
     /// Identifier values (or blocks) left out by the rule's guardrails.
     pub dropped_values: u64,
     pub dropped_records: u64,
@@ -215,6 +219,10 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
         if let Some((model, _)) = &fitted {
             summary.blocked_pairs = model.blocking.iter().map(|b| (b.key.join("+"), b.pairs)).collect();
         }
+        let weighing = match (rule, &fitted) {
+            (RuleSpec::Probabilistic(r), Some((model, _))) => Some(model.weighing(r.threshold)),
+            _ => None,
+        };
         let queries = rules::rule_queries(rule, &external_ids, fitted.as_ref().map(|(m, f)| (m, f.as_str())), &learned);
         models.extend(fitted.map(|(m, _)| m));
         for (part, queries) in queries.into_iter().enumerate() {
@@ -241,7 +249,7 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
             let mut stream = df.execute_stream().await.map_err(rule_error(name))?;
             while let Some(batch) = stream.next().await {
                 let batch = batch.map_err(rule_error(name))?;
-                let out = decide(&mut clusters, &batch, name, rule_no, &mut summary)?;
+                let out = decide(&mut clusters, &batch, name, rule_no, weighing.as_ref(), &mut summary)?;
                 writer.write(&out).map_err(write_err(&edges_path))?;
             }
         }
@@ -441,11 +449,13 @@ async fn count_dropped(
 }
 
 /// Applies one batch of edges and returns their decisions as a batch to keep.
+/// `weighing`: a probabilistic rule's, whose edges' scores are match probabilities.
 fn decide(
     clusters: &mut Clusters,
     batch: &RecordBatch,
     rule: &str,
     rule_no: u16,
+    weighing: Option<&Weighing>,
     summary: &mut RuleSummary,
 ) -> Result<RecordBatch, ResolveError> {
     let a = datafusion::arrow::compute::cast(batch.column(0), &DataType::UInt32)?;
@@ -454,11 +464,18 @@ fn decide(
     let score = datafusion::arrow::compute::cast(batch.column(2), &DataType::Float64)?;
     let detail = datafusion::arrow::compute::cast(batch.column(3), &DataType::Utf8)?;
     let mut decisions = StringBuilder::with_capacity(batch.num_rows(), batch.num_rows() * 8);
+    let scores = score.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
     for i in 0..batch.num_rows() {
-        let d = clusters.union(a.value(i), b.value(i), rule_no);
+        // The match weight back from the probability (infinite when it rounds to 1).
+        let weighed = weighing.filter(|_| scores.is_valid(i)).map(|how| (-(1.0 / scores.value(i) - 1.0).log2(), how));
+        let d = clusters.union(a.value(i), b.value(i), rule_no, weighed);
         summary.candidate_edges += 1;
         match d {
             Decision::Merged => summary.merged += 1,
+            Decision::Outweighed(r) => {
+                summary.merged += 1;
+                *summary.outweighed.entry(r.as_str().trim_start_matches("refused: ").to_string()).or_default() += 1;
+            }
             Decision::Redundant => summary.already_joined += 1,
             Decision::Refused(r) => *summary.refused.entry(r.as_str().to_string()).or_default() += 1,
         }

@@ -18,6 +18,7 @@ use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
 use super::ResolveError;
+use super::cluster::Weighing;
 use crate::config::{LevelKind, Pipeline, ProbabilisticComparison, ProbabilisticRule, RuleSpec, attribute_of};
 
 /// Records in the random sample that `u` is counted on (their pairs: about 2 million).
@@ -91,6 +92,31 @@ impl BlockingModel {
 }
 
 impl RuleModel {
+    /// How this rule's edges weigh a conflict between the clusters they join, at the
+    /// rule's `threshold` (a match probability): disagreeing on a checked attribute costs
+    /// the lowest level weight of the rule's comparisons of it. Only a model whose match
+    /// class is one person on that attribute can weigh it: where the model finds one
+    /// person's records disagreeing on it more often than not (`m` of `else` at least one
+    /// half, as when blocking on an address lets a household pass for one person), or
+    /// could not estimate `m`, its weights say nothing about a conflict and it refuses.
+    pub fn weighing(&self, threshold: f64) -> Weighing {
+        let cost = |attribute: &str| {
+            let compared: Vec<&ComparisonModel> =
+                self.comparisons.iter().filter(|c| attribute_of(&c.column) == attribute).collect();
+            let credible =
+                |c: &&ComparisonModel| c.levels.last().is_some_and(|e| e.fixed || (e.m_estimated && e.m < 0.5));
+            if compared.is_empty() || !compared.iter().all(credible) {
+                return None;
+            }
+            compared.iter().flat_map(|c| c.levels.iter().map(|l| l.weight)).reduce(f64::min).map(|w| w.min(0.0))
+        };
+        Weighing {
+            threshold: (threshold / (1.0 - threshold)).log2(),
+            birth_date: cost("birth_date"),
+            first_name: cost("first_name"),
+        }
+    }
+
     /// Why this model cannot decide for `rule`, if it cannot: it was estimated for other
     /// blocking rules, comparisons or levels.
     fn mismatch(&self, rule: &ProbabilisticRule) -> Option<String> {
@@ -430,6 +456,43 @@ mod tests {
         let (m, _) = em(&patterns, &[vec![0.1, 0.9], vec![0.1, 0.9]], &[true, false], &start, 0.5);
         assert_eq!(m[1], start[1]);
         assert!(m[0].iter().all(|v| *v > 0.0 && *v < 1.0));
+    }
+
+    fn comparison(column: &str, else_m: f64, weights: &[f64]) -> ComparisonModel {
+        let levels = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| LevelModel {
+                level: if i + 1 == weights.len() { "else".into() } else { format!("level{i}") },
+                m: if i + 1 == weights.len() { else_m } else { 0.5 },
+                u: 0.5,
+                weight: *w,
+                fixed: false,
+                m_estimated: true,
+            })
+            .collect();
+        ComparisonModel { name: column.into(), column: column.into(), term_frequency: false, tf_total: None, levels }
+    }
+
+    #[test]
+    fn a_conflict_is_weighed_only_where_the_model_is_one_of_persons() {
+        let model = RuleModel {
+            rule: "person".into(),
+            u_pairs: 1000,
+            blocking: Vec::new(),
+            comparisons: vec![
+                // A person's records mostly agree on the first name: its weights count.
+                comparison("first_name_key", 0.2, &[3.0, 1.0, -2.4]),
+                // A household passes for one person on the birth date: no weighing.
+                comparison("birth_date", 0.6, &[11.0, -0.7]),
+            ],
+        };
+        let w = model.weighing(0.99);
+        assert!((w.threshold - (0.99f64 / 0.01).log2()).abs() < 1e-12);
+        assert_eq!(w.first_name, Some(-2.4));
+        assert_eq!(w.birth_date, None);
+        let no_names = RuleModel { comparisons: vec![comparison("postcode", 0.1, &[9.0, -4.0])], ..model };
+        assert_eq!(no_names.weighing(0.99).first_name, None);
     }
 
     #[test]

@@ -14,8 +14,8 @@ pub use address::{is_dutch_postcode, normalize_house_number, normalize_postcode}
 pub use dates::{birth_dates_compatible, parse_date, parse_timestamp};
 pub use email::{email_local_part, normalize_email};
 pub use name::{
-    PARTICLES, dutch_phonetic, first_name_root, first_names_compatible, fold_name, is_initials, is_known_first_name,
-    name_initial, split_full_name, strip_particles,
+    PARTICLES, double_metaphone, dutch_phonetic, first_name_root, first_names_compatible, fold_name, is_initials,
+    is_known_first_name, name_initial, split_full_name, strip_particles,
 };
 pub use numbers::normalize_number;
 pub use phone::{normalize_phone, phone_kind};
@@ -48,6 +48,7 @@ pub enum Function {
     NameInitial,
     IsInitials,
     DutchPhonetic,
+    DoubleMetaphone,
     SplitFirstName,
     SplitLastName,
     NormalizePostcode,
@@ -64,7 +65,7 @@ pub enum Function {
 }
 
 impl Function {
-    pub const ALL: [Function; 23] = [
+    pub const ALL: [Function; 24] = [
         Function::NormalizeEmail,
         Function::EmailLocalPart,
         Function::NormalizePhone,
@@ -75,6 +76,7 @@ impl Function {
         Function::NameInitial,
         Function::IsInitials,
         Function::DutchPhonetic,
+        Function::DoubleMetaphone,
         Function::SplitFirstName,
         Function::SplitLastName,
         Function::NormalizePostcode,
@@ -102,6 +104,7 @@ impl Function {
             Function::NameInitial => "name_initial",
             Function::IsInitials => "is_initials",
             Function::DutchPhonetic => "dutch_phonetic",
+            Function::DoubleMetaphone => "double_metaphone",
             Function::SplitFirstName => "split_first_name",
             Function::SplitLastName => "split_last_name",
             Function::NormalizePostcode => "normalize_postcode",
@@ -159,6 +162,7 @@ impl Function {
             Function::FirstNameRoot => first_name_root,
             Function::NameInitial => name_initial,
             Function::DutchPhonetic => dutch_phonetic,
+            Function::DoubleMetaphone => double_metaphone,
             Function::SplitFirstName => |s| split_full_name(s).0,
             Function::SplitLastName => |s| split_full_name(s).1,
             Function::NormalizePostcode => normalize_postcode,

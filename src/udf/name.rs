@@ -355,6 +355,18 @@ pub fn first_name_root(raw: &str) -> Option<String> {
     name_roots(spelled).into_iter().next()
 }
 
+/// The primary Double Metaphone code of a name (Lawrence Philips' algorithm, as Apache
+/// Commons Codec has it): a phonetic key for names of English and other European
+/// origins, where `dutch_phonetic` knows Dutch spelling only. `Matson` and `Matosn`,
+/// `Mestrov` and `Mestrv` share a key. The name is folded first (accents, case, spaces).
+pub fn double_metaphone(raw: &str) -> Option<String> {
+    static ENCODER: std::sync::LazyLock<rphonetic::DoubleMetaphone> =
+        std::sync::LazyLock::new(rphonetic::DoubleMetaphone::default);
+    let folded = fold_name(raw)?;
+    let code = rphonetic::Encoder::encode(&*ENCODER, &folded);
+    (!code.is_empty()).then_some(code)
+}
+
 /// A phonetic key for Dutch surnames and first names: particles dropped, then the spelling
 /// variants that sound alike folded (`ij`/`y`/`ei`, `sch`/`s`, `ch`/`g`, `dt`/`d`/`t` at the
 /// end, `ph`/`f`, `v`/`f`, `z`/`s`, `c`/`k`, double letters). `Jansen`, `Janssen` and
@@ -455,6 +467,16 @@ pub fn first_names_compatible(a: &str, b: &str) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn double_metaphone_keys_survive_english_typos() {
+        let key = |s| double_metaphone(s).unwrap();
+        assert_eq!(key("Matson"), key("matosn"));
+        assert_eq!(key("Mestrov"), key("mestrv"));
+        assert_eq!(key("Smith"), key("Smyth"));
+        assert_ne!(key("Coleman"), key("Mason"));
+        assert_eq!(double_metaphone(" "), None);
+    }
 
     #[test]
     fn a_huge_word_is_not_corrected_and_costs_little() {
