@@ -13,6 +13,24 @@ pub struct StageTiming {
     pub seconds: f64,
 }
 
+/// Seconds of each step of a stage, logged at debug level (`KLANTBEELD_LOG=klantbeeld=debug`):
+/// where a slow stage spends its time.
+pub struct Lap {
+    stage: &'static str,
+    at: Instant,
+}
+
+impl Lap {
+    pub fn start(stage: &'static str) -> Lap {
+        Lap { stage, at: Instant::now() }
+    }
+
+    pub fn done(&mut self, step: &str) {
+        tracing::debug!(stage = self.stage, step, seconds = self.at.elapsed().as_secs_f64(), "step");
+        self.at = Instant::now();
+    }
+}
+
 /// Tracks the stages of one run.
 pub struct Progress {
     bar: Option<ProgressBar>,

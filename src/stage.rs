@@ -349,7 +349,9 @@ pub async fn stage_all(
         }
     }
     let values: Vec<DataFrame> = raws.iter().map(|(_, _, df)| df.clone()).collect();
+    let mut lap = crate::progress::Lap::start("stage");
     register_name_roles(ctx, &values, scratch).await?;
+    lap.done("name roles");
     let mut all: Option<DataFrame> = None;
     for (name, source, raw) in raws {
         let staged = normalise(ctx, pipeline, name, source, unswap_names(ctx, raw).await?)?;
@@ -453,7 +455,9 @@ pub async fn stage_records(
     scratch: &Path,
 ) -> Result<StagedCounts, StageError> {
     let staged = stage_all(ctx, pipeline, present, scratch).await?;
+    let mut lap = crate::progress::Lap::start("stage");
     engine::materialize(ctx, STAGED_RECORDS, staged, scratch).await?;
+    lap.done("staged records");
     let all = ctx.table(STAGED_RECORDS).await?;
     let set_aside = set_aside_records(all.clone()).await?;
     let kept = all.filter(col(SET_ASIDE).is_null())?.drop_columns(&[SET_ASIDE])?;
@@ -471,7 +475,9 @@ pub async fn stage_records(
         }
         records = latest_per_key(records)?;
     }
+    lap.done("set aside and repeated keys");
     engine::materialize(ctx, IDENTITY_RECORDS, with_record_numbers(records).await?, scratch).await?;
+    lap.done("identity records");
     Ok(StagedCounts { repeated, set_aside })
 }
 

@@ -122,20 +122,6 @@ fn rule_error(rule: &str) -> impl Fn(datafusion::error::DataFusionError) -> Reso
     move |source| ResolveError::Rule { rule: rule.into(), source }
 }
 
-/// Seconds of each step, logged at debug level: where a slow resolve spends its time.
-struct Lap(std::time::Instant);
-
-impl Lap {
-    fn start() -> Lap {
-        Lap(std::time::Instant::now())
-    }
-
-    fn done(&mut self, step: &str) {
-        tracing::debug!(step, seconds = self.0.elapsed().as_secs_f64(), "resolve step");
-        self.0 = std::time::Instant::now();
-    }
-}
-
 /// Reads what clustering checks per record, in rid order.
 async fn load_records(ctx: &SessionContext, clusters: &mut Clusters) -> Result<(), ResolveError> {
     let df = ctx.sql(&format!("SELECT rid, first_name, birth_date FROM {IDENTITY_RECORDS} ORDER BY rid")).await?;
@@ -165,7 +151,7 @@ async fn load_records(ctx: &SessionContext, clusters: &mut Clusters) -> Result<(
 /// Runs every rule, clusters, and registers `clustered_records` and `edge_decisions`.
 pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path) -> Result<MatchSummary, ResolveError> {
     let spec = &pipeline.spec.resolve;
-    let mut lap = Lap::start();
+    let mut lap = crate::progress::Lap::start("resolve");
     let learned = names::learn(ctx).await?;
     lap.done("learn first names");
     if !learned.is_empty() {
