@@ -425,7 +425,21 @@ async fn compare_pair(
                 detail.replace(' ', "\n      ")
             );
             if conflict != "none" {
-                line.push_str(&format!("\n      but they conflict on {conflict}"));
+                // As the run decides: a conflict the model can weigh costs its weight
+                // again; one it cannot is a veto.
+                match model.conflict_cost(conflict) {
+                    Some(cost) => {
+                        let left = weight + cost;
+                        let verdict =
+                            if left >= (p.threshold / (1.0 - p.threshold)).log2() { "reaches" } else { "is below" };
+                        line.push_str(&format!(
+                            "\n      they conflict on {conflict}, which costs {cost:+.2} again: {left:+.2} {verdict} the threshold"
+                        ));
+                    }
+                    None => line.push_str(&format!(
+                        "\n      but they conflict on {conflict} (a veto: the model cannot weigh it)"
+                    )),
+                }
             }
             Ok(line)
         }

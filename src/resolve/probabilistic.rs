@@ -92,28 +92,29 @@ impl BlockingModel {
 }
 
 impl RuleModel {
+    /// What disagreeing on `attribute` costs a pair (a weight <= 0: the lowest level weight
+    /// of the rule's comparisons of it), where the model can say. Only a model whose
+    /// match class is one person on that attribute can: where it finds one person's
+    /// records disagreeing on it more often than not (`m` of `else` at least one half, as
+    /// when blocking on an address lets a household pass for one person), could not
+    /// estimate `m`, or does not compare the attribute, a conflict is refused instead.
+    pub fn conflict_cost(&self, attribute: &str) -> Option<f64> {
+        let compared: Vec<&ComparisonModel> =
+            self.comparisons.iter().filter(|c| attribute_of(&c.column) == attribute).collect();
+        let credible = |c: &&ComparisonModel| c.levels.last().is_some_and(|e| e.fixed || (e.m_estimated && e.m < 0.5));
+        if compared.is_empty() || !compared.iter().all(credible) {
+            return None;
+        }
+        compared.iter().flat_map(|c| c.levels.iter().map(|l| l.weight)).reduce(f64::min).map(|w| w.min(0.0))
+    }
+
     /// How this rule's edges weigh a conflict between the clusters they join, at the
-    /// rule's `threshold` (a match probability): disagreeing on a checked attribute costs
-    /// the lowest level weight of the rule's comparisons of it. Only a model whose match
-    /// class is one person on that attribute can weigh it: where the model finds one
-    /// person's records disagreeing on it more often than not (`m` of `else` at least one
-    /// half, as when blocking on an address lets a household pass for one person), or
-    /// could not estimate `m`, its weights say nothing about a conflict and it refuses.
+    /// rule's `threshold` (a match probability).
     pub fn weighing(&self, threshold: f64) -> Weighing {
-        let cost = |attribute: &str| {
-            let compared: Vec<&ComparisonModel> =
-                self.comparisons.iter().filter(|c| attribute_of(&c.column) == attribute).collect();
-            let credible =
-                |c: &&ComparisonModel| c.levels.last().is_some_and(|e| e.fixed || (e.m_estimated && e.m < 0.5));
-            if compared.is_empty() || !compared.iter().all(credible) {
-                return None;
-            }
-            compared.iter().flat_map(|c| c.levels.iter().map(|l| l.weight)).reduce(f64::min).map(|w| w.min(0.0))
-        };
         Weighing {
             threshold: (threshold / (1.0 - threshold)).log2(),
-            birth_date: cost("birth_date"),
-            first_name: cost("first_name"),
+            birth_date: self.conflict_cost("birth_date"),
+            first_name: self.conflict_cost("first_name"),
         }
     }
 

@@ -231,6 +231,7 @@ pub fn fuzzy(rule: &FuzzyRule, learned: &LearnedNames) -> RuleSql {
     let scoring = Scoring {
         pairs: vec![each_pair; rule.blocking.len()],
         conflicts,
+        conflict_cost: "0.0".into(),
         min_weight: rule.threshold,
         score: "w".into(),
     };
@@ -265,10 +266,18 @@ impl PairScore {
     /// `rid_a`, `rid_b`, the weight `w` and `detail` of the pairs `l`, `r` that `pairs`
     /// (a FROM clause with its conditions) gives, where `keep` (over `w`) holds.
     pub(crate) fn query(&self, pairs: &str, keep: &str) -> String {
+        self.query_weighing(pairs, "0.0", keep)
+    }
+
+    /// `query` where a pair also pays `conflict_cost` (SQL over `l.` and `r.`, <= 0) for
+    /// the conflicts it has: `keep` may read `w + conflict_cost`, and `detail` shows it.
+    pub(crate) fn query_weighing(&self, pairs: &str, conflict_cost: &str, keep: &str) -> String {
         format!(
-            "SELECT rid_a, rid_b, w, {detail} AS detail FROM (\
+            "SELECT rid_a, rid_b, w, concat_ws(' ', {detail}, CASE WHEN conflict_cost < 0 THEN \
+             concat('conflict(', CAST(round(conflict_cost, 2) AS VARCHAR), ')') END) AS detail FROM (\
              SELECT *, CAST({weight} AS DOUBLE) AS w FROM (\
-             SELECT l.rid AS rid_a, r.rid AS rid_b, {columns} {pairs})) WHERE {keep}",
+             SELECT l.rid AS rid_a, r.rid AS rid_b, {columns}, CAST({conflict_cost} AS DOUBLE) AS conflict_cost \
+             {pairs})) WHERE {keep}",
             detail = self.detail,
             weight = self.weight,
             columns = self.columns,
@@ -282,7 +291,9 @@ struct Scoring {
     pairs: Vec<PairScore>,
     /// Pairs for which this is false (over `l.` and `r.`) are no candidates.
     conflicts: String,
-    /// Pairs below this weight are no edges.
+    /// What a pair pays for the conflicts a probabilistic rule weighs (SQL, <= 0).
+    conflict_cost: String,
+    /// Pairs below this weight (after their conflicts' cost) are no edges.
     min_weight: f64,
     /// The edge's `score`, from `w`.
     score: String,
@@ -302,7 +313,11 @@ fn scored_pairs(from: &str, blocking: &[Vec<String>], max: usize, pass: Pass, s:
                 "SELECT rid_a, rid_b, {score} AS score, detail FROM (WITH {blocks} {scored})",
                 score = s.score,
                 blocks = blocks_sql(from, key, max, &pass.filter(key)),
-                scored = s.pairs[i].query(&pairs, &format!("w >= {}", s.min_weight)),
+                scored = s.pairs[i].query_weighing(
+                    &pairs,
+                    &s.conflict_cost,
+                    &format!("w + conflict_cost >= {}", s.min_weight)
+                ),
             )
         })
         .collect::<Vec<_>>()
@@ -365,12 +380,26 @@ pub(crate) fn tf_column(comparison: usize) -> String {
 /// log2(m / share of records with that value)). Pairs whose match probability reaches the
 /// threshold are edges; `score` is that probability. `from` holds the records, with the
 /// `tf_<i>` counts where needed.
+///
+/// `unless_conflict` weighs where the model can (`RuleModel::conflict_cost`): a pair that
+/// conflicts pays the attribute's disagreement weight again, on top of what its comparison
+/// counted, and links only if it still reaches the threshold; elsewhere it is a veto.
 pub fn probabilistic(rule: &ProbabilisticRule, model: &RuleModel, from: &str, learned: &LearnedNames) -> RuleSql {
-    let conflicts = format!("{} AND {}", conflicts_clause(&rule.unless_conflict, learned), link_clause(rule.link_only));
+    let (mut vetoed, mut costs) = (Vec::new(), Vec::new());
+    for attribute in &rule.unless_conflict {
+        match model.conflict_cost(attribute) {
+            Some(cost) => {
+                costs.push(format!("CASE WHEN {} THEN 0.0 ELSE {cost:.6} END", no_conflict(attribute, learned)))
+            }
+            None => vetoed.push(attribute.clone()),
+        }
+    }
+    let conflicts = format!("{} AND {}", conflicts_clause(&vetoed, learned), link_clause(rule.link_only));
     let threshold = (rule.threshold / (1.0 - rule.threshold)).log2();
     let scoring = Scoring {
         pairs: probabilistic_scores(rule, model),
         conflicts,
+        conflict_cost: if costs.is_empty() { "0.0".into() } else { costs.join(" + ") },
         min_weight: threshold,
         score: "1.0 / (1.0 + power(2.0, -w))".into(),
     };
