@@ -58,17 +58,16 @@ impl Decision {
 /// merge goes ahead when the edge's match weight still reaches the rule's threshold after
 /// that cost. Where the conflict lies between the edge's own two records, the edge has
 /// counted the disagreement once already, so it is counted twice: only evidence that
-/// overwhelms it merges (a national id, name and address against a birth-date typo). A
-/// household (same address, other first name and birth date) does not come near: in data
-/// where a person's first name is stable, disagreeing on it weighs heavily. An attribute
-/// the rule does not compare has no weight to pay with, and its conflict still refuses.
+/// overwhelms it merges (a national id, name and address against a birth-date typo). An
+/// attribute the rule cannot weigh (`RuleModel::conflict_cost`: not compared, or a model
+/// that takes households for persons) has no weight to pay with: its conflict refuses.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Weighing {
     /// log2 of the threshold's odds: what an edge's match weight must reach.
     pub threshold: f64,
-    /// Weight (<= 0) of disagreeing on the birth date; None when the rule does not compare it.
+    /// Weight (<= 0) of disagreeing on the birth date; None when the rule cannot weigh it.
     pub birth_date: Option<f64>,
-    /// Weight (<= 0) of disagreeing on the first name; None when the rule does not compare it.
+    /// Weight (<= 0) of disagreeing on the first name; None when the rule cannot weigh it.
     pub first_name: Option<f64>,
 }
 
