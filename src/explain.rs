@@ -430,8 +430,11 @@ async fn compare_pair(
                 match model.conflict_cost(conflict) {
                     Some(cost) => {
                         let left = weight + cost;
-                        let verdict =
-                            if left >= (p.threshold / (1.0 - p.threshold)).log2() { "reaches" } else { "is below" };
+                        let verdict = if left >= crate::resolve::probabilistic::match_weight(p.threshold) {
+                            "reaches"
+                        } else {
+                            "is below"
+                        };
                         line.push_str(&format!(
                             "\n      they conflict on {conflict}, which costs {cost:+.2} again: {left:+.2} {verdict} the threshold"
                         ));

@@ -453,7 +453,8 @@ fn decide(
     let scores = score.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
     for i in 0..batch.num_rows() {
         // The match weight back from the probability (infinite when it rounds to 1).
-        let weighed = weighing.filter(|_| scores.is_valid(i)).map(|how| (-(1.0 / scores.value(i) - 1.0).log2(), how));
+        let weighed =
+            weighing.filter(|_| scores.is_valid(i)).map(|how| (probabilistic::match_weight(scores.value(i)), how));
         let d = clusters.union(a.value(i), b.value(i), rule_no, weighed);
         summary.candidate_edges += 1;
         match d {

@@ -29,6 +29,12 @@ const EM_ITERATIONS: usize = 40;
 /// No probability is taken as exactly 0 or 1: a level seen nowhere is rare, not impossible.
 const FLOOR: f64 = 1e-6;
 
+/// The match weight of a match probability: log2 of its odds (infinite at 1). A rule's
+/// threshold and an edge's score are probabilities; pairs are weighed in bits.
+pub fn match_weight(probability: f64) -> f64 {
+    (probability / (1.0 - probability)).log2()
+}
+
 /// The fitted model of one rule, as `_model.json` holds it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RuleModel {
@@ -81,7 +87,7 @@ pub struct LevelModel {
 impl BlockingModel {
     /// log2 of the prior odds that a pair this blocking rule finds is one person.
     pub fn prior_weight(&self) -> f64 {
-        (self.lambda / (1.0 - self.lambda)).log2()
+        match_weight(self.lambda)
     }
 
     /// Whether a comparison of `column` is left out of this blocking rule's scores: its
@@ -112,7 +118,7 @@ impl RuleModel {
     /// rule's `threshold` (a match probability).
     pub fn weighing(&self, threshold: f64) -> Weighing {
         Weighing {
-            threshold: (threshold / (1.0 - threshold)).log2(),
+            threshold: match_weight(threshold),
             birth_date: self.conflict_cost("birth_date"),
             first_name: self.conflict_cost("first_name"),
         }

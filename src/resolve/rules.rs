@@ -395,7 +395,7 @@ pub fn probabilistic(rule: &ProbabilisticRule, model: &RuleModel, from: &str, le
         }
     }
     let conflicts = format!("{} AND {}", conflicts_clause(&vetoed, learned), link_clause(rule.link_only));
-    let threshold = (rule.threshold / (1.0 - rule.threshold)).log2();
+    let threshold = probabilistic::match_weight(rule.threshold);
     let scoring = Scoring {
         pairs: probabilistic_scores(rule, model),
         conflicts,
