@@ -198,17 +198,20 @@ pub async fn build_customers(
     scratch: &Path,
     shares: usize,
 ) -> Result<(), GoldenError> {
+    let mut lap = crate::progress::Lap::start("golden");
     let sql = customers_sql(pipeline);
     ctx.register_table(GOLDEN_BASE, ctx.sql(&sql.base).await?.into_view())?;
     for (table, query) in sql.picks() {
         let df = ctx.sql(&query).await?;
         crate::engine::materialize(ctx, &table, df, scratch).await?;
+        lap.done(&table);
     }
     let mut parts = Vec::new();
     for index in 0..shares {
         parts.push(ctx.sql(&sql.customers(index, shares)).await?);
     }
     crate::engine::materialize_parts(ctx, CUSTOMERS, parts, scratch).await?;
+    lap.done(CUSTOMERS);
     Ok(())
 }
 
@@ -227,6 +230,7 @@ pub async fn register_source_views(
     read_by_models: &BTreeSet<&str>,
     scratch: &Path,
 ) -> Result<(), GoldenError> {
+    let mut lap = crate::progress::Lap::start("golden");
     for (name, source) in &pipeline.spec.sources {
         if !present.contains(name) {
             continue;
@@ -246,6 +250,7 @@ pub async fn register_source_views(
         let df = ctx.sql(&sql).await?;
         if read_by_models.contains(name.as_str()) {
             crate::engine::materialize(ctx, name, df, scratch).await?;
+            lap.done(name);
         } else {
             ctx.register_table(name.as_str(), df.into_view())?;
         }

@@ -224,7 +224,9 @@ impl Run<'_> {
         let read_by_models = models.iter().flat_map(|m| m.reads.iter().map(String::as_str)).collect();
         golden::register_source_views(self.ctx, self.pipeline, &present(extracted), &read_by_models, self.scratch)
             .await?;
+        let mut lap = crate::progress::Lap::start("golden");
         resolve::write_match_edges(self.ctx, MATCH_EDGES, summary.passes, self.scratch).await?;
+        lap.done(MATCH_EDGES);
         Ok(())
     }
 

@@ -209,6 +209,7 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
             (RuleSpec::Probabilistic(r), Some((model, _))) => Some(model.weighing(r.threshold)),
             _ => None,
         };
+        let repeats = matches!(rule, RuleSpec::Fuzzy(_));
         let queries = rules::rule_queries(rule, &external_ids, fitted.as_ref().map(|(m, f)| (m, f.as_str())), &learned);
         models.extend(fitted.map(|(m, _)| m));
         for (part, queries) in queries.into_iter().enumerate() {
@@ -217,12 +218,14 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
             lap.done(&format!("{name}: dropped values"));
             write_candidate_edges(ctx, name, &queries, passes, &dir).await?;
             lap.done(&format!("{name}: candidate edges"));
-            // Edges in one order whatever the passes, so that the guardrails decide alike
-            // (a pair blocked by two keys comes twice, scored under each).
+            // Edges in one order whatever the passes, so that the guardrails decide alike.
+            // Only a fuzzy rule repeats an edge (a pair blocked by two keys, scored alike
+            // under each); a probabilistic rule's detail names the key, and the other rules
+            // make each pair once.
             let df = ctx
                 .read_parquet(format!("{}/", dir.display()), ParquetReadOptions::default())
                 .await
-                .and_then(|df| df.distinct())
+                .and_then(|df| if repeats { df.distinct() } else { Ok(df) })
                 .and_then(|df| {
                     df.sort(vec![
                         datafusion::prelude::col("score").sort(false, true),
