@@ -21,8 +21,8 @@ pub fn damerau_levenshtein(a: &str, b: &str) -> i64 {
 /// Cells of the distance table kept on the stack (two 30-letter words).
 const STACK_CELLS: usize = 32 * 32;
 
-/// The unrestricted Damerau-Levenshtein distance (Lowrance-Wagner), the algorithm `strsim`
-/// implements, over bytes below 128.
+/// The unrestricted Damerau-Levenshtein distance that `strsim` computes (here by
+/// Lowrance-Wagner's full table, `strsim` by Zhao-Sahni's linear space), over bytes below 128.
 fn ascii_damerau_levenshtein(a: &[u8], b: &[u8]) -> u32 {
     let (n, m) = (a.len(), b.len());
     if n == 0 || m == 0 {
