@@ -118,11 +118,21 @@ fn raw_values(pipeline: &Pipeline, raw: &DataFrame, name: &str, source: &SourceS
         or_null(get(Attribute::Country)?).alias("country_raw"),
         or_null(get(Attribute::UpdatedAt)?).alias("updated_raw"),
     ];
-    for (id, sql) in &source.external_ids {
-        inner.push(parse_mapping(pipeline, raw, name, ["external_ids", id], sql)?.alias(format!("ext_{id}")));
+    // Every source has every external id and attribute column (NULL where it maps none),
+    // so that the sources stack into one table.
+    for id in external_id_names(pipeline) {
+        let value = match source.external_ids.get(&id) {
+            Some(sql) => parse_mapping(pipeline, raw, name, ["external_ids", &id], sql)?,
+            None => null_text(),
+        };
+        inner.push(value.alias(format!("ext_{id}")));
     }
-    for (attribute, sql) in &source.attributes {
-        inner.push(parse_mapping(pipeline, raw, name, ["attributes", attribute], sql)?.alias(own_raw(attribute)));
+    for attribute in own_attributes(pipeline) {
+        let value = match source.attributes.get(&attribute) {
+            Some(sql) => parse_mapping(pipeline, raw, name, ["attributes", &attribute], sql)?,
+            None => null_text(),
+        };
+        inner.push(value.alias(own_raw(&attribute)));
     }
     set_aside_overlong(raw.clone().select(inner)?)
 }
@@ -135,29 +145,22 @@ fn name_core(e: Expr) -> Expr {
 /// Counts how often each name is written as a first and as a last name in these records
 /// and writes the counts as table `name_roles` under `scratch`: the data says which names
 /// are given names.
-async fn register_name_roles(ctx: &SessionContext, raws: &[DataFrame], scratch: &Path) -> Result<(), StageError> {
+async fn register_name_roles(ctx: &SessionContext, raw: DataFrame, scratch: &Path) -> Result<(), StageError> {
     use datafusion::functions_aggregate::expr_fn::sum;
-    let mut all: Option<DataFrame> = None;
-    for raw in raws {
-        for (column, first, last) in [("first_raw", 1i64, 0i64), ("last_raw", 0, 1)] {
-            let words = raw.clone().select(vec![
-                name_core(col(column)).alias("name"),
-                lit(first).alias("as_first"),
-                lit(last).alias("as_last"),
-            ])?;
-            all = Some(match all {
-                None => words,
-                Some(df) => df.union(words)?,
-            });
-        }
-    }
-    let Some(all) = all else { return Ok(()) };
-    let counts = all.filter(col("name").is_not_null())?.aggregate(
-        vec![col("name")],
-        vec![sum(col("as_first")).alias("as_first"), sum(col("as_last")).alias("as_last")],
-    )?;
-    // A file, not a table in memory: the records of every source join it, on whichever
-    // engine (Ballista has no in-memory tables).
+    let words = |column: &str, first: i64, last: i64| {
+        raw.clone().select(vec![
+            name_core(col(column)).alias("name"),
+            lit(first).alias("as_first"),
+            lit(last).alias("as_last"),
+        ])
+    };
+    let counts =
+        words("first_raw", 1, 0)?.union(words("last_raw", 0, 1)?)?.filter(col("name").is_not_null())?.aggregate(
+            vec![col("name")],
+            vec![sum(col("as_first")).alias("as_first"), sum(col("as_last")).alias("as_last")],
+        )?;
+    // A file, not a table in memory: the records join it, on whichever engine (Ballista
+    // has no in-memory tables).
     Ok(crate::engine::materialize(ctx, NAME_ROLES, counts, scratch).await?)
 }
 
@@ -198,21 +201,12 @@ async fn unswap_names(ctx: &SessionContext, raw: DataFrame) -> Result<DataFrame,
     Ok(joined.select(exprs)?)
 }
 
-/// Normalises one source's raw values into the identity columns and registers the result
-/// as `stg_<source>`.
-fn normalise(
-    ctx: &SessionContext,
-    pipeline: &Pipeline,
-    name: &str,
-    source: &SourceSpec,
-    staged: DataFrame,
-) -> Result<DataFrame, StageError> {
+/// Normalises the raw values into the identity columns.
+fn normalise(pipeline: &Pipeline, raw: DataFrame) -> Result<DataFrame, StageError> {
     let region = lit(pipeline.spec.resolve.default_region.clone());
-    let ext_columns: Vec<String> = external_id_names(pipeline);
     let mut outer = vec![
         col("source_system"),
         col("source_record_id"),
-        col(SET_ASIDE),
         call(Function::NormalizeEmail, vec![col("email_raw")]).alias("email"),
         call(Function::EmailLocalPart, vec![col("email_raw")]).alias("email_local"),
         call(Function::NormalizePhone, vec![col("phone_raw"), region.clone()]).alias("phone"),
@@ -234,24 +228,14 @@ fn normalise(
         upper(blank_to_null(col("country_raw"))).alias("country"),
         call(Function::ParseTimestamp, vec![col("updated_raw")]).alias("updated_at"),
     ];
-    for id in &ext_columns {
+    for id in external_id_names(pipeline) {
         let c = format!("ext_{id}");
-        outer.push(if source.external_ids.contains_key(id) {
-            blank_to_null(col(&c)).alias(&c)
-        } else {
-            null_text().alias(&c)
-        });
+        outer.push(blank_to_null(col(&c)).alias(&c));
     }
     for attribute in own_attributes(pipeline) {
-        outer.push(if source.attributes.contains_key(&attribute) {
-            blank_to_null(ident(own_raw(&attribute))).alias(&attribute)
-        } else {
-            null_text().alias(&attribute)
-        });
+        outer.push(blank_to_null(ident(own_raw(&attribute))).alias(&attribute));
     }
-    let staged = staged.select(outer)?;
-    ctx.register_table(tables::staged(name), staged.clone().into_view())?;
-    Ok(staged)
+    Ok(raw.select(outer)?)
 }
 
 /// The raw column of an attribute of the pipeline's own.
@@ -334,31 +318,22 @@ pub fn external_id_names(pipeline: &Pipeline) -> Vec<String> {
     names
 }
 
-/// Stages all identity sources present in this run and stacks them.
-pub async fn stage_all(
+/// Every identity source present in this run, its raw values stacked.
+async fn raw_values_all(
     ctx: &SessionContext,
     pipeline: &Pipeline,
     present: &[String],
-    scratch: &Path,
 ) -> Result<DataFrame, StageError> {
-    let mut raws = Vec::new();
+    let mut all: Option<DataFrame> = None;
     for (name, source) in pipeline.spec.identity_sources() {
         if present.contains(name) {
             let raw = ctx.table(tables::raw(name)).await?;
-            raws.push((name, source, raw_values(pipeline, &raw, name, source)?));
+            let values = raw_values(pipeline, &raw, name, source)?;
+            all = Some(match all {
+                None => values,
+                Some(df) => df.union(values)?,
+            });
         }
-    }
-    let values: Vec<DataFrame> = raws.iter().map(|(_, _, df)| df.clone()).collect();
-    let mut lap = crate::progress::Lap::start("stage");
-    register_name_roles(ctx, &values, scratch).await?;
-    lap.done("name roles");
-    let mut all: Option<DataFrame> = None;
-    for (name, source, raw) in raws {
-        let staged = normalise(ctx, pipeline, name, source, unswap_names(ctx, raw).await?)?;
-        all = Some(match all {
-            None => staged,
-            Some(df) => df.union(staged)?,
-        });
     }
     Ok(all.ok_or_else(|| datafusion::error::DataFusionError::Plan("no identity source has data".into()))?)
 }
@@ -448,23 +423,28 @@ impl StagedCounts {
 /// Stages the identity sources present into `identity_records` (materialised): all
 /// records normalised, those with an overlong value set aside, one row per record key.
 /// Returns, per source, the rows dropped as repeated keys and the records set aside.
+///
+/// The dumps are parsed once, into `staged_records` (their raw values, narrow text):
+/// the name counts, the records set aside, the repeated keys and the normalised records
+/// all read that, and only `identity_records` holds the normalised, numbered rows.
 pub async fn stage_records(
     ctx: &SessionContext,
     pipeline: &Pipeline,
     present: &[String],
     scratch: &Path,
 ) -> Result<StagedCounts, StageError> {
-    let staged = stage_all(ctx, pipeline, present, scratch).await?;
     let mut lap = crate::progress::Lap::start("stage");
-    engine::materialize(ctx, STAGED_RECORDS, staged, scratch).await?;
-    lap.done("staged records");
+    engine::materialize(ctx, STAGED_RECORDS, raw_values_all(ctx, pipeline, present).await?, scratch).await?;
+    lap.done("raw values");
+    register_name_roles(ctx, ctx.table(STAGED_RECORDS).await?, scratch).await?;
+    lap.done("name roles");
     let all = ctx.table(STAGED_RECORDS).await?;
     let set_aside = set_aside_records(all.clone()).await?;
     let kept = all.filter(col(SET_ASIDE).is_null())?.drop_columns(&[SET_ASIDE])?;
     let _ = ctx.deregister_table(KEPT_RECORDS);
     ctx.register_table(KEPT_RECORDS, kept.into_view())?;
     let repeated = repeated_keys(ctx, KEPT_RECORDS).await?;
-    let mut records = ctx.table(KEPT_RECORDS).await?;
+    let mut records = normalise(pipeline, unswap_names(ctx, ctx.table(KEPT_RECORDS).await?).await?)?;
     if !repeated.is_empty() {
         for (source, n) in &repeated {
             tracing::warn!(
@@ -478,7 +458,23 @@ pub async fn stage_records(
     lap.done("set aside and repeated keys");
     engine::materialize(ctx, IDENTITY_RECORDS, with_record_numbers(records).await?, scratch).await?;
     lap.done("identity records");
+    register_staged_views(ctx, pipeline, present).await?;
     Ok(StagedCounts { repeated, set_aside })
+}
+
+/// `stg_<source>`: each source's staged records, for models to read.
+async fn register_staged_views(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    present: &[String],
+) -> Result<(), StageError> {
+    let records = ctx.table(IDENTITY_RECORDS).await?.drop_columns(&["rid"])?;
+    for (name, _) in pipeline.spec.identity_sources().filter(|(n, _)| present.contains(n)) {
+        let staged = records.clone().filter(col("source_system").eq(lit(name.as_str())))?;
+        let _ = ctx.deregister_table(tables::staged(name));
+        ctx.register_table(tables::staged(name), staged.into_view())?;
+    }
+    Ok(())
 }
 
 /// The records staging set aside, as (record key, reason) per source; each is logged.

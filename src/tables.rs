@@ -16,7 +16,8 @@ pub const GOLDEN_TABLES: &[&str] = &[CUSTOMERS, CUSTOMER_XREF, CUSTOMER_CHANGES,
 
 /// Every staged identity record, numbered (`rid`): what matching reads (`stage`).
 pub const IDENTITY_RECORDS: &str = "identity_records";
-/// The staged records before records set aside and repeated keys are taken out (`stage`).
+/// Every identity source's raw values as text, stacked, before records set aside and
+/// repeated keys are taken out: the dumps parsed once (`stage`).
 pub const STAGED_RECORDS: &str = "staged_records";
 /// The staged records that were not set aside (`stage`).
 pub const KEPT_RECORDS: &str = "kept_records";

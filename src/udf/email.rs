@@ -56,7 +56,7 @@ fn corrected_domain(domain: &str) -> &str {
     if domain.len() < 7 || WELL_KNOWN.contains(&domain) {
         return domain;
     }
-    let mut near = WELL_KNOWN.iter().filter(|known| strsim::damerau_levenshtein(domain, known) == 1);
+    let mut near = WELL_KNOWN.iter().filter(|known| super::similarity::damerau_levenshtein(domain, known) == 1);
     match (near.next(), near.next()) {
         (Some(known), None) => known,
         _ => domain,

@@ -13,12 +13,18 @@ pub const PARTICLES: &[&str] = &[
 /// dropped, abbreviated particles written out (`v.d.` -> `van der`), and a `Vries, de`
 /// written as `de Vries`.
 pub fn name_words(raw: &str) -> Vec<String> {
-    let ascii = deunicode(raw).to_lowercase();
+    // deunicode writes ASCII only.
+    let ascii = deunicode(raw).to_ascii_lowercase();
     let reordered = match ascii.split_once(',') {
         Some((surname, rest)) if !rest.trim().is_empty() => format!("{} {}", rest, surname),
         _ => ascii,
     };
-    let expanded = reordered.replace("v.d.", " van der ").replace("v/d", " van der ").replace("i.p.v.", " ");
+    // Every record's names pass here several times: most have no abbreviation to expand.
+    let expanded = if reordered.contains(['.', '/']) {
+        reordered.replace("v.d.", " van der ").replace("v/d", " van der ").replace("i.p.v.", " ")
+    } else {
+        reordered
+    };
     let mut words = Vec::new();
     for word in expanded.split(|c: char| !c.is_ascii_alphanumeric()) {
         match word {
@@ -318,7 +324,7 @@ fn corrections(word: &str) -> Vec<&'static str> {
     let mut found: Vec<&'static str> = Vec::new();
     for key in deletions(word).iter().map(String::as_str).chain([word]) {
         for name in index.get(key).into_iter().flatten() {
-            if strsim::damerau_levenshtein(name, word) <= 1 && !found.contains(name) {
+            if super::similarity::damerau_levenshtein(name, word) <= 1 && !found.contains(name) {
                 found.push(name);
             }
         }
@@ -405,7 +411,10 @@ pub fn dutch_phonetic(raw: &str) -> Option<String> {
         ("x", "ks"),
     ];
     for (from, to) in RULES {
-        s = s.replace(from, to);
+        // Most rules do not apply to a name: only those that do allocate a new string.
+        if s.as_bytes().windows(from.len()).any(|w| w == from.as_bytes()) {
+            s = s.replace(from, to);
+        }
     }
     // `c` sounds as `s` before e/i/y and as `k` elsewhere.
     let chars: Vec<char> = s.chars().collect();
@@ -460,7 +469,7 @@ pub fn first_names_compatible(a: &str, b: &str) -> Option<bool> {
         return Some(false);
     }
     let (xa, xb) = (fold_name(a)?, fold_name(b)?);
-    let one_typo = xa.len().min(xb.len()) >= 3 && strsim::damerau_levenshtein(&xa, &xb) <= 1;
+    let one_typo = xa.len().min(xb.len()) >= 3 && super::similarity::damerau_levenshtein(&xa, &xb) <= 1;
     Some(one_typo || strsim::jaro_winkler(&xa, &xb) >= 0.88)
 }
 
