@@ -11,7 +11,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 fn main() {
     // mimalloc hands freed memory back to the OS a second after it is freed, and the next
     // step of the job faults it in again, zeroed: the kernel's page clearing was 6% of a
-    // run's CPU. Five seconds spans a step; memory still goes back between stages
+    // run's CPU. Five seconds spans a step, and memory still goes back, later
     // (BENCHMARKS.md: as fast as never purging, with less peak RSS).
     // SAFETY: sets one option before any thread starts; mimalloc reads it on its next purge.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 5000) };

@@ -470,7 +470,7 @@ pub fn first_names_compatible(a: &str, b: &str) -> Option<bool> {
     }
     let (xa, xb) = (fold_name(a)?, fold_name(b)?);
     let one_typo = xa.len().min(xb.len()) >= 3 && super::similarity::damerau_levenshtein(&xa, &xb) <= 1;
-    Some(one_typo || strsim::jaro_winkler(&xa, &xb) >= 0.88)
+    Some(one_typo || super::similarity::jaro_winkler(&xa, &xb) >= 0.88)
 }
 
 #[cfg(test)]

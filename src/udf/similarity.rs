@@ -7,9 +7,10 @@ pub fn jaro_winkler(a: &str, b: &str) -> f64 {
 
 /// Edit distance counting a swap of two neighbouring letters as one edit (`Jnasen`).
 ///
-/// ASCII text (dates, postcodes, most names, e-mail domains) is measured on its bytes with the table on
-/// the stack: `strsim` keeps the last row of each letter in a hash map allocated per call,
-/// and this runs for millions of candidate pairs (2% of a run's CPU plus its allocations).
+/// ASCII text (dates, postcodes, most names, e-mail domains) is measured on its bytes
+/// with the table on the stack: `strsim` keeps the last row of each letter in a hash map
+/// allocated per call, and this runs for millions of candidate pairs (2% of a run's CPU
+/// plus its allocations).
 pub fn damerau_levenshtein(a: &str, b: &str) -> i64 {
     if a.is_ascii() && b.is_ascii() && (a.len() + 2) * (b.len() + 2) <= STACK_CELLS {
         ascii_damerau_levenshtein(a.as_bytes(), b.as_bytes()) as i64
