@@ -112,11 +112,17 @@ impl ScratchDir {
 
 impl Scratch {
     pub fn create(root: &Path) -> std::io::Result<ScratchDir> {
+        use rustix::fs::{FlockOperation, flock};
         std::fs::create_dir_all(root)?;
+        // Runs starting side by side take turns here: between creating its folder and
+        // locking it, a run's folder looks abandoned to the others. The lock is on the
+        // root folder itself, so nothing is left behind in it.
+        let root_lock = std::fs::File::open(root)?;
+        flock(&root_lock, FlockOperation::LockExclusive)?;
         remove_abandoned_scratch(root);
         let dir = tempfile::Builder::new().prefix(SCRATCH_PREFIX).tempdir_in(root)?;
         let lock = std::fs::File::create(dir.path().join(".lock"))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(std::io::Error::from)?;
+        flock(&lock, FlockOperation::NonBlockingLockExclusive)?;
         Ok(ScratchDir { dir, _lock: lock })
     }
 }
@@ -434,4 +440,49 @@ pub(crate) fn declared_types(spec: &SourceSpec) -> Vec<(String, DataType)> {
 pub(crate) fn scratch_copy_path(scratch: &Scratch, source: &str, index: usize, url: &str) -> PathBuf {
     let file = Path::new(url).file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
     scratch.dir.join("inputs").join(source).join(format!("{index:05}-{file}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs that start at the same moment in one temp root each keep their scratch folder:
+    /// none takes another's fresh folder for a killed run's and removes it.
+    #[test]
+    fn scratch_folders_created_side_by_side_all_survive() {
+        let root = tempfile::tempdir().unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let root = root.path().to_path_buf();
+                std::thread::spawn(move || {
+                    for _ in 0..40 {
+                        let scratch = Scratch::create(&root).unwrap();
+                        std::fs::write(scratch.path().join("part.parquet"), b"x").unwrap();
+                        std::thread::yield_now();
+                        assert!(scratch.path().join("part.parquet").exists(), "{} removed", scratch.path().display());
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Each run removed its own folder when done.
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn the_scratch_of_a_killed_run_is_removed_by_the_next() {
+        let root = tempfile::tempdir().unwrap();
+        // A killed run leaves its folder with a lock file nobody holds.
+        let killed = root.path().join(format!("{SCRATCH_PREFIX}killed"));
+        std::fs::create_dir(&killed).unwrap();
+        std::fs::write(killed.join(".lock"), b"").unwrap();
+        std::fs::write(killed.join("part.parquet"), b"x").unwrap();
+        let running = Scratch::create(root.path()).unwrap();
+        assert!(!killed.exists());
+        // A run still going keeps its folder when the next one starts.
+        let next = Scratch::create(root.path()).unwrap();
+        assert!(running.path().exists() && next.path().exists());
+    }
 }
