@@ -35,14 +35,21 @@ fn parsed(raw: &str, default_region: &str) -> Parsed {
     if let Some(found) = PARSED.with_borrow(|m| m.get(&key).cloned()) {
         return found;
     }
-    let found = parse(raw, default_region).map(|number| {
+    let found = parse(raw, default_region).and_then(|number| {
+        // libphonenumber's validity check is this same lookup (the number's region, then
+        // its type among the region's patterns) asking whether the type is known, so the
+        // type answers both questions with one pass over the patterns.
         let kind = match number.number_type(&phonenumber::metadata::DATABASE) {
+            phonenumber::Type::Unknown => return None,
             phonenumber::Type::Mobile => "mobile",
             phonenumber::Type::FixedLine => "fixed_line",
             phonenumber::Type::FixedLineOrMobile => "fixed_line_or_mobile",
             _ => "other",
         };
-        (number.format().mode(Mode::E164).to_string(), kind)
+        if is_placeholder(&number) {
+            return None;
+        }
+        Some((number.format().mode(Mode::E164).to_string(), kind))
     });
     PARSED.with_borrow_mut(|m| {
         if m.len() >= REMEMBERED {
@@ -66,11 +73,7 @@ fn parse(raw: &str, default_region: &str) -> Option<PhoneNumber> {
         None => trimmed.to_string(),
     };
     let region: country::Id = default_region.trim().to_uppercase().parse().ok()?;
-    let number = phonenumber::parse(Some(region), &cleaned).ok()?;
-    if !phonenumber::is_valid(&number) || is_placeholder(&number) {
-        return None;
-    }
-    Some(number)
+    phonenumber::parse(Some(region), &cleaned).ok()
 }
 
 /// A number whose last seven digits are one repeated digit, or whose last eight are a
