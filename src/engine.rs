@@ -123,6 +123,14 @@ fn scratch_parquet() -> TableParquetOptions {
     options
 }
 
+/// `scratch_parquet` for the scratch files klantbeeld writes batch by batch itself.
+pub fn scratch_writer_properties() -> datafusion::parquet::file::properties::WriterProperties {
+    datafusion::parquet::file::properties::WriterProperties::builder()
+        .set_compression(datafusion::parquet::basic::Compression::LZ4_RAW)
+        .set_dictionary_enabled(false)
+        .build()
+}
+
 /// In how many shares (passes, batches) work of `bytes` fits in `1/fraction` of the
 /// memory limit: 1 when the limit is not set.
 pub fn shares_for_memory(ctx: &SessionContext, bytes: usize, fraction: usize) -> usize {

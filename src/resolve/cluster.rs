@@ -112,14 +112,38 @@ pub struct Clusters {
     parent: Vec<u32>,
     birth_date: Vec<Option<NaiveDate>>,
     first_name: Vec<u32>,
-    summary: HashMap<u32, Summary>,
+    summary: foldhash::HashMap<u32, Summary>,
     /// Rule index (1-based) of the first merge a record took part in; 0 for none.
     matched_by: Vec<u16>,
     names: Vec<String>,
-    compatible_cache: HashMap<(u32, u32), bool>,
+    /// Per name in `names`, what the first-name check reads of it, worked out once.
+    name_facts: Vec<NameFacts>,
+    compatible_cache: foldhash::HashMap<(u32, u32), bool>,
     learned: Arc<LearnedNames>,
     conflicts: Vec<Refusal>,
     max_size: u32,
+}
+
+/// What the first-name check needs of a distinct first name.
+#[derive(Debug, Clone, Copy)]
+struct NameFacts {
+    /// An initial (`J.`), or no name left after normalising: no evidence of its own.
+    initial_only: bool,
+    /// The letter it starts with.
+    initial: Option<char>,
+    /// The letter its root starts with (`C` for Kees, whose root is Cornelis).
+    root_initial: Option<char>,
+}
+
+impl NameFacts {
+    fn of(name: &str) -> Self {
+        let root = crate::udf::first_name_root(name);
+        NameFacts {
+            initial_only: root.as_ref().is_none_or(|r| r.len() == 1),
+            initial: crate::udf::name_initial(name).and_then(|s| s.chars().next()),
+            root_initial: root.and_then(|r| r.chars().next()),
+        }
+    }
 }
 
 /// A record's attributes as clustering sees them.
@@ -142,10 +166,11 @@ impl Clusters {
             parent: Vec::new(),
             birth_date: Vec::new(),
             first_name: Vec::new(),
-            summary: HashMap::new(),
+            summary: Default::default(),
             matched_by: Vec::new(),
             names: Vec::new(),
-            compatible_cache: HashMap::new(),
+            name_facts: Vec::new(),
+            compatible_cache: Default::default(),
             learned,
             conflicts,
             max_size: max_size.min(u32::MAX as usize) as u32,
@@ -163,6 +188,7 @@ impl Clusters {
                 let next = self.names.len() as u32;
                 *interner.entry(name.to_string()).or_insert_with(|| {
                     self.names.push(name.to_string());
+                    self.name_facts.push(NameFacts::of(name));
                     next
                 })
             }
@@ -208,18 +234,18 @@ impl Clusters {
     }
 
     fn is_initial(&self, name: u32) -> bool {
-        crate::udf::first_name_root(&self.names[name as usize]).is_none_or(|r| r.len() == 1)
+        self.name_facts[name as usize].initial_only
     }
 
     fn initial_of(&self, name: u32) -> Option<char> {
-        crate::udf::name_initial(&self.names[name as usize]).and_then(|s| s.chars().next())
+        self.name_facts[name as usize].initial
     }
 
     /// Letters an initial may stand for: the name's own and its root's (`K.` or `C.` for
     /// Kees, whose root is Cornelis).
     fn letters_of(&self, name: u32) -> [Option<char>; 2] {
-        let root = crate::udf::first_name_root(&self.names[name as usize]).and_then(|r| r.chars().next());
-        [self.initial_of(name), root]
+        let facts = self.name_facts[name as usize];
+        [facts.initial, facts.root_initial]
     }
 
     /// Whether the first names of two clusters can be one person's. Each cluster's full

@@ -38,7 +38,11 @@ impl ClusterArrays {
             Field::new("cluster_id", DataType::UInt32, false),
             Field::new("matched_by", DataType::Utf8, false),
         ]));
-        let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None)?;
+        let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
+            file,
+            schema.clone(),
+            Some(crate::engine::scratch_writer_properties()),
+        )?;
         for start in (0..self.cluster.len()).step_by(ROWS) {
             let rids = start as u32..(start + ROWS).min(self.cluster.len()) as u32;
             let columns: Vec<ArrayRef> = vec![

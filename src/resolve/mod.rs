@@ -174,7 +174,8 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
         let path = path.to_path_buf();
         move |source| ResolveError::Write { path: path.clone(), source }
     };
-    let mut writer = ArrowWriter::try_new(file, edge_schema(), None).map_err(write_err(&edges_path))?;
+    let mut writer = ArrowWriter::try_new(file, edge_schema(), Some(crate::engine::scratch_writer_properties()))
+        .map_err(write_err(&edges_path))?;
     let external_ids = external_id_names(pipeline);
     let passes = spec.passes.0.unwrap_or_else(|| auto_passes(clusters.len(), ctx));
     if passes > 1 {

@@ -204,7 +204,8 @@ pub(crate) fn level_condition(column: &str, kind: &LevelKind) -> String {
             format!("(({} = 1 OR {} = 1) AND upper(left({l}, 1)) = upper(left({r}, 1)))", letters(&l), letters(&r))
         }
         LevelKind::JaroWinkler(t) => format!("jaro_winkler({l}, {r}) >= {t}"),
-        LevelKind::DamerauLevenshtein(d) => format!("damerau_levenshtein({l}, {r}) <= {d}"),
+        // The function reads any type as text (dates without making text of them).
+        LevelKind::DamerauLevenshtein(d) => format!("damerau_levenshtein(l.{column}, r.{column}) <= {d}"),
         LevelKind::Sql(sql) => format!("({sql})"),
     }
 }

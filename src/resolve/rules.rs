@@ -174,9 +174,7 @@ fn level_condition(column: &str, level: &LevelSpec) -> String {
             format!("l.{c} = r.{c}")
         }
         Condition::JaroWinkler(t) => format!("jaro_winkler({}, {}) >= {t}", text("l", column), text("r", column)),
-        Condition::DamerauLevenshtein(d) => {
-            format!("damerau_levenshtein({}, {}) <= {d}", text("l", column), text("r", column))
-        }
+        Condition::DamerauLevenshtein(d) => format!("damerau_levenshtein(l.{column}, r.{column}) <= {d}"),
         Condition::Sql(sql) => format!("({sql})"),
         Condition::Else => "true".into(),
     }

@@ -91,6 +91,22 @@ pub fn parse_timestamp(raw: &str) -> Option<DateTime<Utc>> {
     parse_date(s).map(|d| Utc.from_utc_datetime(&d.and_time(NaiveTime::MIN)))
 }
 
+/// A date as `CAST(date AS VARCHAR)` writes it (`1985-03-02`), without allocating, for
+/// the years 0 to 9999; `None` for the others (written with a sign).
+pub fn date_text(date: NaiveDate) -> Option<[u8; 10]> {
+    use chrono::Datelike;
+    let year = u32::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
+    let mut text = *b"0000-00-00";
+    for (at, value, width) in [(0, year, 4), (5, date.month(), 2), (8, date.day(), 2)] {
+        let mut v = value;
+        for i in (at..at + width).rev() {
+            text[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    Some(text)
+}
+
 /// Whether two birth dates can be one person's: equal, day and month swapped, or one
 /// typed digit apart. Household members and namesakes differ by more.
 pub fn birth_dates_compatible(a: NaiveDate, b: NaiveDate) -> bool {

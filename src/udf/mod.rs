@@ -11,7 +11,7 @@ mod phone;
 mod similarity;
 
 pub use address::{is_dutch_postcode, normalize_house_number, normalize_postcode};
-pub use dates::{birth_dates_compatible, parse_date, parse_timestamp};
+pub use dates::{birth_dates_compatible, date_text, parse_date, parse_timestamp};
 pub use email::{email_local_part, normalize_email};
 pub use name::{
     PARTICLES, double_metaphone, dutch_phonetic, first_name_root, first_names_compatible, fold_name, is_initials,
@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use chrono::Datelike;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Builder, Float64Builder, Int64Builder, StringBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, Date32Builder, Float64Builder, Int64Array, StringBuilder,
     TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Date32Type, TimeUnit};
@@ -128,9 +128,9 @@ impl Function {
             Function::NormalizePhone | Function::PhoneKind => {
                 Signature::one_of(vec![TypeSignature::String(1), TypeSignature::String(2)], v)
             }
-            Function::JaroWinkler | Function::DamerauLevenshtein | Function::FirstNamesCompatible => {
-                Signature::string(2, v)
-            }
+            Function::JaroWinkler | Function::FirstNamesCompatible => Signature::string(2, v),
+            // Any two values, measured as text: dates without making text of them first.
+            Function::DamerauLevenshtein => Signature::any(2, v),
             Function::BirthDatesCompatible => Signature::exact(vec![DataType::Date32, DataType::Date32], v),
             // Any value (read as text) and a bucket count.
             Function::HashBucket => Signature::any(2, v),
@@ -232,6 +232,9 @@ impl ScalarUDFImpl for KlantbeeldUdf {
                 values.as_string::<i32>().iter().zip(buckets.iter()).map(|(v, n)| Some(hash_bucket(v?, n?))).collect();
             return Ok(ColumnarValue::Array(Arc::new(out)));
         }
+        if self.function == Function::DamerauLevenshtein {
+            return Ok(ColumnarValue::Array(edit_distances(name, &arrays[0], &arrays[1])?));
+        }
         let first = texts(name, &arrays[0])?;
         let out: ArrayRef = if let Some(kernel) = self.function.text_kernel() {
             let mut b = StringBuilder::with_capacity(rows, rows * 12);
@@ -260,13 +263,6 @@ impl ScalarUDFImpl for KlantbeeldUdf {
                     let mut b = Float64Builder::with_capacity(rows);
                     for (x, y) in first.zip(texts(name, &arrays[1])?) {
                         b.append_option(x.zip(y).map(|(x, y)| jaro_winkler(x, y)));
-                    }
-                    Arc::new(b.finish())
-                }
-                Function::DamerauLevenshtein => {
-                    let mut b = Int64Builder::with_capacity(rows);
-                    for (x, y) in first.zip(texts(name, &arrays[1])?) {
-                        b.append_option(x.zip(y).map(|(x, y)| damerau_levenshtein(x, y)));
                     }
                     Arc::new(b.finish())
                 }
@@ -313,6 +309,37 @@ pub fn hash_bucket(value: &str, buckets: i64) -> i64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     (h % buckets.max(1) as u64) as i64
+}
+
+/// `damerau_levenshtein` of two columns of any type, each value read as its text. The
+/// person rule measures birth dates for millions of pairs: two dates are measured on
+/// their text written on the stack, and equal dates not at all.
+fn edit_distances(name: &str, a: &ArrayRef, b: &ArrayRef) -> Result<ArrayRef> {
+    if a.data_type() == &DataType::Date32 && b.data_type() == &DataType::Date32 {
+        let (a, b) = (a.as_primitive::<Date32Type>(), b.as_primitive::<Date32Type>());
+        let out: Int64Array = a.iter().zip(b.iter()).map(|(x, y)| date_distance(x?, y?)).collect();
+        return Ok(Arc::new(out));
+    }
+    let as_text = |array: &ArrayRef| match array.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null => Ok(array.clone()),
+        _ => datafusion::arrow::compute::cast(array, &DataType::Utf8),
+    };
+    let (a, b) = (as_text(a)?, as_text(b)?);
+    let out: Int64Array =
+        texts(name, &a)?.zip(texts(name, &b)?).map(|(x, y)| Some(damerau_levenshtein(x?, y?))).collect();
+    Ok(Arc::new(out))
+}
+
+fn date_distance(x: i32, y: i32) -> Option<i64> {
+    if x == y {
+        return Some(0);
+    }
+    let (x, y) = (date_from_days(x)?, date_from_days(y)?);
+    Some(match (date_text(x), date_text(y)) {
+        // ASCII digits and dashes.
+        (Some(a), Some(b)) => damerau_levenshtein(std::str::from_utf8(&a).ok()?, std::str::from_utf8(&b).ok()?),
+        _ => damerau_levenshtein(&x.to_string(), &y.to_string()),
+    })
 }
 
 /// Days from 0001-01-01 to 1970-01-01, to turn a chrono date into Arrow's Date32.
@@ -377,6 +404,41 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} missing in\n{text}");
         }
+    }
+
+    /// Dates are measured as the text `CAST(... AS VARCHAR)` gives them, and any other
+    /// type as its text too.
+    #[tokio::test]
+    async fn edit_distance_of_dates_is_that_of_their_text() {
+        let ctx = SessionContext::new();
+        register(&ctx);
+        let dates = [
+            "DATE '1985-03-02'",
+            "DATE '1985-02-03'",
+            "DATE '1958-03-02'",
+            "DATE '1985-03-20'",
+            "DATE '0033-01-01'",
+            "DATE '2001-12-31'",
+            "arrow_cast(-800000, 'Date32')",
+            "arrow_cast(3000000, 'Date32')",
+        ];
+        for a in dates {
+            for b in dates {
+                let sql = format!(
+                    "SELECT damerau_levenshtein({a}, {b}) = damerau_levenshtein(CAST({a} AS VARCHAR), CAST({b} AS VARCHAR)) \
+                     AND damerau_levenshtein({a}, {b}) IS NOT NULL"
+                );
+                let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
+                assert!(batches[0].column(0).as_boolean().value(0), "{a} {b}");
+            }
+        }
+        let batches = ctx
+            .sql("SELECT damerau_levenshtein(1234, '1243') AS n, damerau_levenshtein(NULL, 'x') AS m")
+            .await
+            .unwrap();
+        let batches = batches.collect().await.unwrap();
+        assert_eq!(batches[0].column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0), 1);
+        assert!(batches[0].column(1).is_null(0));
     }
 
     #[tokio::test]
