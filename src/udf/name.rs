@@ -438,7 +438,44 @@ pub fn dutch_phonetic(raw: &str) -> Option<String> {
 /// Whether two first names can belong to one person: same nickname root, one is an
 /// initial of the other, or a typo apart (Jaro-Winkler of the folded names >= 0.9).
 /// `None` when either is missing: absence is neither agreement nor conflict.
+///
+/// The rules ask this for every candidate pair, hundreds of thousands of times over a few
+/// thousand names: each thread remembers the pairs it has answered.
 pub fn first_names_compatible(a: &str, b: &str) -> Option<bool> {
+    if let Some(found) = ANSWERED.with_borrow(|answered| answered.pairs.get(a).and_then(|m| m.get(b)).copied()) {
+        return found;
+    }
+    let found = names_compatible(a, b);
+    ANSWERED.with_borrow_mut(|answered| answered.remember(a, b, found));
+    found
+}
+
+thread_local! {
+    static ANSWERED: std::cell::RefCell<Answered> = std::cell::RefCell::default();
+}
+
+/// First-name pairs answered on one thread, by the first name then the second.
+#[derive(Default)]
+struct Answered {
+    pairs: foldhash::HashMap<String, foldhash::HashMap<String, Option<bool>>>,
+    count: usize,
+}
+
+impl Answered {
+    /// Pairs remembered before all are forgotten, so that memory stays small.
+    const LIMIT: usize = 1 << 16;
+
+    fn remember(&mut self, a: &str, b: &str, answer: Option<bool>) {
+        if self.count >= Self::LIMIT {
+            self.pairs.clear();
+            self.count = 0;
+        }
+        self.count += 1;
+        self.pairs.entry(a.to_string()).or_default().insert(b.to_string(), answer);
+    }
+}
+
+fn names_compatible(a: &str, b: &str) -> Option<bool> {
     let (wa, wb) = (name_words(a), name_words(b));
     let (fa, fb) = (wa.first()?, wb.first()?);
     let (ia, ib) = (is_initials(a), is_initials(b));
