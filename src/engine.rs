@@ -26,6 +26,19 @@ pub fn sql_string(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// SQL of the first row of each `group` in `order` among the rows of `from` (a table or a
+/// parenthesised query), with `columns`: the rows in group order, each group's in `order`,
+/// and the first of a group is the one whose group differs from the row before.
+/// Numbering the rows per group (`row_number() OVER (PARTITION BY ...)`) keeps a state
+/// per group in DataFusion, which costs more than the sort with many small groups (a tenth
+/// of golden's time at 200k people).
+pub fn first_of_each_group(from: &str, group: &str, order: &str, columns: &str) -> String {
+    format!(
+        "SELECT {columns} FROM (SELECT *, lag({group}) OVER (ORDER BY {group}, {order}) AS previous_group FROM {from}) \
+         WHERE previous_group IS NULL OR previous_group <> {group}"
+    )
+}
+
 /// Where a run's queries execute.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Engine {

@@ -85,17 +85,11 @@ impl Choice {
             .iter()
             .map(|m| format!("{m}, CASE WHEN {m} IS NOT NULL THEN record END AS lineage_{m}"))
             .collect();
-        // The records in customer order, each customer's in the choice's order: the first
-        // of each customer is the one whose cluster differs from the row before. (Numbering
-        // the rows per customer, `PARTITION BY cluster_id`, keeps a state per customer
-        // in the engine: a tenth of golden's time at 200k people.)
-        format!(
-            "SELECT cluster_id, {columns} FROM \
-             (SELECT *, lag(cluster_id) OVER (ORDER BY cluster_id, {order}) AS previous \
-              FROM {rows} WHERE {key} IS NOT NULL) \
-             WHERE previous IS NULL OR previous <> cluster_id",
-            columns = columns.join(", "),
-            order = order_by(self.strategy, self.choice),
+        crate::engine::first_of_each_group(
+            &format!("(SELECT * FROM {rows} WHERE {key} IS NOT NULL)"),
+            "cluster_id",
+            &order_by(self.strategy, self.choice),
+            &format!("cluster_id, {}", columns.join(", ")),
         )
     }
 }

@@ -68,13 +68,13 @@ fn assignment_ctes(high_water: u64) -> String {
          votes AS (SELECT cur.cluster_id, p.customer_id, count(*) AS n FROM cur JOIN {PREVIOUS_XREF} p \
                    ON p.source_system = cur.source_system AND p.source_record_id = cur.source_record_id \
                    GROUP BY cur.cluster_id, p.customer_id), \
-         best AS (SELECT customer_id, cluster_id FROM (SELECT customer_id, cluster_id, \
-                  row_number() OVER (PARTITION BY customer_id ORDER BY n DESC, cluster_id) AS rk FROM votes) WHERE rk = 1), \
+         best AS ({best}), \
          kept AS (SELECT cluster_id, min(customer_id) AS customer_id FROM best GROUP BY cluster_id), \
          keys AS (SELECT cluster_id, min(concat(source_system, ':', source_record_id)) AS first_key FROM cur GROUP BY cluster_id), \
          fresh AS (SELECT k.cluster_id, k.first_key FROM keys k LEFT JOIN kept ON kept.cluster_id = k.cluster_id WHERE kept.cluster_id IS NULL), \
          new_ids AS (SELECT cluster_id, concat('{ID_PREFIX}', lpad(CAST(row_number() OVER (ORDER BY first_key) + {high_water} AS VARCHAR), {ID_DIGITS}, '0')) AS customer_id FROM fresh), \
-         assigned AS (SELECT cluster_id, customer_id FROM kept UNION ALL SELECT cluster_id, customer_id FROM new_ids)"
+         assigned AS (SELECT cluster_id, customer_id FROM kept UNION ALL SELECT cluster_id, customer_id FROM new_ids)",
+        best = engine::first_of_each_group("votes", "customer_id", "n DESC, cluster_id", "customer_id, cluster_id"),
     )
 }
 
@@ -96,16 +96,18 @@ fn xref_sql() -> String {
 fn changes_sql(high_water: u64) -> String {
     format!(
         "WITH {ctes}, \
-         split_votes AS (SELECT cluster_id, customer_id, row_number() OVER (PARTITION BY cluster_id ORDER BY n DESC, customer_id) AS rk FROM votes) \
+         split_votes AS ({split_votes}) \
          SELECT n.customer_id, CASE WHEN s.customer_id IS NULL THEN 'new' ELSE 'split_from' END AS change, s.customer_id AS related_customer_id \
-           FROM new_ids n LEFT JOIN split_votes s ON s.cluster_id = n.cluster_id AND s.rk = 1 \
+           FROM new_ids n LEFT JOIN split_votes s ON s.cluster_id = n.cluster_id \
          UNION ALL \
          SELECT b.customer_id, 'merged_into' AS change, k.customer_id AS related_customer_id \
            FROM best b JOIN kept k ON k.cluster_id = b.cluster_id WHERE b.customer_id <> k.customer_id \
          UNION ALL \
          SELECT DISTINCT p.customer_id, 'deleted' AS change, CAST(NULL AS VARCHAR) AS related_customer_id \
            FROM {PREVIOUS_XREF} p WHERE p.customer_id NOT IN (SELECT customer_id FROM votes)",
-        ctes = assignment_ctes(high_water)
+        ctes = assignment_ctes(high_water),
+        split_votes =
+            engine::first_of_each_group("votes", "cluster_id", "n DESC, customer_id", "cluster_id, customer_id"),
     )
 }
 
