@@ -93,7 +93,7 @@ pub fn parse_timestamp(raw: &str) -> Option<DateTime<Utc>> {
 
 /// A date as `CAST(date AS VARCHAR)` writes it (`1985-03-02`), without allocating, for
 /// the years 0 to 9999; `None` for the others (written with a sign).
-pub fn date_text(date: NaiveDate) -> Option<[u8; 10]> {
+pub(crate) fn date_text(date: NaiveDate) -> Option<[u8; 10]> {
     use chrono::Datelike;
     let year = u32::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
     let mut text = *b"0000-00-00";

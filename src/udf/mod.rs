@@ -5,13 +5,14 @@
 mod address;
 mod dates;
 mod email;
+mod memo;
 mod name;
 mod numbers;
 mod phone;
 mod similarity;
 
 pub use address::{is_dutch_postcode, normalize_house_number, normalize_postcode};
-pub use dates::{birth_dates_compatible, date_text, parse_date, parse_timestamp};
+pub use dates::{birth_dates_compatible, parse_date, parse_timestamp};
 pub use email::{email_local_part, normalize_email};
 pub use name::{
     PARTICLES, double_metaphone, dutch_phonetic, first_name_root, first_names_compatible, fold_name, is_initials,
@@ -335,7 +336,7 @@ fn date_distance(x: i32, y: i32) -> Option<i64> {
         return Some(0);
     }
     let (x, y) = (date_from_days(x)?, date_from_days(y)?);
-    Some(match (date_text(x), date_text(y)) {
+    Some(match (dates::date_text(x), dates::date_text(y)) {
         // ASCII digits and dashes.
         (Some(a), Some(b)) => damerau_levenshtein(std::str::from_utf8(&a).ok()?, std::str::from_utf8(&b).ok()?),
         _ => damerau_levenshtein(&x.to_string(), &y.to_string()),

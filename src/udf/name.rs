@@ -442,37 +442,10 @@ pub fn dutch_phonetic(raw: &str) -> Option<String> {
 /// The rules ask this for every candidate pair, hundreds of thousands of times over a few
 /// thousand names: each thread remembers the pairs it has answered.
 pub fn first_names_compatible(a: &str, b: &str) -> Option<bool> {
-    if let Some(found) = ANSWERED.with_borrow(|answered| answered.pairs.get(a).and_then(|m| m.get(b)).copied()) {
-        return found;
+    thread_local! {
+        static ANSWERED: std::cell::RefCell<super::memo::PairMemo<Option<bool>>> = Default::default();
     }
-    let found = names_compatible(a, b);
-    ANSWERED.with_borrow_mut(|answered| answered.remember(a, b, found));
-    found
-}
-
-thread_local! {
-    static ANSWERED: std::cell::RefCell<Answered> = std::cell::RefCell::default();
-}
-
-/// First-name pairs answered on one thread, by the first name then the second.
-#[derive(Default)]
-struct Answered {
-    pairs: foldhash::HashMap<String, foldhash::HashMap<String, Option<bool>>>,
-    count: usize,
-}
-
-impl Answered {
-    /// Pairs remembered before all are forgotten, so that memory stays small.
-    const LIMIT: usize = 1 << 16;
-
-    fn remember(&mut self, a: &str, b: &str, answer: Option<bool>) {
-        if self.count >= Self::LIMIT {
-            self.pairs.clear();
-            self.count = 0;
-        }
-        self.count += 1;
-        self.pairs.entry(a.to_string()).or_default().insert(b.to_string(), answer);
-    }
+    super::memo::PairMemo::get_or(&ANSWERED, a, b, || names_compatible(a, b))
 }
 
 fn names_compatible(a: &str, b: &str) -> Option<bool> {

@@ -19,23 +19,19 @@ pub fn phone_kind(raw: &str, default_region: &str) -> Option<&'static str> {
 /// A phone text's E.164 number and kind.
 type Parsed = Option<(String, &'static str)>;
 
-/// Texts parsed on this thread before it is cleared.
-const REMEMBERED: usize = 1 << 16;
-
 thread_local! {
     /// Staging asks for a phone's number and then for its kind, batch after batch on one
     /// thread: remembering the texts parsed here parses each once. That halves the work
     /// and the waiting: libphonenumber's every regex lookup takes one process-wide lock.
-    static PARSED: std::cell::RefCell<std::collections::HashMap<(String, String), Parsed>> =
-        std::cell::RefCell::default();
+    static PARSED: std::cell::RefCell<super::memo::PairMemo<Parsed>> = Default::default();
 }
 
 fn parsed(raw: &str, default_region: &str) -> Parsed {
-    let key = (raw.to_string(), default_region.to_string());
-    if let Some(found) = PARSED.with_borrow(|m| m.get(&key).cloned()) {
-        return found;
-    }
-    let found = parse(raw, default_region).and_then(|number| {
+    super::memo::PairMemo::get_or(&PARSED, raw, default_region, || parse_number(raw, default_region))
+}
+
+fn parse_number(raw: &str, default_region: &str) -> Parsed {
+    parse(raw, default_region).and_then(|number| {
         // libphonenumber's validity check is this same lookup (the number's region, then
         // its type among the region's patterns) asking whether the type is known, so the
         // type answers both questions with one pass over the patterns.
@@ -50,14 +46,7 @@ fn parsed(raw: &str, default_region: &str) -> Parsed {
             return None;
         }
         Some((number.format().mode(Mode::E164).to_string(), kind))
-    });
-    PARSED.with_borrow_mut(|m| {
-        if m.len() >= REMEMBERED {
-            m.clear();
-        }
-        m.insert(key, found.clone());
-    });
-    found
+    })
 }
 
 fn parse(raw: &str, default_region: &str) -> Option<PhoneNumber> {
