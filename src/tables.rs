@@ -58,6 +58,12 @@ pub fn tf_records(rule_no: u16) -> String {
     format!("{TF_RECORDS_PREFIX}{rule_no}")
 }
 
+/// How many of a probabilistic rule's records share each value of one of its
+/// term-frequency comparisons (`resolve`).
+pub fn tf_counts(rule_no: u16, comparison: usize) -> String {
+    format!("{TF_RECORDS_PREFIX}{rule_no}_{comparison}")
+}
+
 const RAW_PREFIX: &str = "raw_";
 const STAGED_PREFIX: &str = "stg_";
 const GOLDEN_PICK_PREFIX: &str = "golden_pick_";
@@ -104,7 +110,7 @@ mod tests {
         for name in ["customers", "name_roles", "staged_records", "golden_base", "crm"] {
             assert!(reserved_reason(&pipeline, name).is_some(), "{name}");
         }
-        for name in [raw("orders"), staged("crm"), golden_pick("address"), tf_records(3)] {
+        for name in [raw("orders"), staged("crm"), golden_pick("address"), tf_records(3), tf_counts(3, 1)] {
             assert!(reserved_reason(&pipeline, &name).is_some(), "{name}");
         }
         assert_eq!(reserved_reason(&pipeline, "rfm"), None);

@@ -54,16 +54,29 @@ fn without_common_ends<'a, 'b>(a: &'a [u8], b: &'b [u8]) -> (&'a [u8], &'b [u8])
 /// Cells of the distance table kept on the stack (two 30-letter words).
 const STACK_CELLS: usize = 32 * 32;
 
+/// Cells of the small table: two dates, or two words of up to ten letters. A call clears
+/// only the table it uses, and most pairs (birth dates, names that differ) fit this one.
+const SMALL_CELLS: usize = 12 * 12;
+
 /// The unrestricted Damerau-Levenshtein distance that `strsim` computes (here by
 /// Lowrance-Wagner's full table, `strsim` by Zhao-Sahni's linear space), over bytes below 128.
 fn ascii_damerau_levenshtein(a: &[u8], b: &[u8]) -> u32 {
+    if (a.len() + 2) * (b.len() + 2) <= SMALL_CELLS {
+        distance_table::<SMALL_CELLS>(a, b)
+    } else {
+        distance_table::<STACK_CELLS>(a, b)
+    }
+}
+
+/// `ascii_damerau_levenshtein` in a table of `CELLS` cells, at least `(a + 2) * (b + 2)`.
+fn distance_table<const CELLS: usize>(a: &[u8], b: &[u8]) -> u32 {
     let (n, m) = (a.len(), b.len());
     if n == 0 || m == 0 {
         return (n + m) as u32;
     }
     let width = m + 2;
     let max = (n + m) as u32;
-    let mut d = [0u32; STACK_CELLS];
+    let mut d = [0u32; CELLS];
     d[0] = max;
     for i in 0..=n {
         d[(i + 1) * width] = max;
@@ -73,13 +86,14 @@ fn ascii_damerau_levenshtein(a: &[u8], b: &[u8]) -> u32 {
         d[j + 1] = max;
         d[width + j + 1] = j as u32;
     }
-    // Per letter, the last row of `a` it was seen in.
-    let mut last_row = [0usize; 128];
+    // Per letter, the last row of `a` it was seen in (rows fit in 16 bits: the table
+    // has at most `STACK_CELLS` cells).
+    let mut last_row = [0u16; 128];
     for i in 1..=n {
         // The last column of this row where `b` had `a`'s letter.
         let mut last_match = 0usize;
         for j in 1..=m {
-            let k = last_row[b[j - 1] as usize];
+            let k = last_row[b[j - 1] as usize] as usize;
             let l = last_match;
             let cost = if a[i - 1] == b[j - 1] {
                 last_match = j;
@@ -93,7 +107,7 @@ fn ascii_damerau_levenshtein(a: &[u8], b: &[u8]) -> u32 {
             let transposition = d[k * width + l] + (i - k - 1) as u32 + 1 + (j - l - 1) as u32;
             d[(i + 1) * width + j + 1] = substitution.min(insertion).min(deletion).min(transposition);
         }
-        last_row[a[i - 1] as usize] = i;
+        last_row[a[i - 1] as usize] = i as u16;
     }
     d[(n + 1) * width + m + 1]
 }
@@ -142,6 +156,12 @@ mod tests {
             "baba",
             "de vries",
             "devries",
+            // Either side of the small table's size.
+            "abcdefghij",
+            "jihgfedcba",
+            "abcdefghijk",
+            "bacdefghikj",
+            "kjihgfedcbal",
         ];
         for a in words {
             for b in words {
