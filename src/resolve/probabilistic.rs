@@ -205,7 +205,7 @@ pub(crate) fn level_condition(column: &str, kind: &LevelKind) -> String {
         }
         LevelKind::JaroWinkler(t) => format!("jaro_winkler({l}, {r}) >= {t}"),
         // The function reads any type as text (dates without making text of them).
-        LevelKind::DamerauLevenshtein(d) => format!("damerau_levenshtein(l.{column}, r.{column}) <= {d}"),
+        LevelKind::DamerauLevenshtein(d) => format!("damerau_levenshtein(l.{column}, r.{column}, {d}) <= {d}"),
         LevelKind::Sql(sql) => format!("({sql})"),
     }
 }

@@ -174,7 +174,7 @@ fn level_condition(column: &str, level: &LevelSpec) -> String {
             format!("l.{c} = r.{c}")
         }
         Condition::JaroWinkler(t) => format!("jaro_winkler({}, {}) >= {t}", text("l", column), text("r", column)),
-        Condition::DamerauLevenshtein(d) => format!("damerau_levenshtein(l.{column}, r.{column}) <= {d}"),
+        Condition::DamerauLevenshtein(d) => format!("damerau_levenshtein(l.{column}, r.{column}, {d}) <= {d}"),
         Condition::Sql(sql) => format!("({sql})"),
         Condition::Else => "true".into(),
     }

@@ -20,7 +20,7 @@ pub use name::{
 };
 pub use numbers::normalize_number;
 pub use phone::{normalize_phone, phone_kind};
-pub use similarity::{damerau_levenshtein, jaro_winkler};
+pub use similarity::{damerau_levenshtein, damerau_levenshtein_within, jaro_winkler};
 
 use std::sync::Arc;
 
@@ -30,7 +30,7 @@ use datafusion::arrow::array::{
     TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Date32Type, TimeUnit};
-use datafusion::common::{Result, exec_err};
+use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
@@ -130,8 +130,9 @@ impl Function {
                 Signature::one_of(vec![TypeSignature::String(1), TypeSignature::String(2)], v)
             }
             Function::JaroWinkler | Function::FirstNamesCompatible => Signature::string(2, v),
-            // Any two values, measured as text: dates without making text of them first.
-            Function::DamerauLevenshtein => Signature::any(2, v),
+            // Any two values, measured as text: dates without making text of them first;
+            // an optional largest distance of interest.
+            Function::DamerauLevenshtein => Signature::one_of(vec![TypeSignature::Any(2), TypeSignature::Any(3)], v),
             Function::BirthDatesCompatible => Signature::exact(vec![DataType::Date32, DataType::Date32], v),
             // Any value (read as text) and a bucket count.
             Function::HashBucket => Signature::any(2, v),
@@ -234,7 +235,11 @@ impl ScalarUDFImpl for KlantbeeldUdf {
             return Ok(ColumnarValue::Array(Arc::new(out)));
         }
         if self.function == Function::DamerauLevenshtein {
-            return Ok(ColumnarValue::Array(edit_distances(name, &arrays[0], &arrays[1])?));
+            let bound = match args.args.get(2) {
+                None => None,
+                Some(max) => Some(distance_bound(name, max)?),
+            };
+            return Ok(ColumnarValue::Array(edit_distances(name, &arrays[0], &arrays[1], bound)?));
         }
         let first = texts(name, &arrays[0])?;
         let out: ArrayRef = if let Some(kernel) = self.function.text_kernel() {
@@ -312,13 +317,30 @@ pub fn hash_bucket(value: &str, buckets: i64) -> i64 {
     (h % buckets.max(1) as u64) as i64
 }
 
-/// `damerau_levenshtein` of two columns of any type, each value read as its text. The
-/// person rule measures birth dates for millions of pairs: two dates are measured on
-/// their text written on the stack, and equal dates not at all.
-fn edit_distances(name: &str, a: &ArrayRef, b: &ArrayRef) -> Result<ArrayRef> {
+/// The third argument of `damerau_levenshtein`: a constant of 0 or more. It is a constant
+/// because a comparison level writes one (`<= 1`), and it bounds the work for all rows.
+fn distance_bound(name: &str, max: &ColumnarValue) -> Result<u32> {
+    let ColumnarValue::Scalar(value) = max else {
+        return exec_err!("{name}: the largest distance of interest (third argument) must be a constant");
+    };
+    match value.cast_to(&DataType::Int64)? {
+        ScalarValue::Int64(Some(max)) if max >= 0 => Ok(u32::try_from(max).unwrap_or(u32::MAX - 1)),
+        other => exec_err!("{name}: the largest distance of interest must be 0 or more, got {other}"),
+    }
+}
+
+/// `damerau_levenshtein` of two columns of any type, each value read as its text, or,
+/// given a `bound`, the distance capped at `bound + 1`. The person rule measures birth
+/// dates for millions of pairs: two dates are measured on their text written on the
+/// stack, and equal dates not at all.
+fn edit_distances(name: &str, a: &ArrayRef, b: &ArrayRef, bound: Option<u32>) -> Result<ArrayRef> {
+    let measure = |x: &str, y: &str| match bound {
+        Some(max) => damerau_levenshtein_within(x, y, max),
+        None => damerau_levenshtein(x, y),
+    };
     if a.data_type() == &DataType::Date32 && b.data_type() == &DataType::Date32 {
         let (a, b) = (a.as_primitive::<Date32Type>(), b.as_primitive::<Date32Type>());
-        let out: Int64Array = a.iter().zip(b.iter()).map(|(x, y)| date_distance(x?, y?)).collect();
+        let out: Int64Array = a.iter().zip(b.iter()).map(|(x, y)| date_distance(x?, y?, measure)).collect();
         return Ok(Arc::new(out));
     }
     let as_text = |array: &ArrayRef| match array.data_type() {
@@ -326,20 +348,19 @@ fn edit_distances(name: &str, a: &ArrayRef, b: &ArrayRef) -> Result<ArrayRef> {
         _ => datafusion::arrow::compute::cast(array, &DataType::Utf8),
     };
     let (a, b) = (as_text(a)?, as_text(b)?);
-    let out: Int64Array =
-        texts(name, &a)?.zip(texts(name, &b)?).map(|(x, y)| Some(damerau_levenshtein(x?, y?))).collect();
+    let out: Int64Array = texts(name, &a)?.zip(texts(name, &b)?).map(|(x, y)| Some(measure(x?, y?))).collect();
     Ok(Arc::new(out))
 }
 
-fn date_distance(x: i32, y: i32) -> Option<i64> {
+fn date_distance(x: i32, y: i32, measure: impl Fn(&str, &str) -> i64) -> Option<i64> {
     if x == y {
         return Some(0);
     }
     let (x, y) = (date_from_days(x)?, date_from_days(y)?);
     Some(match (dates::date_text(x), dates::date_text(y)) {
         // ASCII digits and dashes.
-        (Some(a), Some(b)) => damerau_levenshtein(std::str::from_utf8(&a).ok()?, std::str::from_utf8(&b).ok()?),
-        _ => damerau_levenshtein(&x.to_string(), &y.to_string()),
+        (Some(a), Some(b)) => measure(std::str::from_utf8(&a).ok()?, std::str::from_utf8(&b).ok()?),
+        _ => measure(&x.to_string(), &y.to_string()),
     })
 }
 
@@ -427,7 +448,9 @@ mod tests {
             for b in dates {
                 let sql = format!(
                     "SELECT damerau_levenshtein({a}, {b}) = damerau_levenshtein(CAST({a} AS VARCHAR), CAST({b} AS VARCHAR)) \
-                     AND damerau_levenshtein({a}, {b}) IS NOT NULL"
+                     AND damerau_levenshtein({a}, {b}) IS NOT NULL \
+                     AND damerau_levenshtein({a}, {b}, 1) = least(damerau_levenshtein({a}, {b}), 2) \
+                     AND damerau_levenshtein({a}, {b}, 0) = least(damerau_levenshtein({a}, {b}), 1)"
                 );
                 let batches = ctx.sql(&sql).await.unwrap().collect().await.unwrap();
                 assert!(batches[0].column(0).as_boolean().value(0), "{a} {b}");
@@ -440,6 +463,14 @@ mod tests {
         let batches = batches.collect().await.unwrap();
         assert_eq!(batches[0].column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0), 1);
         assert!(batches[0].column(1).is_null(0));
+        // The bound is a constant of 0 or more.
+        for bad in ["damerau_levenshtein('a', 'b', -1)", "damerau_levenshtein('a', 'b', n)"] {
+            let error = match ctx.sql(&format!("SELECT {bad} FROM (VALUES (1), (2)) AS t(n)")).await {
+                Ok(frame) => frame.collect().await.unwrap_err(),
+                Err(error) => error,
+            };
+            assert!(error.to_string().contains("largest distance of interest"), "{bad}: {error}");
+        }
     }
 
     #[tokio::test]

@@ -43,6 +43,31 @@ pub fn damerau_levenshtein(a: &str, b: &str) -> i64 {
     strsim::damerau_levenshtein(a, b) as i64
 }
 
+/// `damerau_levenshtein(a, b)` when it is at most `max`, else `max + 1`: all that a
+/// comparison level `distance <= max` asks. Like PostgreSQL's `levenshtein_less_equal`,
+/// it stops once the answer is known: texts whose lengths differ by more than `max` are
+/// not measured, and for `max` 1 (the usual level) what is left once the shared ends are
+/// left out is one letter, two swapped letters or more than one edit, without a table.
+pub fn damerau_levenshtein_within(a: &str, b: &str, max: u32) -> i64 {
+    let beyond = i64::from(max) + 1;
+    if a.is_ascii() && b.is_ascii() {
+        let (a, b) = without_common_ends(a.as_bytes(), b.as_bytes());
+        if a.len().abs_diff(b.len()) > max as usize {
+            return beyond;
+        }
+        match (max, a, b) {
+            (_, [], []) => return 0,
+            (0, _, _) => return beyond,
+            (1, [_] | [], [_] | []) => return 1,
+            // Both ends differ (they were left out otherwise), so only a swap is one edit.
+            (1, [x, y], [p, q]) => return if x == q && y == p { 1 } else { beyond },
+            (1, _, _) => return beyond,
+            _ => {}
+        }
+    }
+    damerau_levenshtein(a, b).min(beyond)
+}
+
 /// `a` and `b` without the bytes they share at the start and at the end.
 fn without_common_ends<'a, 'b>(a: &'a [u8], b: &'b [u8]) -> (&'a [u8], &'b [u8]) {
     let start = a.iter().zip(b).take_while(|(x, y)| x == y).count();
@@ -179,6 +204,31 @@ mod tests {
         assert_eq!(damerau_levenshtein(&format!("{long}ab"), &format!("{long}ba")), 1);
         assert_eq!(damerau_levenshtein(&long, "xy"), 39);
         assert_eq!(damerau_levenshtein("jösé", "jsöé"), 1);
+    }
+
+    /// The bounded distance is the distance capped at `max + 1`, for every bound up to
+    /// three, on every pair of words up to four letters over three letters and on the
+    /// word list (dates, swaps, texts outside ASCII).
+    #[test]
+    fn bounded_distance_is_capped_distance() {
+        let mut words = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..4 {
+            last = last.iter().flat_map(|w| ["a", "b", "c"].map(|c| format!("{w}{c}"))).collect();
+            words.extend(last.iter().cloned());
+        }
+        let listed =
+            ["jansen", "jnasen", "janssen", "1985-03-02", "1985-02-03", "1958-03-02", "1985-03-20", "jösé", "jsöé"];
+        words.extend(listed.map(String::from));
+        for a in &words {
+            for b in &words {
+                let distance = damerau_levenshtein(a, b);
+                for max in 0..=3u32 {
+                    let capped = distance.min(i64::from(max) + 1);
+                    assert_eq!(damerau_levenshtein_within(a, b, max), capped, "{a:?} {b:?} within {max}");
+                }
+            }
+        }
     }
 
     /// Leaving out the shared start and end does not change the distance: every pair of
