@@ -1,10 +1,13 @@
 //! The embedded DataFusion engine: a session with a memory limit that spills to disk, and
 //! klantbeeld's functions registered.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::config::TableParquetOptions;
+use datafusion::datasource::MemTable;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryLimit, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -24,6 +27,11 @@ pub struct EngineOptions {
 /// A text as an SQL string literal: `O'Brien` becomes `'O''Brien'`.
 pub fn sql_string(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
+}
+
+/// A name as an SQL identifier, kept as written: `Klant Id` becomes `"Klant Id"`.
+pub fn sql_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// SQL of the first row of each `group` in `order` among the rows of `from` (a table or a
@@ -85,6 +93,49 @@ pub fn configure(mut config: SessionConfig, options: &EngineOptions) -> datafusi
         config.options_mut().set(key, value)?;
     }
     Ok(config)
+}
+
+/// The columns of table `table` (with `schema`) that `queries` read, as the optimiser's
+/// scans of it say: a scratch table then holds only those. The queries are planned
+/// against an empty stand-in registered under `table`, so nothing runs.
+pub async fn columns_read(
+    ctx: &SessionContext,
+    table: &str,
+    schema: SchemaRef,
+    queries: &[String],
+) -> datafusion::error::Result<BTreeSet<String>> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::LogicalPlan;
+    let _ = ctx.deregister_table(table);
+    ctx.register_table(table, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
+    let mut read = BTreeSet::new();
+    let mut planned = Ok(());
+    for sql in queries {
+        let plan = match ctx.sql(sql).await.and_then(|df| df.into_optimized_plan()) {
+            Ok(plan) => plan,
+            Err(e) => {
+                planned = Err(e);
+                break;
+            }
+        };
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node
+                && scan.table_name.table() == table
+            {
+                let fields = scan.source.schema();
+                match &scan.projection {
+                    Some(indices) => read.extend(indices.iter().map(|i| fields.field(*i).name().clone())),
+                    None => read.extend(fields.fields().iter().map(|f| f.name().clone())),
+                }
+                for filter in &scan.filters {
+                    read.extend(filter.column_refs().into_iter().map(|c| c.name.clone()));
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+    }
+    ctx.deregister_table(table)?;
+    planned.map(|()| read)
 }
 
 /// Writes a query's result as Parquet under `dir/name/` and registers it as table `name`
@@ -150,5 +201,36 @@ pub fn shares_for_memory(ctx: &SessionContext, bytes: usize, fraction: usize) ->
     match ctx.runtime_env().memory_pool.memory_limit() {
         MemoryLimit::Finite(limit) => bytes.div_ceil((limit / fraction).max(1)).max(1),
         _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    #[tokio::test]
+    async fn columns_read_are_those_the_plans_scan() {
+        let ctx = SessionContext::new();
+        let schema = Arc::new(Schema::new(
+            ["rid", "a", "b", "c", "unused"].map(|n| Field::new(n, DataType::Utf8, true)).to_vec(),
+        ));
+        let queries = [
+            "WITH k AS (SELECT * FROM t WHERE c IS NOT NULL) SELECT l.rid, r.rid FROM k l JOIN k r ON l.a = r.a"
+                .to_string(),
+            "SELECT b, count(*) FROM t WHERE rid IN (SELECT rid FROM t WHERE \"unused\" = 'x') GROUP BY b".to_string(),
+        ];
+        let read = columns_read(&ctx, "t", schema.clone(), &queries).await.unwrap();
+        assert_eq!(read.into_iter().collect::<Vec<_>>(), ["a", "b", "c", "rid", "unused"]);
+        let read = columns_read(&ctx, "t", schema.clone(), &queries[..1]).await.unwrap();
+        assert_eq!(read.into_iter().collect::<Vec<_>>(), ["a", "c", "rid"]);
+        // The stand-in is gone, and a query over a column the table lacks is an error.
+        assert!(ctx.table("t").await.is_err());
+        assert!(columns_read(&ctx, "t", schema, &["SELECT nope FROM t".into()]).await.is_err());
+    }
+
+    #[test]
+    fn identifiers_keep_their_spelling() {
+        assert_eq!(sql_identifier("Klant \"Id\""), "\"Klant \"\"Id\"\"\"");
     }
 }

@@ -397,7 +397,8 @@ async fn compare_pair(
                 return Ok("a candidate pair; the published output has no model of this rule to weigh it".into());
             };
             let mut model = model.clone();
-            let from = crate::resolve::term_frequencies(ctx, p, &mut model, weighing.rule_no, weighing.scratch).await?;
+            let from =
+                crate::resolve::term_frequencies(ctx, p, &mut model, weighing.rule_no, weighing.scratch, None).await?;
             let pairs = pair_in(&from);
             let flags =
                 format!("SELECT {}, {} {pairs}", shared_block(&p.blocking).join(", "), conflicts(&p.unless_conflict));

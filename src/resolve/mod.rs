@@ -198,7 +198,13 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
                     None => probabilistic::estimate(ctx, r).await?,
                 };
                 lap.done(&format!("{name}: weights"));
-                let from = term_frequencies(ctx, r, &mut model, rule_no, work_dir).await?;
+                let reads = |model: &probabilistic::RuleModel, from: &str| {
+                    rules::rule_queries(rule, &external_ids, Some((model, from)), &learned)
+                        .into_iter()
+                        .flat_map(|q| [(q.edges)(rules::Pass { index: 0, count: passes }), q.dropped])
+                        .collect()
+                };
+                let from = term_frequencies(ctx, r, &mut model, rule_no, work_dir, Some(&reads)).await?;
                 Some((model, from))
             }
             _ => None,
@@ -297,6 +303,10 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
     })
 }
 
+/// The queries that will read a probabilistic rule's records, given its model and the
+/// records' table name.
+pub(crate) type QueriesOver<'a> = &'a dyn Fn(&probabilistic::RuleModel, &str) -> Vec<String>;
+
 /// The records a probabilistic rule compares, written as one table with `tf_<i>` for its
 /// term-frequency comparisons: how many records share the value (and the model gets the
 /// totals those counts are shares of). The counts are joined per value, not counted by a
@@ -306,12 +316,17 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
 /// self-join then reads neighbouring rows for neighbouring pairs. Measured at 200k people
 /// (5.7M pairs on the surname's sound and initial): candidate edges 4.2 s on records in
 /// any order, 2.7-3.2 s in this order or the surname's.
+///
+/// With `reads` (the queries that will read the table, given the model and the table's
+/// name), the table holds only the columns those read: the rule reads a third of a
+/// record's columns, and writing the rest cost half of this step.
 pub(crate) async fn term_frequencies(
     ctx: &SessionContext,
     rule: &ProbabilisticRule,
     model: &mut probabilistic::RuleModel,
     rule_no: u16,
     work_dir: &Path,
+    reads: Option<QueriesOver<'_>>,
 ) -> Result<String, ResolveError> {
     let records = probabilistic::rule_records(rule);
     let mut columns = vec!["r.*".to_string()];
@@ -335,7 +350,23 @@ pub(crate) async fn term_frequencies(
         .map(|b| format!(" ORDER BY {}", b.key.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ")))
         .unwrap_or_default();
     let name = crate::tables::tf_records(rule_no);
-    let df = ctx.sql(&format!("SELECT {} FROM {records} r{joins}{order}", columns.join(", "))).await?;
+    let all = format!("SELECT {} FROM {records} r{joins}", columns.join(", "));
+    let kept = match reads {
+        Some(reads) => {
+            let schema = ctx.sql(&all).await?.schema().inner().clone();
+            let read = crate::engine::columns_read(ctx, &name, schema.clone(), &reads(model, &name)).await?;
+            // In the table's column order, so that the file reads like the records.
+            let kept: Vec<String> = schema
+                .fields()
+                .iter()
+                .filter(|f| read.contains(f.name()))
+                .map(|f| format!("r.{}", crate::engine::sql_identifier(f.name())))
+                .collect();
+            kept.join(", ")
+        }
+        None => "r.*".to_string(),
+    };
+    let df = ctx.sql(&format!("SELECT {kept} FROM ({all}) r{order}")).await?;
     crate::engine::materialize(ctx, &name, df, work_dir).await?;
     Ok(name)
 }
