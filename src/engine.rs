@@ -108,34 +108,31 @@ pub async fn columns_read(
     use datafusion::logical_expr::LogicalPlan;
     let _ = ctx.deregister_table(table);
     ctx.register_table(table, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
-    let mut read = BTreeSet::new();
-    let mut planned = Ok(());
-    for sql in queries {
-        let plan = match ctx.sql(sql).await.and_then(|df| df.into_optimized_plan()) {
-            Ok(plan) => plan,
-            Err(e) => {
-                planned = Err(e);
-                break;
-            }
-        };
-        plan.apply_with_subqueries(|node| {
-            if let LogicalPlan::TableScan(scan) = node
-                && scan.table_name.table() == table
-            {
-                let fields = scan.source.schema();
-                match &scan.projection {
-                    Some(indices) => read.extend(indices.iter().map(|i| fields.field(*i).name().clone())),
-                    None => read.extend(fields.fields().iter().map(|f| f.name().clone())),
+    // Planned in a block of its own, so that the stand-in goes whatever the outcome.
+    let read = async {
+        let mut read = BTreeSet::new();
+        for sql in queries {
+            ctx.sql(sql).await?.into_optimized_plan()?.apply_with_subqueries(|node| {
+                if let LogicalPlan::TableScan(scan) = node
+                    && scan.table_name.table() == table
+                {
+                    let fields = scan.source.schema();
+                    match &scan.projection {
+                        Some(indices) => read.extend(indices.iter().map(|i| fields.field(*i).name().clone())),
+                        None => read.extend(fields.fields().iter().map(|f| f.name().clone())),
+                    }
+                    for filter in &scan.filters {
+                        read.extend(filter.column_refs().into_iter().map(|c| c.name.clone()));
+                    }
                 }
-                for filter in &scan.filters {
-                    read.extend(filter.column_refs().into_iter().map(|c| c.name.clone()));
-                }
-            }
-            Ok(TreeNodeRecursion::Continue)
-        })?;
+                Ok(TreeNodeRecursion::Continue)
+            })?;
+        }
+        Ok(read)
     }
+    .await;
     ctx.deregister_table(table)?;
-    planned.map(|()| read)
+    read
 }
 
 /// Writes a query's result as Parquet under `dir/name/` and registers it as table `name`
