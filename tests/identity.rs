@@ -334,8 +334,8 @@ async fn external_ids_link_records_across_systems() {
     assert_eq!(apart, 2);
 }
 
-/// Running the rules in passes (to fit a memory limit) must give the same customers,
-/// crosswalk and edges as one pass.
+/// Running the rules and the weight estimation in passes (to fit a memory limit) must
+/// give the same fitted model, customers, crosswalk and edges as one pass.
 #[tokio::test]
 async fn passes_give_the_same_result_as_one_pass() {
     let dir = tempfile::tempdir().unwrap();
@@ -347,6 +347,8 @@ async fn passes_give_the_same_result_as_one_pass() {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(four.join("_manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["match"]["passes"], 4);
+    let model = |out: &Path| std::fs::read_to_string(out.join("_model.json")).unwrap();
+    assert_eq!(model(&one), model(&four), "the model estimated in four passes differs");
     assert_same_tables(&one, &four, &["customer_xref", "match_edges", "customers"]).await;
 }
 

@@ -23,7 +23,7 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::config::{Pipeline, ProbabilisticRule, RuleSpec};
+use crate::config::{AutoCount, Pipeline, ProbabilisticRule, RuleSpec};
 use crate::stage::external_id_names;
 use crate::tables::{CLUSTERED_RECORDS, EDGE_DECISIONS, EDGES_WITH_A, IDENTITY_RECORDS, RECORD_CLUSTERS};
 
@@ -195,7 +195,7 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
                         tracing::info!(rule = name, model = %path.display(), "weights from the pinned model");
                         probabilistic::pinned_for(path, models, r)?
                     }
-                    None => probabilistic::estimate(ctx, r).await?,
+                    None => probabilistic::estimate(ctx, r, AutoCount(Some(passes))).await?,
                 };
                 lap.done(&format!("{name}: weights"));
                 let reads = |model: &probabilistic::RuleModel, from: &str| {
@@ -416,7 +416,7 @@ pub async fn write_match_edges(
 const BYTES_PER_RECORD_IN_PASS: usize = 800;
 
 /// Enough passes for a rule's joins to take at most a quarter of the memory limit.
-fn auto_passes(records: usize, ctx: &SessionContext) -> usize {
+pub(crate) fn auto_passes(records: usize, ctx: &SessionContext) -> usize {
     crate::engine::shares_for_memory(ctx, records.saturating_mul(BYTES_PER_RECORD_IN_PASS), 4)
 }
 
@@ -429,8 +429,8 @@ async fn write_candidate_edges(
     dir: &Path,
 ) -> Result<(), ResolveError> {
     let mut parts = Vec::new();
-    for index in 0..passes {
-        parts.push(ctx.sql(&(queries.edges)(rules::Pass { index, count: passes })).await.map_err(rule_error(rule))?);
+    for pass in rules::Pass::all(passes) {
+        parts.push(ctx.sql(&(queries.edges)(pass)).await.map_err(rule_error(rule))?);
     }
     crate::engine::write_parts(parts, dir).await.map_err(rule_error(rule))
 }

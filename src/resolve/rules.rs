@@ -63,8 +63,13 @@ pub struct Pass {
 }
 
 impl Pass {
+    /// The `count` passes in order.
+    pub fn all(count: usize) -> impl Iterator<Item = Pass> {
+        (0..count).map(move |index| Pass { index, count })
+    }
+
     /// SQL that keeps the records of this pass, by the value of `key`.
-    fn filter(&self, key: &[String]) -> String {
+    pub(crate) fn filter(&self, key: &[String]) -> String {
         if self.count <= 1 {
             return "true".into();
         }
