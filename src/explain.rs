@@ -329,11 +329,14 @@ async fn compare_pair(
             if r[2] != "none" {
                 return Ok(format!("equal ({}), but they conflict on {}", r[0], r[2]));
             }
+            let queries = rules::deterministic(d, weighing.learned);
+            let dir = weighing.scratch.join(format!("groups_{}", weighing.rule_no));
+            queries.prepare(ctx, &dir).await.map_err(crate::resolve::ResolveError::from)?;
             let dropped = rows(
                 ctx,
                 &format!(
                     "SELECT count(*) FROM ({}) WHERE value = (SELECT concat({}) {pair})",
-                    rules::deterministic(d, weighing.learned).dropped,
+                    queries.dropped,
                     d.on.iter().map(|c| format!("CAST(l.{c} AS VARCHAR)")).collect::<Vec<_>>().join(", ' | ', ")
                 ),
             )

@@ -221,10 +221,12 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
         let queries = rules::rule_queries(rule, &external_ids, fitted.as_ref().map(|(m, f)| (m, f.as_str())), &learned);
         models.extend(fitted.map(|(m, _)| m));
         for (part, queries) in queries.into_iter().enumerate() {
+            queries.prepare(ctx, &work_dir.join(format!("groups_{rule_no}_{part}"))).await.map_err(rule_error(name))?;
             count_dropped(ctx, name, &queries.dropped, &mut summary).await?;
             let dir = work_dir.join(format!("edges_{rule_no}_{part}"));
             lap.done(&format!("{name}: dropped values"));
             write_candidate_edges(ctx, name, &queries, passes, &dir).await?;
+            ctx.deregister_table(rules::RULE_GROUPS)?;
             lap.done(&format!("{name}: candidate edges"));
             // Edges in one order whatever the passes, so that the guardrails decide alike.
             // Only a fuzzy rule repeats an edge (a pair blocked by two keys, scored alike
@@ -442,36 +444,35 @@ async fn count_dropped(
     sql: &str,
     summary: &mut RuleSummary,
 ) -> Result<(), ResolveError> {
-    let counts = ctx
-        .sql(&format!("SELECT count(*), CAST(COALESCE(sum(records), 0) AS BIGINT) FROM ({sql})"))
+    // One query for the counts and the examples (the largest groups first): each query
+    // computes the rule's groups.
+    let dropped = ctx
+        .sql(&format!(
+            "SELECT value, CAST(records AS BIGINT) AS records, \
+             CAST(people AS BIGINT) AS people FROM ({sql}) ORDER BY records DESC, value"
+        ))
         .await
         .map_err(rule_error(rule))?
         .collect()
         .await
         .map_err(rule_error(rule))?;
-    if let Some(b) = counts.first() {
-        summary.dropped_values += b.column(0).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0) as u64;
-        summary.dropped_records +=
-            b.column(1).as_primitive::<datafusion::arrow::datatypes::Int64Type>().value(0) as u64;
-    }
-    let examples = ctx
-        .sql(&format!("SELECT value, CAST(records AS BIGINT), CAST(people AS BIGINT) FROM ({sql}) LIMIT 20"))
-        .await
-        .map_err(rule_error(rule))?
-        .collect()
-        .await
-        .map_err(rule_error(rule))?;
-    for b in examples {
+    let mut examples = 0;
+    for b in dropped {
         let value = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)?;
         let value = value.as_string::<i32>();
         let records = b.column(1).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
         let people = b.column(2).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
         for i in 0..b.num_rows() {
-            summary.dropped_examples.push(DroppedValue {
-                value: value.value(i).to_string(),
-                records: records.value(i),
-                people: people.value(i),
-            });
+            summary.dropped_values += 1;
+            summary.dropped_records += records.value(i) as u64;
+            if examples < 20 {
+                examples += 1;
+                summary.dropped_examples.push(DroppedValue {
+                    value: value.value(i).to_string(),
+                    records: records.value(i),
+                    people: people.value(i),
+                });
+            }
         }
     }
     Ok(())

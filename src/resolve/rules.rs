@@ -1,6 +1,10 @@
 //! Candidate edges per rule, as SQL over `identity_records`. Each query returns
 //! `rid_a < rid_b`, a `score` and a `detail` text that says what was compared.
 
+use std::path::Path;
+
+use datafusion::prelude::SessionContext;
+
 use super::names::LearnedNames;
 use super::probabilistic::{self, RuleModel};
 use crate::config::{
@@ -80,9 +84,26 @@ impl Pass {
 
 /// A rule as queries: its candidate edges (of one pass) and what its guardrails left out.
 pub struct RuleSql {
+    /// The table [`RULE_GROUPS`] that `edges` and `dropped` read, when they read one, as
+    /// SQL: made once by [`RuleSql::prepare`] rather than computed again by each query.
+    pub groups: Option<String>,
     pub edges: Box<dyn Fn(Pass) -> String + Send + Sync>,
     /// Values (as text) whose groups break a guardrail, with their record and people counts.
     pub dropped: String,
+}
+
+/// The value groups of the deterministic rule being applied (see [`RuleSql::groups`]).
+pub const RULE_GROUPS: &str = "rule_groups";
+
+impl RuleSql {
+    /// Makes the rule's [`RULE_GROUPS`] table, if it reads one, as Parquet in `dir` (a
+    /// folder of this rule's own).
+    pub async fn prepare(&self, ctx: &SessionContext, dir: &Path) -> datafusion::error::Result<()> {
+        match &self.groups {
+            Some(sql) => crate::engine::materialize(ctx, RULE_GROUPS, ctx.sql(sql).await?, dir).await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// Records equal on all `on` columns link, unless a guardrail drops the value (too many
@@ -123,23 +144,23 @@ fn deterministic_on(
     let max_people = max_people.map_or(u64::MAX, |n| n as u64);
     // Only records that carry the value (and meet the rule's condition) take part. People
     // are counted in two plain aggregations rather than with COUNT(DISTINCT), whose
-    // per-group sets take gigabytes over millions of values.
-    let groups = move |pass: &str| {
-        format!(
-            "k AS (SELECT {projection} FROM {IDENTITY_RECORDS} WHERE {not_null} AND {pass}), \
+    // per-group sets take gigabytes over millions of values. A value on one record makes
+    // no pair and breaks no guardrail: it is left out.
+    let records = move |pass: &str| format!("SELECT {projection} FROM {IDENTITY_RECORDS} WHERE {not_null} AND {pass}");
+    let groups = format!(
+        "WITH k AS ({k}), \
          r0 AS (SELECT {cols}, CASE WHEN length(first_name_root) > 1 THEN first_name_root END AS root, \
                 first_name_known AS known_name, count(*) AS c FROM k GROUP BY {cols}, root, known_name), \
          g0 AS (SELECT {cols}, sum(c) AS n, \
                 sum(CASE WHEN root IS NOT NULL AND known_name THEN 1 ELSE 0 END) AS known, \
                 sum(CASE WHEN root IS NOT NULL AND NOT known_name THEN 1 ELSE 0 END) AS unknown \
-                FROM r0 GROUP BY {cols}), \
-         g AS (SELECT {cols}, n, CASE WHEN known > 0 THEN known ELSE unknown END AS people FROM g0)"
-        )
-    };
+                FROM r0 GROUP BY {cols}) \
+         SELECT {cols}, n, CASE WHEN known > 0 THEN known ELSE unknown END AS people FROM g0 WHERE n > 1",
+        k = records("true")
+    );
     let dropped = format!(
-        "WITH {groups} SELECT concat({value}) AS value, n AS records, people FROM g \
-         WHERE n > 1 AND (n > {max_group} OR people > {max_people}) ORDER BY n DESC, value",
-        groups = groups("true")
+        "SELECT concat({value}) AS value, n AS records, people FROM {RULE_GROUPS} g \
+         WHERE n > {max_group} OR people > {max_people}"
     );
     // Groups that break a guardrail are removed before the self-join, so that a value on
     // thousands of records (`info@`) never makes millions of pairs.
@@ -147,18 +168,18 @@ fn deterministic_on(
     let on = on.to_vec();
     let edges = move |pass: Pass| {
         format!(
-            "WITH {groups}, \
-         ok AS (SELECT {k_columns}, g.people AS group_people FROM k JOIN g ON {join_g} \
+            "WITH k AS ({k}), \
+         ok AS (SELECT {k_columns}, g.people AS group_people FROM k JOIN {RULE_GROUPS} g ON {join_g} \
                 WHERE g.n <= {max_group} AND g.people <= {max_people}) \
          SELECT l.rid AS rid_a, r.rid AS rid_b, CAST(1.0 AS DOUBLE) AS score, concat({detail}) AS detail \
          FROM ok l JOIN ok r ON {join_lr} AND l.rid < r.rid \
          WHERE (l.group_people <= 1 OR (l.first_name_root IS NOT NULL AND length(l.first_name_root) > 1 \
               AND r.first_name_root IS NOT NULL AND length(r.first_name_root) > 1)) \
          AND {conflicts}",
-            groups = groups(&pass.filter(&on)),
+            k = records(&pass.filter(&on)),
         )
     };
-    RuleSql { edges: Box::new(edges), dropped }
+    RuleSql { groups: Some(groups), edges: Box::new(edges), dropped }
 }
 
 /// Records carrying the same external id link (no people guard: these are system keys).
@@ -241,7 +262,7 @@ pub fn fuzzy(rule: &FuzzyRule, learned: &LearnedNames) -> RuleSql {
     let (blocking, max, from) = (rule.blocking.clone(), rule.max_block_size, records.clone());
     let edges = move |pass: Pass| scored_pairs(&from, &blocking, max, pass, &scoring);
     let skipped = skipped_blocks(&records, &rule.blocking, rule.max_block_size);
-    RuleSql { edges: Box::new(edges), dropped: skipped }
+    RuleSql { groups: None, edges: Box::new(edges), dropped: skipped }
 }
 
 /// The SQL of blocks: `k` the records with the key, `kb` those in blocks within the size
@@ -409,7 +430,7 @@ pub fn probabilistic(rule: &ProbabilisticRule, model: &RuleModel, from: &str, le
     let (blocking, max, from) = (rule.blocking.clone(), rule.max_block_size, from.to_string());
     let dropped = skipped_blocks(&from, &rule.blocking, max);
     let edges = move |pass: Pass| scored_pairs(&from, &blocking, max, pass, &scoring);
-    RuleSql { edges: Box::new(edges), dropped }
+    RuleSql { groups: None, edges: Box::new(edges), dropped }
 }
 
 /// Per blocking rule of a probabilistic rule, how a pair of records (with their `tf_<i>`
