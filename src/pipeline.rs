@@ -361,7 +361,7 @@ pub async fn estimate(pipeline: &Pipeline) -> Result<Vec<resolve::probabilistic:
     let ctx = staged_session(pipeline, scratch.path()).await?;
     let mut models = Vec::new();
     for rule in rules {
-        models.push(resolve::probabilistic::estimate(&ctx, rule, pipeline.spec.resolve.passes).await?);
+        models.push(resolve::probabilistic::estimate(&ctx, rule).await?);
     }
     Ok(models)
 }

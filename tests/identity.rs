@@ -334,8 +334,8 @@ async fn external_ids_link_records_across_systems() {
     assert_eq!(apart, 2);
 }
 
-/// Running the rules and the weight estimation in passes (to fit a memory limit) must
-/// give the same fitted model, customers, crosswalk and edges as one pass.
+/// Running the rules in passes (to fit a memory limit) must give the same fitted model,
+/// customers, crosswalk and edges as one pass.
 #[tokio::test]
 async fn passes_give_the_same_result_as_one_pass() {
     let dir = tempfile::tempdir().unwrap();

@@ -23,7 +23,7 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::config::{AutoCount, Pipeline, ProbabilisticRule, RuleSpec};
+use crate::config::{Pipeline, ProbabilisticRule, RuleSpec};
 use crate::stage::external_id_names;
 use crate::tables::{CLUSTERED_RECORDS, EDGE_DECISIONS, EDGES_WITH_A, IDENTITY_RECORDS, RECORD_CLUSTERS};
 
@@ -195,7 +195,7 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
                         tracing::info!(rule = name, model = %path.display(), "weights from the pinned model");
                         probabilistic::pinned_for(path, models, r)?
                     }
-                    None => probabilistic::estimate(ctx, r, AutoCount(Some(passes))).await?,
+                    None => probabilistic::estimate(ctx, r).await?,
                 };
                 lap.done(&format!("{name}: weights"));
                 let reads = |model: &probabilistic::RuleModel, from: &str| {
@@ -418,7 +418,7 @@ pub async fn write_match_edges(
 const BYTES_PER_RECORD_IN_PASS: usize = 800;
 
 /// Enough passes for a rule's joins to take at most a quarter of the memory limit.
-pub(crate) fn auto_passes(records: usize, ctx: &SessionContext) -> usize {
+fn auto_passes(records: usize, ctx: &SessionContext) -> usize {
     crate::engine::shares_for_memory(ctx, records.saturating_mul(BYTES_PER_RECORD_IN_PASS), 4)
 }
 

@@ -20,10 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ResolveError;
 use super::cluster::Weighing;
-use super::rules::Pass;
-use crate::config::{
-    AutoCount, LevelKind, Pipeline, ProbabilisticComparison, ProbabilisticRule, RuleSpec, attribute_of,
-};
+use crate::config::{LevelKind, Pipeline, ProbabilisticComparison, ProbabilisticRule, RuleSpec, attribute_of};
 
 /// Records in the random sample that `u` is counted on (their pairs: about 2 million).
 const U_SAMPLE_RECORDS: u64 = 1_415;
@@ -233,33 +230,25 @@ pub(crate) fn rule_records(rule: &ProbabilisticRule) -> String {
     }
 }
 
-/// Level patterns and their pair counts from queries that each return `g0..gN, n` (one
-/// per pass), summed over the queries, in the patterns' order: the engine returns groups
-/// in any order, and EM's float sums must not depend on it, so that two runs over the
-/// same data fit the same model to the last bit. The counts are whole numbers, so the
-/// sums are exact whatever the passes.
-async fn patterns(
-    ctx: &SessionContext,
-    queries: &[String],
-    comparisons: usize,
-) -> Result<Vec<(Vec<i64>, f64)>, ResolveError> {
+/// Level patterns and their pair counts from a query that returns `g0..gN, n`, in the
+/// patterns' order: the engine returns groups in any order, and EM's float sums must not
+/// depend on it, so that two runs over the same data fit the same model to the last bit.
+async fn patterns(ctx: &SessionContext, sql: &str, comparisons: usize) -> Result<Vec<(Vec<i64>, f64)>, ResolveError> {
     let mut out: BTreeMap<Vec<i64>, f64> = BTreeMap::new();
-    for sql in queries {
-        for b in &ctx.sql(sql).await?.collect().await? {
-            let columns: Vec<_> = (0..=comparisons)
-                .map(|i| datafusion::arrow::compute::cast(b.column(i), &DataType::Int64))
-                .collect::<Result<_, _>>()?;
-            for row in 0..b.num_rows() {
-                let values: Vec<i64> = columns
-                    .iter()
-                    .map(|c| {
-                        let a = c.as_primitive::<Int64Type>();
-                        if a.is_null(row) { -1 } else { a.value(row) }
-                    })
-                    .collect();
-                let (levels, n) = values.split_at(comparisons);
-                *out.entry(levels.to_vec()).or_default() += n[0] as f64;
-            }
+    for b in &ctx.sql(sql).await?.collect().await? {
+        let columns: Vec<_> = (0..=comparisons)
+            .map(|i| datafusion::arrow::compute::cast(b.column(i), &DataType::Int64))
+            .collect::<Result<_, _>>()?;
+        for row in 0..b.num_rows() {
+            let values: Vec<i64> = columns
+                .iter()
+                .map(|c| {
+                    let a = c.as_primitive::<Int64Type>();
+                    if a.is_null(row) { -1 } else { a.value(row) }
+                })
+                .collect();
+            let (levels, n) = values.split_at(comparisons);
+            *out.entry(levels.to_vec()).or_default() += n[0] as f64;
         }
     }
     Ok(out.into_iter().collect())
@@ -338,21 +327,13 @@ pub(crate) fn em(
     (m, lambda)
 }
 
-/// Estimates a rule's model from the identity records. The self-joins of the `m` sample
-/// run in `passes` (`auto`: as many as the rules' joins take for this many records),
-/// each over a share of the blocking key's values, like the rules' own joins: one pass
-/// holds every blocked record in a hash table. The passes together count the same pairs.
-pub async fn estimate(
-    ctx: &SessionContext,
-    rule: &ProbabilisticRule,
-    passes: AutoCount,
-) -> Result<RuleModel, ResolveError> {
+/// Estimates a rule's model from the identity records.
+pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<RuleModel, ResolveError> {
     let records = rule_records(rule);
     let n: u64 = {
         let b = ctx.sql(&format!("SELECT count(*) FROM {records}")).await?.collect().await?;
         b.first().map_or(0, |b| b.column(0).as_primitive::<Int64Type>().value(0) as u64)
     };
-    let passes = passes.0.unwrap_or_else(|| super::auto_passes(n as usize, ctx));
     let gammas: Vec<String> =
         rule.comparisons.iter().enumerate().map(|(i, c)| format!("{} AS g{i}", gamma(c))).collect();
     let group: Vec<String> = (0..rule.comparisons.len()).map(|i| format!("g{i}")).collect();
@@ -368,7 +349,7 @@ pub async fn estimate(
          SELECT {gammas}, count(*) AS n FROM s l JOIN s r ON l.rid < r.rid WHERE {link} GROUP BY {group}",
         link = super::rules::link_clause(rule.link_only)
     );
-    let u_patterns = patterns(ctx, &[u_sql], k).await?;
+    let u_patterns = patterns(ctx, &u_sql, k).await?;
     let u_pairs = u_patterns.iter().map(|(_, n)| *n as u64).sum();
     let u = level_shares(&u_patterns, &sizes);
 
@@ -385,15 +366,21 @@ pub async fn estimate(
             b.first().map_or(0, |b| b.column(0).as_primitive::<Int64Type>().value(0) as u64)
         };
         let share = (pairs / M_SAMPLE_PAIRS).max(1);
-        let m_sql = |pass: Pass| {
-            format!(
-                "WITH {blocks} SELECT {gammas}, count(*) AS n FROM kb l JOIN kb r ON {join_lr} AND l.rid < r.rid \
-                 WHERE {link} AND hash_bucket(concat('m:', CAST(l.rid AS VARCHAR)), {share}) = 0 GROUP BY {group}",
-                blocks = super::rules::blocks_sql(&records, key, rule.max_block_size, &pass.filter(key)),
-                link = super::rules::link_clause(rule.link_only)
-            )
-        };
-        let pats = patterns(ctx, &Pass::all(passes).map(m_sql).collect::<Vec<_>>(), k).await?;
+        // The sample is of the pairs' left records; the right ones are read only from the
+        // blocks a sampled record is in, so that neither side of the join holds every
+        // blocked record (at 10M records one side alone outgrew a 2 GB pool).
+        let cols = key.join(", ");
+        let join_s = key.iter().map(|c| format!("s.{c} = k.{c}")).collect::<Vec<_>>().join(" AND ");
+        let m_sql = format!(
+            "WITH {blocks}, \
+             l AS (SELECT * FROM kb WHERE hash_bucket(concat('m:', CAST(rid AS VARCHAR)), {share}) = 0), \
+             r AS (SELECT k.* FROM k JOIN (SELECT DISTINCT {cols} FROM l) s ON {join_s}) \
+             SELECT {gammas}, count(*) AS n FROM l JOIN r ON {join_lr} AND l.rid < r.rid \
+             WHERE {link} GROUP BY {group}",
+            blocks = super::rules::blocks_sql(&records, key, rule.max_block_size, "true"),
+            link = super::rules::link_clause(rule.link_only)
+        );
+        let pats = patterns(ctx, &m_sql, k).await?;
         let seen: f64 = pats.iter().map(|(_, n)| n).sum();
         let mut fitted = BlockingModel { key: key.clone(), lambda: 0.1, pairs, em_pairs: seen as u64 };
         let free: Vec<bool> = rule.comparisons.iter().map(|c| !fitted.covers(&c.column)).collect();
