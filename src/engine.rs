@@ -155,6 +155,38 @@ pub async fn materialize_parts(
     ctx.register_parquet(name, &format!("{}/", path.display()), ParquetReadOptions::default()).await
 }
 
+/// Column of a table written by [`materialize_by_pass`]: the pass (a BIGINT) a row is in.
+pub const PASS: &str = "kb_pass";
+
+/// `materialize` for a table with a [`PASS`] column, written in one folder per pass
+/// (`kb_pass=3/`): a query that keeps one pass (`WHERE kb_pass = 3`) reads that pass's
+/// files only, so work done in passes reads the rows once in all rather than once per
+/// pass.
+pub async fn materialize_by_pass(
+    ctx: &SessionContext,
+    name: &str,
+    df: DataFrame,
+    dir: &Path,
+) -> datafusion::error::Result<()> {
+    let path = dir.join(name);
+    std::fs::create_dir_all(&path)?;
+    let started = std::time::Instant::now();
+    // The files hold every column but the pass; given, the schema also reads a table
+    // without rows (no files).
+    let schema = df.schema().inner();
+    let file_schema = datafusion::arrow::datatypes::Schema::new(
+        schema.fields().iter().filter(|f| f.name() != PASS).cloned().collect::<Vec<_>>(),
+    );
+    let by_pass = datafusion::dataframe::DataFrameWriteOptions::new().with_partition_by(vec![PASS.to_string()]);
+    df.write_parquet(&format!("{}/", path.display()), by_pass, Some(scratch_parquet())).await?;
+    tracing::debug!(table = %path.display(), seconds = started.elapsed().as_secs_f64(), "table written");
+    let _ = ctx.deregister_table(name);
+    let options = ParquetReadOptions::default()
+        .schema(&file_schema)
+        .table_partition_cols(vec![(PASS.to_string(), datafusion::arrow::datatypes::DataType::Int64)]);
+    ctx.register_parquet(name, &format!("{}/", path.display()), options).await
+}
+
 /// Writes each part's result as new Parquet files in the folder `dir`, one part after the
 /// other. An empty result still leaves a file with the schema, for readers of the folder.
 pub async fn write_parts(parts: Vec<DataFrame>, dir: &Path) -> datafusion::error::Result<()> {
@@ -229,5 +261,33 @@ mod tests {
     #[test]
     fn identifiers_keep_their_spelling() {
         assert_eq!(sql_identifier("Klant \"Id\""), "\"Klant \"\"Id\"\"\"");
+    }
+
+    /// A table written by pass has one folder per pass, a query of one pass reads that
+    /// pass's rows (and only its folder), and a table without rows still reads.
+    #[tokio::test]
+    async fn a_table_by_pass_reads_one_pass_at_a_time() {
+        let ctx = SessionContext::new();
+        let dir = tempfile::tempdir().unwrap();
+        let sql = |rows: usize| {
+            format!(
+                "SELECT value AS rid, CAST(value % 3 AS BIGINT) AS {PASS} FROM generate_series(1, {rows}) t(value) \
+                 WHERE {rows} > 0"
+            )
+        };
+        materialize_by_pass(&ctx, "t", ctx.sql(&sql(30)).await.unwrap(), dir.path()).await.unwrap();
+        let folders = std::fs::read_dir(dir.path().join("t")).unwrap().count();
+        assert_eq!(folders, 3);
+        let scan = ctx.sql(&format!("SELECT rid FROM t WHERE {PASS} = 2")).await.unwrap();
+        let plan = scan.create_physical_plan().await.unwrap();
+        let plan = format!("{}", datafusion::physical_plan::displayable(plan.as_ref()).indent(true));
+        assert!(plan.contains("kb_pass=2") && !plan.contains("kb_pass=0"), "{plan}");
+        let rids = ctx.sql(&format!("SELECT sum(rid), count(*) FROM t WHERE {PASS} = 2")).await.unwrap();
+        let b = &rids.collect().await.unwrap()[0];
+        let int =
+            |i: usize| b.column(i).as_any().downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap().value(0);
+        assert_eq!((int(0), int(1)), ((2..=29).step_by(3).sum::<i64>(), 10));
+        materialize_by_pass(&ctx, "empty", ctx.sql(&sql(0)).await.unwrap(), dir.path()).await.unwrap();
+        assert_eq!(ctx.table("empty").await.unwrap().count().await.unwrap(), 0);
     }
 }

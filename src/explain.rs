@@ -331,7 +331,7 @@ async fn compare_pair(
             }
             let queries = rules::deterministic(d, weighing.learned);
             let dir = weighing.scratch.join(format!("groups_{}", weighing.rule_no));
-            queries.prepare(ctx, &dir).await.map_err(crate::resolve::ResolveError::from)?;
+            queries.prepare(ctx, &dir, 1).await.map_err(crate::resolve::ResolveError::from)?;
             let dropped = rows(
                 ctx,
                 &format!(

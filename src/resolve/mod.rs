@@ -201,7 +201,7 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
                 let reads = |model: &probabilistic::RuleModel, from: &str| {
                     rules::rule_queries(rule, &external_ids, Some((model, from)), &learned)
                         .into_iter()
-                        .flat_map(|q| [(q.edges)(rules::Pass { index: 0, count: passes }), q.dropped])
+                        .flat_map(|q| q.inlined(rules::Pass { index: 0, count: passes }))
                         .collect()
                 };
                 let from = term_frequencies(ctx, r, &mut model, rule_no, work_dir, Some(&reads)).await?;
@@ -221,12 +221,13 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
         let queries = rules::rule_queries(rule, &external_ids, fitted.as_ref().map(|(m, f)| (m, f.as_str())), &learned);
         models.extend(fitted.map(|(m, _)| m));
         for (part, queries) in queries.into_iter().enumerate() {
-            queries.prepare(ctx, &work_dir.join(format!("groups_{rule_no}_{part}"))).await.map_err(rule_error(name))?;
+            let prepared = work_dir.join(format!("prepared_{rule_no}_{part}"));
+            queries.prepare(ctx, &prepared, passes).await.map_err(rule_error(name))?;
             count_dropped(ctx, name, &queries.dropped, &mut summary).await?;
             let dir = work_dir.join(format!("edges_{rule_no}_{part}"));
             lap.done(&format!("{name}: dropped values"));
             write_candidate_edges(ctx, name, &queries, passes, &dir).await?;
-            ctx.deregister_table(rules::RULE_GROUPS)?;
+            queries.release(ctx)?;
             lap.done(&format!("{name}: candidate edges"));
             // Edges in one order whatever the passes, so that the guardrails decide alike.
             // Only a fuzzy rule repeats an edge (a pair blocked by two keys, scored alike

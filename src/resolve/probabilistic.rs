@@ -377,7 +377,7 @@ pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<
              r AS (SELECT k.* FROM k JOIN (SELECT DISTINCT {cols} FROM l) s ON {join_s}) \
              SELECT {gammas}, count(*) AS n FROM l JOIN r ON {join_lr} AND l.rid < r.rid \
              WHERE {link} GROUP BY {group}",
-            blocks = super::rules::blocks_sql(&records, key, rule.max_block_size, "true"),
+            blocks = super::rules::blocks_sql(&records, key, rule.max_block_size),
             link = super::rules::link_clause(rule.link_only)
         );
         let pats = patterns(ctx, &m_sql, k).await?;

@@ -11,6 +11,7 @@ use crate::config::{
     ComparisonSpec, Condition, DeterministicRule, ExternalIdRule, FuzzyRule, LevelKind, LevelSpec, ProbabilisticRule,
     RuleSpec,
 };
+use crate::engine::PASS;
 use crate::engine::sql_string;
 use crate::tables::IDENTITY_RECORDS;
 
@@ -72,39 +73,76 @@ impl Pass {
         (0..count).map(move |index| Pass { index, count })
     }
 
-    /// SQL that keeps the records of this pass, by the value of `key`.
-    pub(crate) fn filter(&self, key: &[String]) -> String {
-        if self.count <= 1 {
-            return "true".into();
+    /// SQL of the pass (of `count`) that a record's value of `key` falls in, as the
+    /// [`PASS`] column of a table the rule prepares.
+    fn of(key: &[String], count: usize) -> String {
+        if count <= 1 {
+            return format!("CAST(0 AS BIGINT) AS {PASS}");
         }
         let value = key.iter().map(|c| format!("CAST({c} AS VARCHAR)")).collect::<Vec<_>>().join(", ");
-        format!("hash_bucket(concat_ws('|', {value}), {}) = {}", self.count, self.index)
+        format!("CAST(hash_bucket(concat_ws('|', {value}), {count}) AS BIGINT) AS {PASS}")
+    }
+
+    /// SQL that keeps the rows of this pass of a prepared table, aliased `alias`.
+    fn keeps(&self, alias: &str) -> String {
+        format!("{alias}.{PASS} = {}", self.index)
     }
 }
 
-/// A rule as queries: its candidate edges (of one pass) and what its guardrails left out.
+/// A table a rule's queries read, made once before them (see [`RuleSql::prepare`]).
+pub struct Prepared {
+    pub name: String,
+    /// Its SQL, for a number of passes. A table with a [`PASS`] column is written in one
+    /// folder per pass, so that each pass reads its own rows only.
+    pub sql: Box<dyn Fn(usize) -> String + Send + Sync>,
+}
+
+/// A rule as queries: the tables it reads, its candidate edges (of one pass) and what
+/// its guardrails left out.
 pub struct RuleSql {
-    /// The table [`RULE_GROUPS`] that `edges` and `dropped` read, when they read one, as
-    /// SQL: made once by [`RuleSql::prepare`] rather than computed again by each query.
-    pub groups: Option<String>,
+    pub tables: Vec<Prepared>,
     pub edges: Box<dyn Fn(Pass) -> String + Send + Sync>,
     /// Values (as text) whose groups break a guardrail, with their record and people counts.
     pub dropped: String,
 }
 
-/// The value groups of the deterministic rule being applied (see [`RuleSql::groups`]).
-pub const RULE_GROUPS: &str = "rule_groups";
-
 impl RuleSql {
-    /// Makes the rule's [`RULE_GROUPS`] table, if it reads one, as Parquet in `dir` (a
-    /// folder of this rule's own).
-    pub async fn prepare(&self, ctx: &SessionContext, dir: &Path) -> datafusion::error::Result<()> {
-        match &self.groups {
-            Some(sql) => crate::engine::materialize(ctx, RULE_GROUPS, ctx.sql(sql).await?, dir).await,
-            None => Ok(()),
+    /// Makes the tables the rule's queries read, as Parquet in `dir` (a folder of this
+    /// rule's own), for `passes`.
+    pub async fn prepare(&self, ctx: &SessionContext, dir: &Path, passes: usize) -> datafusion::error::Result<()> {
+        for table in &self.tables {
+            let df = ctx.sql(&(table.sql)(passes)).await?;
+            if df.schema().has_column_with_unqualified_name(PASS) {
+                crate::engine::materialize_by_pass(ctx, &table.name, df, dir).await?;
+            } else {
+                crate::engine::materialize(ctx, &table.name, df, dir).await?;
+            }
         }
+        Ok(())
+    }
+
+    /// Removes the tables `prepare` made from the session.
+    pub fn release(&self, ctx: &SessionContext) -> datafusion::error::Result<()> {
+        for table in &self.tables {
+            ctx.deregister_table(table.name.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// The edges of `pass` and the dropped values as queries that compute the tables they
+    /// read in place (common table expressions of the same names): for asking which
+    /// columns of the records they read before the tables are made.
+    pub fn inlined(&self, pass: Pass) -> [String; 2] {
+        let tables: Vec<String> =
+            self.tables.iter().map(|t| format!("{} AS ({})", t.name, (t.sql)(pass.count))).collect();
+        let with = |sql: String| if tables.is_empty() { sql } else { format!("WITH {} {sql}", tables.join(", ")) };
+        [with((self.edges)(pass)), with(self.dropped.clone())]
     }
 }
+
+/// The value groups of the deterministic rule being applied, and its records in them.
+const RULE_GROUPS: &str = "rule_groups";
+const RULE_RECORDS: &str = "rule_records";
 
 /// Records equal on all `on` columns link, unless a guardrail drops the value (too many
 /// records or people share it) or the pair conflicts. When a value is shared by more
@@ -146,17 +184,16 @@ fn deterministic_on(
     // are counted in two plain aggregations rather than with COUNT(DISTINCT), whose
     // per-group sets take gigabytes over millions of values. A value on one record makes
     // no pair and breaks no guardrail: it is left out.
-    let records = move |pass: &str| format!("SELECT {projection} FROM {IDENTITY_RECORDS} WHERE {not_null} AND {pass}");
+    let records = format!("SELECT {projection} FROM {IDENTITY_RECORDS} WHERE {not_null}");
     let groups = format!(
-        "WITH k AS ({k}), \
+        "WITH k AS ({records}), \
          r0 AS (SELECT {cols}, CASE WHEN length(first_name_root) > 1 THEN first_name_root END AS root, \
                 first_name_known AS known_name, count(*) AS c FROM k GROUP BY {cols}, root, known_name), \
          g0 AS (SELECT {cols}, sum(c) AS n, \
                 sum(CASE WHEN root IS NOT NULL AND known_name THEN 1 ELSE 0 END) AS known, \
                 sum(CASE WHEN root IS NOT NULL AND NOT known_name THEN 1 ELSE 0 END) AS unknown \
                 FROM r0 GROUP BY {cols}) \
-         SELECT {cols}, n, CASE WHEN known > 0 THEN known ELSE unknown END AS people FROM g0 WHERE n > 1",
-        k = records("true")
+         SELECT {cols}, n, CASE WHEN known > 0 THEN known ELSE unknown END AS people FROM g0 WHERE n > 1"
     );
     let dropped = format!(
         "SELECT concat({value}) AS value, n AS records, people FROM {RULE_GROUPS} g \
@@ -164,22 +201,32 @@ fn deterministic_on(
     );
     // Groups that break a guardrail are removed before the self-join, so that a value on
     // thousands of records (`info@`) never makes millions of pairs.
-    let conflicts = conflicts_clause(unless, learned);
     let on = on.to_vec();
-    let edges = move |pass: Pass| {
+    let kept = move |passes: usize| {
         format!(
-            "WITH k AS ({k}), \
-         ok AS (SELECT {k_columns}, g.people AS group_people FROM k JOIN {RULE_GROUPS} g ON {join_g} \
-                WHERE g.n <= {max_group} AND g.people <= {max_people}) \
-         SELECT l.rid AS rid_a, r.rid AS rid_b, CAST(1.0 AS DOUBLE) AS score, concat({detail}) AS detail \
-         FROM ok l JOIN ok r ON {join_lr} AND l.rid < r.rid \
-         WHERE (l.group_people <= 1 OR (l.first_name_root IS NOT NULL AND length(l.first_name_root) > 1 \
-              AND r.first_name_root IS NOT NULL AND length(r.first_name_root) > 1)) \
-         AND {conflicts}",
-            k = records(&pass.filter(&on)),
+            "SELECT {k_columns}, g.people AS group_people, {pass} FROM ({records}) k JOIN {RULE_GROUPS} g \
+             ON {join_g} WHERE g.n <= {max_group} AND g.people <= {max_people}",
+            pass = Pass::of(&on.iter().map(|c| format!("k.{c}")).collect::<Vec<_>>(), passes)
         )
     };
-    RuleSql { groups: Some(groups), edges: Box::new(edges), dropped }
+    let conflicts = conflicts_clause(unless, learned);
+    let edges = move |pass: Pass| {
+        format!(
+            "SELECT l.rid AS rid_a, r.rid AS rid_b, CAST(1.0 AS DOUBLE) AS score, concat({detail}) AS detail \
+             FROM {RULE_RECORDS} l JOIN {RULE_RECORDS} r ON {join_lr} AND l.rid < r.rid \
+             WHERE {} AND {} \
+             AND (l.group_people <= 1 OR (l.first_name_root IS NOT NULL AND length(l.first_name_root) > 1 \
+              AND r.first_name_root IS NOT NULL AND length(r.first_name_root) > 1)) \
+             AND {conflicts}",
+            pass.keeps("l"),
+            pass.keeps("r"),
+        )
+    };
+    let tables = vec![
+        Prepared { name: RULE_GROUPS.into(), sql: Box::new(move |_| groups.clone()) },
+        Prepared { name: RULE_RECORDS.into(), sql: Box::new(kept) },
+    ];
+    RuleSql { tables, edges: Box::new(edges), dropped }
 }
 
 /// Records carrying the same external id link (no people guard: these are system keys).
@@ -259,21 +306,46 @@ pub fn fuzzy(rule: &FuzzyRule, learned: &LearnedNames) -> RuleSql {
         min_weight: rule.threshold,
         score: "w".into(),
     };
-    let (blocking, max, from) = (rule.blocking.clone(), rule.max_block_size, records.clone());
-    let edges = move |pass: Pass| scored_pairs(&from, &blocking, max, pass, &scoring);
+    let tables = blocked_records(&records, &rule.blocking, rule.max_block_size);
+    let blocking = rule.blocking.clone();
+    let edges = move |pass: Pass| scored_pairs(&blocking, pass, &scoring);
     let skipped = skipped_blocks(&records, &rule.blocking, rule.max_block_size);
-    RuleSql { groups: None, edges: Box::new(edges), dropped: skipped }
+    RuleSql { tables, edges: Box::new(edges), dropped: skipped }
 }
 
 /// The SQL of blocks: `k` the records with the key, `kb` those in blocks within the size
-/// limit; `pass` keeps one share of the key values.
-pub(crate) fn blocks_sql(from: &str, key: &[String], max: usize, pass: &str) -> String {
+/// limit.
+pub(crate) fn blocks_sql(from: &str, key: &[String], max: usize) -> String {
     let not_null = key.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
     let cols = key.join(", ");
     let join_b = key.iter().map(|c| format!("b.{c} = k.{c}")).collect::<Vec<_>>().join(" AND ");
     format!(
-        "k AS (SELECT * FROM {from} WHERE {not_null} AND {pass}),          b AS (SELECT {cols}, count(*) AS n FROM k GROUP BY {cols}),          kb AS (SELECT k.* FROM k JOIN b ON {join_b} WHERE b.n <= {max})"
+        "k AS (SELECT * FROM {from} WHERE {not_null}), \
+         b AS (SELECT {cols}, count(*) AS n FROM k GROUP BY {cols}), \
+         kb AS (SELECT k.* FROM k JOIN b ON {join_b} WHERE b.n <= {max})"
     )
+}
+
+/// The prepared tables of a rule with blocking rules: per blocking rule, the records in
+/// blocks within the size limit with their pass.
+fn blocked_records(from: &str, blocking: &[Vec<String>], max: usize) -> Vec<Prepared> {
+    blocking
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let (from, key) = (from.to_string(), key.clone());
+            let sql = move |passes: usize| {
+                let kb_key: Vec<String> = key.iter().map(|c| format!("kb.{c}")).collect();
+                format!("WITH {} SELECT kb.*, {} FROM kb", blocks_sql(&from, &key, max), Pass::of(&kb_key, passes))
+            };
+            Prepared { name: blocked_table(i), sql: Box::new(sql) }
+        })
+        .collect()
+}
+
+/// The table of the records blocking rule `i` (of the rule being applied) puts in blocks.
+fn blocked_table(i: usize) -> String {
+    format!("rule_blocks_{i}")
 }
 
 /// How a pair of records is scored, in two steps: `columns` over the two records `l.`
@@ -326,17 +398,22 @@ struct Scoring {
 /// The candidate edges of one pass over every blocking rule. The pairs are scored straight
 /// from the two blocked records: no lookups by rid. A pair that shares several blocking
 /// keys comes once per key; the caller keeps one.
-fn scored_pairs(from: &str, blocking: &[Vec<String>], max: usize, pass: Pass, s: &Scoring) -> String {
+fn scored_pairs(blocking: &[Vec<String>], pass: Pass, s: &Scoring) -> String {
     blocking
         .iter()
         .enumerate()
         .map(|(i, key)| {
             let join_lr = key.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
-            let pairs = format!("FROM kb l JOIN kb r ON {join_lr} AND l.rid < r.rid WHERE {}", s.conflicts);
+            let blocked = blocked_table(i);
+            let pairs = format!(
+                "FROM {blocked} l JOIN {blocked} r ON {join_lr} AND l.rid < r.rid WHERE {} AND {} AND {}",
+                pass.keeps("l"),
+                pass.keeps("r"),
+                s.conflicts
+            );
             format!(
-                "SELECT rid_a, rid_b, {score} AS score, detail FROM (WITH {blocks} {scored})",
+                "SELECT rid_a, rid_b, {score} AS score, detail FROM ({scored})",
                 score = s.score,
-                blocks = blocks_sql(from, key, max, &pass.filter(key)),
                 scored = s.pairs[i].query_weighing(
                     &pairs,
                     &s.conflict_cost,
@@ -427,10 +504,11 @@ pub fn probabilistic(rule: &ProbabilisticRule, model: &RuleModel, from: &str, le
         min_weight: threshold,
         score: "1.0 / (1.0 + power(2.0, -w))".into(),
     };
-    let (blocking, max, from) = (rule.blocking.clone(), rule.max_block_size, from.to_string());
-    let dropped = skipped_blocks(&from, &rule.blocking, max);
-    let edges = move |pass: Pass| scored_pairs(&from, &blocking, max, pass, &scoring);
-    RuleSql { groups: None, edges: Box::new(edges), dropped }
+    let tables = blocked_records(from, &rule.blocking, rule.max_block_size);
+    let dropped = skipped_blocks(from, &rule.blocking, rule.max_block_size);
+    let blocking = rule.blocking.clone();
+    let edges = move |pass: Pass| scored_pairs(&blocking, pass, &scoring);
+    RuleSql { tables, edges: Box::new(edges), dropped }
 }
 
 /// Per blocking rule of a probabilistic rule, how a pair of records (with their `tf_<i>`
