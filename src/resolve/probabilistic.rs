@@ -27,6 +27,8 @@ const U_SAMPLE_RECORDS: u64 = 1_415;
 /// Blocked pairs that EM sees at most, by sampling the left record of each pair.
 const M_SAMPLE_PAIRS: u64 = 250_000;
 const EM_ITERATIONS: usize = 40;
+/// The table of the records in the `m` sample, while it is counted.
+const M_SAMPLE: &str = "m_sample";
 /// No probability is taken as exactly 0 or 1: a level seen nowhere is rare, not impossible.
 const FLOOR: f64 = 1e-6;
 
@@ -366,21 +368,27 @@ pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<
             b.first().map_or(0, |b| b.column(0).as_primitive::<Int64Type>().value(0) as u64)
         };
         let share = (pairs / M_SAMPLE_PAIRS).max(1);
-        // The sample is of the pairs' left records; the right ones are read only from the
-        // blocks a sampled record is in, so that neither side of the join holds every
-        // blocked record (at 10M records one side alone outgrew a 2 GB pool).
-        let cols = key.join(", ");
-        let join_s = key.iter().map(|c| format!("s.{c} = k.{c}")).collect::<Vec<_>>().join(" AND ");
+        // The sample is of the pairs' left records. It is held in memory, where the
+        // engine knows its size: joined with the records, it is the side the join keeps
+        // in a hash table (in one query, the engine could not tell and kept all records,
+        // which at 10M records outgrew a 2 GB pool). About `2 * M_SAMPLE_PAIRS` records at most.
+        let sample = ctx
+            .sql(&format!(
+                "WITH {blocks} SELECT * FROM kb WHERE hash_bucket(concat('m:', CAST(rid AS VARCHAR)), {share}) = 0",
+                blocks = super::rules::blocks_sql(&records, key, rule.max_block_size)
+            ))
+            .await?
+            .cache()
+            .await?;
+        ctx.register_table(M_SAMPLE, sample.into_view())?;
         let m_sql = format!(
-            "WITH {blocks}, \
-             l AS (SELECT * FROM kb WHERE hash_bucket(concat('m:', CAST(rid AS VARCHAR)), {share}) = 0), \
-             r AS (SELECT k.* FROM k JOIN (SELECT DISTINCT {cols} FROM l) s ON {join_s}) \
-             SELECT {gammas}, count(*) AS n FROM l JOIN r ON {join_lr} AND l.rid < r.rid \
+            "SELECT {gammas}, count(*) AS n FROM {M_SAMPLE} l JOIN {records} r ON {join_lr} AND l.rid < r.rid \
              WHERE {link} GROUP BY {group}",
-            blocks = super::rules::blocks_sql(&records, key, rule.max_block_size),
             link = super::rules::link_clause(rule.link_only)
         );
-        let pats = patterns(ctx, &m_sql, k).await?;
+        let pats = patterns(ctx, &m_sql, k).await;
+        ctx.deregister_table(M_SAMPLE)?;
+        let pats = pats?;
         let seen: f64 = pats.iter().map(|(_, n)| n).sum();
         let mut fitted = BlockingModel { key: key.clone(), lambda: 0.1, pairs, em_pairs: seen as u64 };
         let free: Vec<bool> = rule.comparisons.iter().map(|c| !fitted.covers(&c.column)).collect();

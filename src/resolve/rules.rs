@@ -314,7 +314,7 @@ pub fn fuzzy(rule: &FuzzyRule, learned: &LearnedNames) -> RuleSql {
 }
 
 /// The SQL of blocks: `k` the records with the key, `kb` those in blocks within the size
-/// limit.
+/// limit (a block of one record makes no pair: it is left out).
 pub(crate) fn blocks_sql(from: &str, key: &[String], max: usize) -> String {
     let not_null = key.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
     let cols = key.join(", ");
@@ -322,7 +322,7 @@ pub(crate) fn blocks_sql(from: &str, key: &[String], max: usize) -> String {
     format!(
         "k AS (SELECT * FROM {from} WHERE {not_null}), \
          b AS (SELECT {cols}, count(*) AS n FROM k GROUP BY {cols}), \
-         kb AS (SELECT k.* FROM k JOIN b ON {join_b} WHERE b.n <= {max})"
+         kb AS (SELECT k.* FROM k JOIN b ON {join_b} WHERE b.n > 1 AND b.n <= {max})"
     )
 }
 
