@@ -204,7 +204,7 @@ fn deterministic_on(
     let on = on.to_vec();
     let kept = move |passes: usize| {
         format!(
-            "SELECT {k_columns}, g.people AS group_people, {pass} FROM ({records}) k JOIN {RULE_GROUPS} g \
+            "SELECT {k_columns}, g.people AS group_people, {pass} FROM {RULE_GROUPS} g JOIN ({records}) k \
              ON {join_g} WHERE g.n <= {max_group} AND g.people <= {max_people}",
             pass = Pass::of(&on.iter().map(|c| format!("k.{c}")).collect::<Vec<_>>(), passes)
         )
@@ -314,7 +314,9 @@ pub fn fuzzy(rule: &FuzzyRule, learned: &LearnedNames) -> RuleSql {
 }
 
 /// The SQL of blocks: `k` the records with the key, `kb` those in blocks within the size
-/// limit (a block of one record makes no pair: it is left out).
+/// limit (a block of one record makes no pair: it is left out). The block counts are the
+/// join's first side, which the engine keeps in a hash table: it cannot tell the size of
+/// an aggregate, and at 10M records the records themselves outgrew a 2 GB pool there.
 pub(crate) fn blocks_sql(from: &str, key: &[String], max: usize) -> String {
     let not_null = key.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" AND ");
     let cols = key.join(", ");
@@ -322,7 +324,7 @@ pub(crate) fn blocks_sql(from: &str, key: &[String], max: usize) -> String {
     format!(
         "k AS (SELECT * FROM {from} WHERE {not_null}), \
          b AS (SELECT {cols}, count(*) AS n FROM k GROUP BY {cols}), \
-         kb AS (SELECT k.* FROM k JOIN b ON {join_b} WHERE b.n > 1 AND b.n <= {max})"
+         kb AS (SELECT k.* FROM b JOIN k ON {join_b} WHERE b.n > 1 AND b.n <= {max})"
     )
 }
 
