@@ -371,7 +371,7 @@ pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<
         // The sample is of the pairs' left records. It is held in memory, where the
         // engine knows its size: joined with the records, it is the side the join keeps
         // in a hash table (in one query, the engine could not tell and kept all records,
-        // which at 10M records outgrew a 2 GB pool). About `2 * M_SAMPLE_PAIRS` records at most.
+        // which at 10M records outgrew a 2 GB pool). At most about `4 * M_SAMPLE_PAIRS` records.
         let sample = ctx
             .sql(&format!(
                 "WITH {blocks} SELECT * FROM kb WHERE hash_bucket(concat('m:', CAST(rid AS VARCHAR)), {share}) = 0",
