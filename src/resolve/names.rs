@@ -59,7 +59,9 @@ impl LearnedNames {
     }
 }
 
-/// Learns the pairs from the staged identity records.
+/// Learns the pairs from the staged identity records. An identifier that carries
+/// exactly two names gives its pair as the smaller and the larger of them, in one
+/// aggregation rather than a self-join of the identifiers.
 pub async fn learn(ctx: &SessionContext) -> Result<Arc<LearnedNames>> {
     let sql = format!(
         "WITH ids AS ( \
@@ -69,9 +71,8 @@ pub async fn learn(ctx: &SessionContext) -> Result<Arc<LearnedNames>> {
            SELECT phone, first_name_root FROM {IDENTITY_RECORDS} \
              WHERE phone IS NOT NULL AND (phone_kind IS DISTINCT FROM 'fixed_line') AND length(first_name_root) > 1), \
          carried AS (SELECT v, root FROM ids GROUP BY v, root), \
-         two AS (SELECT v FROM carried GROUP BY v HAVING count(*) = 2), \
-         together AS (SELECT a.root AS a, b.root AS b, count(*) AS n FROM carried a \
-           JOIN carried b ON a.v = b.v AND a.root < b.root JOIN two t ON t.v = a.v GROUP BY a.root, b.root), \
+         names AS (SELECT min(root) AS a, max(root) AS b, count(*) AS n FROM carried GROUP BY v), \
+         together AS (SELECT a, b, count(*) AS n FROM names WHERE n = 2 GROUP BY a, b), \
          alone AS (SELECT root, count(*) AS n FROM carried GROUP BY root) \
          SELECT t.a, t.b FROM together t JOIN alone x ON x.root = t.a JOIN alone y ON y.root = t.b \
          WHERE t.n >= {MIN_IDENTIFIERS} AND t.n >= {MIN_SHARE} * least(x.n, y.n)"
