@@ -330,7 +330,7 @@ async fn compare_pair(
                 return Ok(format!("equal ({}), but they conflict on {}", r[0], r[2]));
             }
             let queries = rules::deterministic(d, weighing.learned);
-            let dir = weighing.scratch.join(format!("groups_{}", weighing.rule_no));
+            let dir = weighing.scratch.join(format!("prepared_{}", weighing.rule_no));
             queries.prepare(ctx, &dir, 1).await.map_err(crate::resolve::ResolveError::from)?;
             let dropped = rows(
                 ctx,
