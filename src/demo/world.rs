@@ -1,7 +1,7 @@
 //! The made-up population: people in households, and the records each source system
 //! holds about them, with the dirt real systems have.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{Duration, NaiveDate, NaiveDateTime};
 use rand::Rng;
@@ -118,6 +118,10 @@ pub struct World {
     used_emails: HashSet<String>,
     used_phones: HashSet<String>,
     used_addresses: HashSet<String>,
+    /// The last number given to a numbered mailbox (`base{n}@domain`), so the next one
+    /// starts there: common names would otherwise try every taken number again, which
+    /// grows with the square of the people count.
+    mailbox_numbers: HashMap<String, u32>,
     /// Company mailboxes that several unrelated people type in (`info@...`).
     company_emails: Vec<String>,
 }
@@ -212,13 +216,24 @@ impl World {
             _ => format!("{}{s}", &f[..1]),
         };
         let domain = *MAIL_DOMAINS.choose(rng).expect("domains");
-        let mut candidate = format!("{base}@{domain}");
-        let mut n = 1;
-        while !self.claim_mailbox(&candidate) {
+        self.claim_numbered_mailbox(&base, domain)
+    }
+
+    /// Claims `base@domain`, or else `base{n}@domain` with the smallest free n from 2.
+    fn claim_numbered_mailbox(&mut self, base: &str, domain: &str) -> String {
+        let numbered = format!("{base}@{domain}");
+        // Every number up to the last one given out is taken (claims are never undone).
+        let mut n = self.mailbox_numbers.get(&numbered).copied().unwrap_or(0);
+        loop {
             n += 1;
-            candidate = format!("{base}{n}@{domain}");
+            let candidate = if n == 1 { numbered.clone() } else { format!("{base}{n}@{domain}") };
+            if self.claim_mailbox(&candidate) {
+                if n > 1 {
+                    self.mailbox_numbers.insert(numbered, n);
+                }
+                return candidate;
+            }
         }
-        candidate
     }
 
     /// Claims a mailbox; false when it (or a spelling the mail server treats as the same,
@@ -257,13 +272,7 @@ impl World {
             let shared_email = (size > 1 && chance(rng, 0.12)).then(|| {
                 let s = noise::ascii_lower(&format!("{particle}{surname}")).replace(['\'', ' '], "");
                 let domain = *MAIL_DOMAINS.choose(rng).expect("domains");
-                let mut e = format!("fam.{s}@{domain}");
-                let mut n = 1;
-                while !self.claim_mailbox(&e) {
-                    n += 1;
-                    e = format!("fam.{s}{n}@{domain}");
-                }
-                e
+                self.claim_numbered_mailbox(&format!("fam.{s}"), domain)
             });
             self.households.push(Household { address, landline, shared_email });
             let parent_year = rng.random_range(1940..2000);
@@ -292,11 +301,19 @@ impl World {
                 let work_email = chance(rng, 0.12).then(|| {
                     let f = noise::ascii_lower(first);
                     let sur = noise::ascii_lower(s).replace(['\'', ' '], "");
-                    let mut e = format!("{}.{sur}@werk{}.nl", &f[..1], rng.random_range(1..400));
-                    while !self.claim_mailbox(&e) {
-                        e = format!("{f}.{sur}@werk{}.nl", rng.random_range(1..4000));
+                    let e = format!("{}.{sur}@werk{}.nl", &f[..1], rng.random_range(1..400));
+                    if self.claim_mailbox(&e) {
+                        return e;
                     }
-                    e
+                    // A common name can take every employer's mailbox at millions of
+                    // people: a few random tries, then a numbered one.
+                    for _ in 0..100 {
+                        let e = format!("{f}.{sur}@werk{}.nl", rng.random_range(1..4000));
+                        if self.claim_mailbox(&e) {
+                            return e;
+                        }
+                    }
+                    self.claim_numbered_mailbox(&format!("{f}.{sur}"), "werk.nl")
                 });
                 let mobile = chance(rng, 0.92).then(|| self.unique_mobile(rng));
                 let old_address = chance(rng, 0.1).then(|| self.new_address(rng));
@@ -618,5 +635,21 @@ impl World {
         w.cards.retain(|_| !chance(rng, 0.01));
         w.subscribers.retain(|_| !chance(rng, 0.01));
         w
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_mailboxes_take_the_smallest_free_number() {
+        let mut world = World::new(NaiveDate::from_ymd_opt(2026, 11, 22).expect("date"), Profile::Base);
+        assert!(world.claim_mailbox("jan3@example.nl"));
+        let given: Vec<String> = (0..4).map(|_| world.claim_numbered_mailbox("jan", "example.nl")).collect();
+        assert_eq!(given, ["jan@example.nl", "jan2@example.nl", "jan4@example.nl", "jan5@example.nl"]);
+        // Gmail ignores dots: a dotted spelling of a taken mailbox is taken too.
+        assert_eq!(world.claim_numbered_mailbox("j.an", "gmail.com"), "j.an@gmail.com");
+        assert_eq!(world.claim_numbered_mailbox("jan", "gmail.com"), "jan2@gmail.com");
     }
 }
