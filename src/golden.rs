@@ -64,8 +64,11 @@ impl Choice {
     /// A most-frequent choice counts each value within the customer first; the first
     /// record in (count, recency) order carries the most frequent value, and ties go to
     /// the value of the most recent record.
-    fn sql(&self) -> String {
+    ///
+    /// `share` keeps one share of the customers (see [`share`]).
+    fn sql(&self, share: &str) -> String {
         let key = self.choice.key_column();
+        let base = format!("(SELECT * FROM {GOLDEN_BASE} WHERE {share})");
         // Counts come from an aggregation joined back (the counts are the build side):
         // `count(*) OVER (PARTITION BY ...)` is an unbounded window, which DataFusion
         // computes over its whole input at once (at 1M people, one 650 MB batch that
@@ -73,11 +76,11 @@ impl Choice {
         let rows = if self.strategy == Survivorship::MostFrequent {
             format!(
                 "(SELECT b.*, f.freq FROM \
-                  (SELECT cluster_id, {key} AS v, count(*) AS freq FROM {GOLDEN_BASE} GROUP BY cluster_id, {key}) f \
-                  JOIN {GOLDEN_BASE} b ON b.cluster_id = f.cluster_id AND b.{key} = f.v)"
+                  (SELECT cluster_id, {key} AS v, count(*) AS freq FROM {base} GROUP BY cluster_id, {key}) f \
+                  JOIN {base} b ON b.cluster_id = f.cluster_id AND b.{key} = f.v)"
             )
         } else {
-            GOLDEN_BASE.to_string()
+            base
         };
         let columns: Vec<String> = self
             .choice
@@ -103,15 +106,20 @@ pub struct GoldenSql {
 }
 
 impl GoldenSql {
-    /// Per survivorship choice, its table and query.
-    pub fn picks(&self) -> impl Iterator<Item = (String, String)> + '_ {
-        self.choices.iter().map(|c| (c.table(), c.sql()))
+    /// Per survivorship choice, its table and queries: a most-frequent choice in `shares`
+    /// parts (its value counts are a hash join's build side), the others in one (their
+    /// sort spills to disk when it must).
+    pub fn picks(&self, shares: usize) -> impl Iterator<Item = (String, Vec<String>)> + '_ {
+        self.choices.iter().map(move |c| {
+            let count = if c.strategy == Survivorship::MostFrequent { shares } else { 1 };
+            (c.table(), (0..count).map(|index| c.sql(&share(index, count))).collect())
+        })
     }
 
     /// `customers` for the customers whose cluster falls in share `index` of `count`: the
     /// picks joined on the cluster, with the record counts and the lineage.
     pub fn customers(&self, index: usize, count: usize) -> String {
-        let share = if count > 1 { format!("cluster_id % {count} = {index}") } else { "true".to_string() };
+        let share = share(index, count);
         let joins: String = self
             .choices
             .iter()
@@ -141,6 +149,16 @@ impl GoldenSql {
         )
     }
 }
+
+/// The customers in share `index` of `count`, as a condition on `cluster_id`.
+fn share(index: usize, count: usize) -> String {
+    if count > 1 { format!("cluster_id % {count} = {index}") } else { "true".to_string() }
+}
+
+/// Bytes a most-frequent choice's join holds per record in its share: the value counts
+/// per customer, about one row per record. Measured at 24.5M records in a 2 GB pool: one
+/// share ran out at 2 GB (85 bytes a record and more); 200 keeps a margin.
+const BYTES_PER_RECORD_IN_COUNTS: usize = 200;
 
 /// The queries that build `customers` from the crosswalk and the staged records.
 pub fn customers_sql(pipeline: &Pipeline) -> GoldenSql {
@@ -195,13 +213,22 @@ pub async fn build_customers(
     pipeline: &Pipeline,
     scratch: &Path,
     shares: usize,
+    records: u64,
 ) -> Result<(), GoldenError> {
     let mut lap = crate::progress::Lap::start("golden");
     let sql = customers_sql(pipeline);
     ctx.register_table(GOLDEN_BASE, ctx.sql(&sql.base).await?.into_view())?;
-    for (table, query) in sql.picks() {
-        let df = ctx.sql(&query).await?;
-        crate::engine::materialize(ctx, &table, df, scratch).await?;
+    let count_shares = crate::engine::shares_for_memory(
+        ctx,
+        usize::try_from(records).unwrap_or(usize::MAX).saturating_mul(BYTES_PER_RECORD_IN_COUNTS),
+        4,
+    );
+    for (table, queries) in sql.picks(count_shares) {
+        let mut parts = Vec::new();
+        for query in &queries {
+            parts.push(ctx.sql(query).await?);
+        }
+        crate::engine::materialize_parts(ctx, &table, parts, scratch).await?;
         lap.done(&table);
     }
     let mut parts = Vec::new();
@@ -254,4 +281,51 @@ pub async fn register_source_views(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A most-frequent pick in shares of the customers picks what it picks in one.
+    #[tokio::test]
+    async fn a_pick_in_shares_is_the_pick_in_one() {
+        let ctx = SessionContext::new();
+        // Per customer (cluster), last names with counts and recency that decide.
+        let rows: String = (0..40)
+            .map(|i| {
+                let name = ["Jansen", "Janssen", "de Vries", "Vries"][(i * 7 % 11) % 4];
+                format!(
+                    "({}, '{name}', 's:{i}', '{i:03}', TIMESTAMP '2026-01-01 00:00:00' + INTERVAL '{} days', {})",
+                    i % 9,
+                    i % 5,
+                    i % 3
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let base = format!(
+            "SELECT CAST(column1 AS BIGINT) AS cluster_id, column2 AS last_name, column3 AS record, \
+             column4 AS source_record_id, column5 AS updated_at, column6 AS priority FROM (VALUES {rows})"
+        );
+        ctx.register_table(GOLDEN_BASE, ctx.sql(&base).await.unwrap().into_view()).unwrap();
+        let choice = Choice { choice: GoldenChoice::LastName, strategy: Survivorship::MostFrequent };
+        let picked = |count: usize| {
+            let ctx = ctx.clone();
+            let queries: Vec<String> = (0..count).map(|index| choice.sql(&share(index, count))).collect();
+            async move {
+                let mut rows = Vec::new();
+                for q in queries {
+                    let batches = ctx.sql(&format!("{q} ORDER BY cluster_id")).await.unwrap().collect().await.unwrap();
+                    let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+                    rows.extend(text.lines().filter(|l| l.starts_with("| ")).skip(1).map(str::to_string));
+                }
+                rows.sort();
+                rows
+            }
+        };
+        let one = picked(1).await;
+        assert_eq!(one.len(), 9, "{one:?}");
+        assert_eq!(one, picked(4).await);
+    }
 }

@@ -220,7 +220,7 @@ impl Run<'_> {
         summary: &MatchSummary,
     ) -> Result<(), Error> {
         self.timer.stage("golden");
-        golden::build_customers(self.ctx, self.pipeline, self.scratch, summary.passes).await?;
+        golden::build_customers(self.ctx, self.pipeline, self.scratch, summary.passes, summary.records).await?;
         let read_by_models = models.iter().flat_map(|m| m.reads.iter().map(String::as_str)).collect();
         golden::register_source_views(self.ctx, self.pipeline, &present(extracted), &read_by_models, self.scratch)
             .await?;
