@@ -244,6 +244,9 @@ def model_sql(name):
 
 models = ["purchases", "refunds", "rfm", "clv", "last_sign_of_life", "email_engagement", "preferences", "intent",
           "segments", "customers_enriched"]
+# The models are DataFusion SQL, where `/` between integers divides whole numbers (rfm's
+# quintiles); DuckDB's `/` would give a fraction.
+con.execute("SET integer_division = true")
 stage("enrich", *[f"CREATE TABLE {m} AS {model_sql(m)}" for m in models])
 
 stage(
