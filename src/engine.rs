@@ -195,6 +195,9 @@ pub async fn write_parts(parts: Vec<DataFrame>, dir: &Path) -> datafusion::error
     let mut schema = None;
     for df in parts {
         schema.get_or_insert_with(|| df.schema().inner().clone());
+        if tracing::enabled!(tracing::Level::TRACE) {
+            log_analyzed_plan(dir, df.clone()).await?;
+        }
         df.write_parquet(&format!("{}/", dir.display()), Default::default(), Some(scratch_parquet())).await?;
     }
     if let Some(schema) = schema {
@@ -202,6 +205,16 @@ pub async fn write_parts(parts: Vec<DataFrame>, dir: &Path) -> datafusion::error
     }
     // Which intermediate table costs what: the first thing to read when a run is slow.
     tracing::debug!(table = %dir.display(), seconds = started.elapsed().as_secs_f64(), "table written");
+    Ok(())
+}
+
+/// Runs a scratch table's query once more under `EXPLAIN ANALYZE` and logs the plan with
+/// its metrics (`KLANTBEELD_LOG=klantbeeld=trace`): which operator of a slow step costs
+/// what, rows and spills included. The query then runs twice, so only for diagnosis.
+async fn log_analyzed_plan(dir: &Path, df: DataFrame) -> datafusion::error::Result<()> {
+    let batches = df.explain(false, true)?.collect().await?;
+    let plan = datafusion::arrow::util::pretty::pretty_format_batches(&batches)?;
+    tracing::trace!(table = %dir.display(), "plan with metrics:\n{plan}");
     Ok(())
 }
 

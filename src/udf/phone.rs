@@ -1,7 +1,7 @@
 //! Phone normalisation to E.164 with libphonenumber's metadata (the `phonenumber` crate).
 
-use phonenumber::metadata::Database;
-use phonenumber::{Mode, PhoneNumber, country};
+use phonenumber::metadata::{Database, Descriptor};
+use phonenumber::{PhoneNumber, country};
 
 /// libphonenumber's metadata, the file the `phonenumber` crate builds its own database
 /// from, copied from the crate's `assets/` (version 0.3.10+9.0.33; a test compares
@@ -61,7 +61,7 @@ fn parse_with(database: &Database, raw: &str, default_region: &str) -> Parsed {
         // libphonenumber's validity check is this same lookup (the number's region, then
         // its type among the region's patterns) asking whether the type is known, so the
         // type answers both questions with one pass over the patterns.
-        let kind = match number.number_type(database) {
+        let kind = match number_type(database, &number) {
             phonenumber::Type::Unknown => return None,
             phonenumber::Type::Mobile => "mobile",
             phonenumber::Type::FixedLine => "fixed_line",
@@ -71,7 +71,87 @@ fn parse_with(database: &Database, raw: &str, default_region: &str) -> Parsed {
         if is_placeholder(&number) {
             return None;
         }
-        Some((number.format_with(database).mode(Mode::E164).to_string(), kind))
+        Some((e164(&number), kind))
+    })
+}
+
+thread_local! {
+    /// Each number type pattern of the thread's database, compiled once, by the address of
+    /// its descriptor in that database (which lives as long as the thread).
+    static PATTERNS: std::cell::RefCell<foldhash::HashMap<usize, Option<regex::Regex>>> = Default::default();
+}
+
+/// The number's type, as `PhoneNumber::number_type` answers it (libphonenumber's order:
+/// the general pattern, then premium rate, toll free, ..., fixed line, mobile).
+/// The crate looks each pattern up in a shared cache, under a lock and by hashing the
+/// pattern's text, and its patterns read `\d` as any Unicode digit: that lookup and the
+/// larger automata were half of a number's parse. Here each pattern is compiled once per
+/// thread with ASCII digits (the metadata's meaning: it is written for Java, whose `\d`
+/// is `[0-9]`), and the numbers matched are ASCII digits anyway.
+fn number_type(database: &Database, number: &PhoneNumber) -> phonenumber::Type {
+    use phonenumber::Type;
+    let Some(metadata) = number.metadata(database) else { return Type::Unknown };
+    let national = number.national().value().to_string();
+    let d = metadata.descriptors();
+    let is = |descriptor: Option<&Descriptor>| descriptor.is_some_and(|d| matches(d, &national));
+    if !is(Some(d.general())) {
+        return Type::Unknown;
+    }
+    let others = [
+        (d.premium_rate(), Type::PremiumRate),
+        (d.toll_free(), Type::TollFree),
+        (d.shared_cost(), Type::SharedCost),
+        (d.voip(), Type::Voip),
+        (d.personal_number(), Type::PersonalNumber),
+        (d.pager(), Type::Pager),
+        (d.uan(), Type::Uan),
+        (d.voicemail(), Type::Voicemail),
+    ];
+    if let Some((_, kind)) = others.into_iter().find(|(descriptor, _)| is(*descriptor)) {
+        return kind;
+    }
+    match (is(d.fixed_line()), is(d.mobile())) {
+        (true, true) => Type::FixedLineOrMobile,
+        (true, false) if same_pattern(d.fixed_line(), d.mobile()) => Type::FixedLineOrMobile,
+        (true, false) => Type::FixedLine,
+        (false, true) => Type::Mobile,
+        (false, false) => Type::Unknown,
+    }
+}
+
+/// A number in E.164 form, `+` country code national number, as the crate's formatter
+/// writes it (which first looks up the region's national formats, for nothing here).
+fn e164(number: &PhoneNumber) -> String {
+    format!("+{}{}", number.country().code(), number.national())
+}
+
+/// Whether two descriptors have one pattern (a region whose fixed and mobile numbers
+/// cannot be told apart).
+fn same_pattern(a: Option<&Descriptor>, b: Option<&Descriptor>) -> bool {
+    a.map(|d| d.national_number().as_str()) == b.map(|d| d.national_number().as_str())
+}
+
+/// Whether a national number is of a descriptor's type: one of its possible lengths (when
+/// it lists them), and its pattern matches from the first digit, as `Descriptor::is_match`.
+fn matches(descriptor: &Descriptor, national: &str) -> bool {
+    let lengths = descriptor.possible_length();
+    if !lengths.is_empty() && !lengths.contains(&(national.len() as u16)) {
+        return false;
+    }
+    let key = descriptor as *const Descriptor as usize;
+    PATTERNS.with_borrow_mut(|patterns| {
+        let compiled = patterns.entry(key).or_insert_with(|| {
+            regex::RegexBuilder::new(&format!("^(?:{})", descriptor.national_number().as_str()))
+                .ignore_whitespace(true)
+                .unicode(false)
+                .build()
+                .ok()
+        });
+        match compiled {
+            Some(pattern) => pattern.is_match(national),
+            // A pattern only the Unicode syntax reads: the crate's own match.
+            None => descriptor.is_match(national),
+        }
     })
 }
 
@@ -87,8 +167,25 @@ fn parse(database: &Database, raw: &str, default_region: &str) -> Option<PhoneNu
         Some(rest) => format!("+{rest}"),
         None => trimmed.to_string(),
     };
-    let region: country::Id = default_region.trim().to_uppercase().parse().ok()?;
+    let region = region_id(default_region)?;
     phonenumber::parse_with(database, Some(region), &cleaned).ok()
+}
+
+thread_local! {
+    /// The last default region read, and its id: every number of a column has the same.
+    static REGION: std::cell::RefCell<Option<(String, Option<country::Id>)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The region `NL` (or `nl`, ` NL `) as the crate's id; `None` for an unknown region.
+fn region_id(region: &str) -> Option<country::Id> {
+    REGION.with_borrow_mut(|last| match last {
+        Some((text, id)) if text == region => *id,
+        _ => {
+            let id = region.trim().to_uppercase().parse().ok();
+            *last = Some((region.to_string(), id));
+            id
+        }
+    })
 }
 
 /// A number whose last seven digits are one repeated digit, or whose last eight are a
@@ -105,6 +202,7 @@ fn is_placeholder(number: &PhoneNumber) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use phonenumber::Mode;
 
     #[test]
     fn dutch_mobile_in_every_spelling() {
@@ -161,6 +259,53 @@ mod tests {
             compared
         });
         assert!(compared > 500, "{compared} examples");
+    }
+
+    /// The number type read with the patterns compiled here is the crate's (and so is the
+    /// E.164 form of a valid number), for every
+    /// region's example number of every type, and for those numbers one digit shorter and
+    /// longer (other types, or none).
+    #[test]
+    fn number_types_are_the_crates() {
+        let crates = &*phonenumber::metadata::DATABASE;
+        let mut compared = 0;
+        for region in crates.iter() {
+            let d = region.descriptors();
+            let examples = [
+                Some(d.general()),
+                d.fixed_line(),
+                d.mobile(),
+                d.toll_free(),
+                d.premium_rate(),
+                d.shared_cost(),
+                d.voip(),
+                d.personal_number(),
+                d.pager(),
+                d.uan(),
+                d.voicemail(),
+            ]
+            .into_iter()
+            .flatten()
+            .filter_map(|desc| desc.example());
+            for example in examples {
+                for typed in [example.to_string(), format!("{example}1"), example[..example.len() - 1].to_string()] {
+                    let Ok(number) = phonenumber::parse(None, format!("+{} {typed}", region.country_code())) else {
+                        continue;
+                    };
+                    assert_eq!(
+                        number_type(crates, &number),
+                        number.number_type(crates),
+                        "+{} {typed}",
+                        region.country_code()
+                    );
+                    if number.number_type(crates) != phonenumber::Type::Unknown {
+                        assert_eq!(e164(&number), number.format_with(crates).mode(Mode::E164).to_string());
+                    }
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared > 1500, "{compared} numbers");
     }
 
     #[test]
