@@ -225,7 +225,7 @@ impl Run<'_> {
         golden::register_source_views(self.ctx, self.pipeline, &present(extracted), &read_by_models, self.scratch)
             .await?;
         let mut lap = crate::progress::Lap::start("golden");
-        resolve::write_match_edges(self.ctx, MATCH_EDGES, summary.passes, self.scratch).await?;
+        resolve::write_match_edges(self.ctx, MATCH_EDGES, summary.records, self.scratch).await?;
         lap.done(MATCH_EDGES);
         Ok(())
     }

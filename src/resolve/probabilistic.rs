@@ -213,9 +213,20 @@ pub(crate) fn level_condition(column: &str, kind: &LevelKind) -> String {
     }
 }
 
-/// `CASE` giving a comparison's level index: -1 when either value is missing, the
-/// number of levels for the implicit `else`.
+/// SQL giving a comparison's level index: -1 when either value is missing, the number
+/// of levels for the implicit `else`. Built-in levels are one `comparison_level` call
+/// (one pass over the pairs: the person rule weighs millions); a level written in SQL
+/// makes it a `CASE` of the levels' conditions, which means the same.
 pub(crate) fn gamma(c: &ProbabilisticComparison) -> String {
+    let kinds: Vec<&LevelKind> = c.levels.iter().map(|l| &l.kind).collect();
+    if let Some(levels) = crate::udf::levels_text(&kinds) {
+        return format!("comparison_level(l.{0}, r.{0}, {1})", c.column, crate::engine::sql_string(&levels));
+    }
+    gamma_case(c)
+}
+
+/// [`gamma`] as a `CASE` of the levels' SQL conditions.
+fn gamma_case(c: &ProbabilisticComparison) -> String {
     let mut sql = format!("CASE WHEN l.{0} IS NULL OR r.{0} IS NULL THEN -1", c.column);
     for (i, level) in c.levels.iter().enumerate() {
         sql.push_str(&format!(" WHEN {} THEN {i}", level_condition(&c.column, &level.kind)));
@@ -451,6 +462,90 @@ pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The level `comparison_level` gives is the one the levels' SQL `CASE` gives, for
+    /// text (names with initials, accents, empty text, missing values) and for dates.
+    #[tokio::test]
+    async fn compiled_levels_are_the_sql_levels() {
+        use crate::config::Level;
+        let ctx = datafusion::prelude::SessionContext::new();
+        crate::udf::register(&ctx);
+        let names = [
+            "jan",
+            "jan",
+            "janneke",
+            "j.",
+            "J",
+            "kees",
+            "k",
+            "",
+            "élise",
+            "Élise",
+            "elise",
+            "jan-willem",
+            "jw",
+            "j w",
+            "johannes",
+            "johanna",
+            "piet",
+            "pieter",
+            "ørjan",
+            "1",
+        ];
+        let values = |side: &str| {
+            let mut rows = Vec::new();
+            for (i, a) in names.iter().enumerate() {
+                for (j, b) in names.iter().enumerate() {
+                    let v = if side == "l" { a } else { b };
+                    let day = if side == "l" { (i * 37) % 400 } else { (j * 37) % 400 };
+                    rows.push(format!("({}, '{v}', DATE '1970-01-01' + INTERVAL '{day} days')", i * 100 + j));
+                }
+            }
+            rows.push(format!("(99999, {}, NULL)", if side == "l" { "NULL" } else { "'jan'" }));
+            format!(
+                "SELECT column1 AS id, column2 AS name, CAST(column3 AS DATE) AS birth FROM (VALUES {})",
+                rows.join(", ")
+            )
+        };
+        ctx.register_table("l", ctx.sql(&values("l")).await.unwrap().into_view()).unwrap();
+        ctx.register_table("r", ctx.sql(&values("r")).await.unwrap().into_view()).unwrap();
+        let level = |kind: LevelKind| Level { kind, weight: None };
+        let comparisons = [
+            (
+                "name",
+                vec![LevelKind::Exact, LevelKind::JaroWinkler(0.92), LevelKind::JaroWinkler(0.8), LevelKind::Initials],
+            ),
+            ("name", vec![LevelKind::Initials, LevelKind::DamerauLevenshtein(2), LevelKind::Exact]),
+            ("birth", vec![LevelKind::Exact, LevelKind::DamerauLevenshtein(1), LevelKind::DamerauLevenshtein(2)]),
+        ];
+        for (column, kinds) in comparisons {
+            let c = ProbabilisticComparison {
+                name: None,
+                column: column.into(),
+                levels: kinds.into_iter().map(level).collect(),
+                term_frequency: false,
+            };
+            let (compiled, case) = (gamma(&c), gamma_case(&c));
+            assert!(compiled.starts_with("comparison_level("), "{compiled}");
+            let sql = format!(
+                "SELECT count(*), count(DISTINCT {compiled}), sum(CASE WHEN {compiled} = {case} THEN 1 ELSE 0 END) \
+                 FROM l JOIN r ON l.id = r.id"
+            );
+            let b = &ctx.sql(&sql).await.unwrap().collect().await.unwrap()[0];
+            let int = |i: usize| datafusion::arrow::compute::cast(b.column(i), &DataType::Int64).unwrap();
+            let int = |i: usize| int(i).as_primitive::<Int64Type>().value(0);
+            assert_eq!(int(0), int(2), "{column}: levels differ from the SQL's");
+            assert!(int(1) >= 3, "{column}: the pairs reach too few levels to tell");
+        }
+        // A level in SQL keeps the CASE.
+        let c = ProbabilisticComparison {
+            name: None,
+            column: "name".into(),
+            levels: vec![level(LevelKind::Sql("l.name = r.name".into()))],
+            term_frequency: false,
+        };
+        assert!(gamma(&c).starts_with("CASE"));
+    }
 
     /// Two comparisons, two levels each (agree / else). Matches agree on both 90% of the
     /// time, non-matches 10%: EM recovers m and the share of matches.

@@ -5,6 +5,7 @@
 mod address;
 mod dates;
 mod email;
+mod levels;
 mod memo;
 mod name;
 mod numbers;
@@ -14,6 +15,7 @@ mod similarity;
 pub use address::{is_dutch_postcode, normalize_house_number, normalize_postcode};
 pub use dates::{birth_dates_compatible, parse_date, parse_timestamp};
 pub use email::{email_local_part, normalize_email};
+pub use levels::levels_text;
 pub use name::{
     PARTICLES, double_metaphone, dutch_phonetic, first_name_root, first_names_compatible, fold_name, is_initials,
     is_known_first_name, name_initial, split_full_name, strip_particles,
@@ -63,10 +65,11 @@ pub enum Function {
     IsKnownFirstName,
     NormalizeNumber,
     HashBucket,
+    ComparisonLevel,
 }
 
 impl Function {
-    pub const ALL: [Function; 24] = [
+    pub const ALL: [Function; 25] = [
         Function::NormalizeEmail,
         Function::EmailLocalPart,
         Function::NormalizePhone,
@@ -91,6 +94,7 @@ impl Function {
         Function::IsKnownFirstName,
         Function::NormalizeNumber,
         Function::HashBucket,
+        Function::ComparisonLevel,
     ];
 
     pub fn sql_name(self) -> &'static str {
@@ -119,6 +123,7 @@ impl Function {
             Function::IsKnownFirstName => "is_known_first_name",
             Function::NormalizeNumber => "normalize_number",
             Function::HashBucket => "hash_bucket",
+            Function::ComparisonLevel => "comparison_level",
         }
     }
 
@@ -136,6 +141,8 @@ impl Function {
             Function::BirthDatesCompatible => Signature::exact(vec![DataType::Date32, DataType::Date32], v),
             // Any value (read as text) and a bucket count.
             Function::HashBucket => Signature::any(2, v),
+            // Two values of one type and the levels (see `levels.rs`).
+            Function::ComparisonLevel => Signature::any(3, v),
             _ => Signature::string(1, v),
         }
     }
@@ -143,7 +150,7 @@ impl Function {
     fn return_type(self) -> DataType {
         match self {
             Function::JaroWinkler => DataType::Float64,
-            Function::DamerauLevenshtein | Function::HashBucket => DataType::Int64,
+            Function::DamerauLevenshtein | Function::HashBucket | Function::ComparisonLevel => DataType::Int64,
             Function::IsInitials
             | Function::IsKnownFirstName
             | Function::FirstNamesCompatible
@@ -240,6 +247,16 @@ impl ScalarUDFImpl for KlantbeeldUdf {
                 Some(max) => Some(distance_bound(name, max)?),
             };
             return Ok(ColumnarValue::Array(edit_distances(name, &arrays[0], &arrays[1], bound)?));
+        }
+        if self.function == Function::ComparisonLevel {
+            let Some(ColumnarValue::Scalar(levels)) = args.args.get(2) else {
+                return exec_err!("{name}: the levels (third argument) must be a constant text");
+            };
+            let levels = match levels.cast_to(&DataType::Utf8)? {
+                ScalarValue::Utf8(Some(text)) => text,
+                other => return exec_err!("{name}: the levels must be a text, got {other}"),
+            };
+            return Ok(ColumnarValue::Array(levels::comparison_levels(name, &arrays[0], &arrays[1], &levels)?));
         }
         let first = texts(name, &arrays[0])?;
         let out: ArrayRef = if let Some(kernel) = self.function.text_kernel() {
