@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{ByteSize, Pipeline, Vars};
+use crate::config::{MemoryLimit, Pipeline, Vars};
 use crate::pipeline::RunOptions;
 use crate::{Error, exit};
 
@@ -83,9 +83,10 @@ pub struct PlanArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
-    /// Memory the engine may use before spilling to disk, e.g. 2GB (overrides the YAML).
+    /// Memory the engine may use before spilling to disk, e.g. 2GB, or `auto` (half the
+    /// machine's); overrides the YAML.
     #[arg(long, value_name = "SIZE")]
-    pub memory_limit: Option<ByteSize>,
+    pub memory_limit: Option<MemoryLimit>,
     /// Read at most N rows of every input file: a quick run on a sample.
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     pub limit: Option<usize>,
@@ -142,9 +143,9 @@ pub struct EvalArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Memory the engine may use before spilling, such as 2GB.
-    #[arg(long, default_value = "2GB")]
-    pub memory_limit: ByteSize,
+    /// Memory the engine may use before spilling, such as 2GB, or `auto` (half the machine's).
+    #[arg(long, default_value = "auto")]
+    pub memory_limit: MemoryLimit,
 }
 
 #[derive(Debug, Subcommand)]
@@ -332,7 +333,7 @@ async fn dispatch(command: Command, live_progress: bool, run_id: Option<String>)
         }
         Command::Run(args) => {
             let p = load(&args.pipeline)?;
-            let memory_limit = args.memory_limit.map(|b| b.0);
+            let memory_limit = args.memory_limit;
             let run_id = run_id.unwrap_or_else(crate::pipeline::new_run_id);
             let options = RunOptions {
                 memory_limit,
@@ -406,7 +407,7 @@ async fn dispatch(command: Command, live_progress: bool, run_id: Option<String>)
             let cwd = std::env::current_dir().unwrap_or_default();
             let truth = crate::storage::Location::parse(&args.truth, &cwd)?;
             let crosswalk = crate::storage::Location::parse(&args.crosswalk, &cwd)?;
-            let memory_limit = Some(args.memory_limit.0);
+            let memory_limit = Some(args.memory_limit.bytes());
             let scratch = tempfile::tempdir().map_err(|e| Error::Other(format!("scratch folder: {e}")))?;
             let options = crate::engine::EngineOptions { memory_limit, ..Default::default() };
             let ctx = crate::engine::session(&options, scratch.path()).map_err(Error::engine("engine"))?;

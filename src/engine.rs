@@ -218,6 +218,27 @@ async fn log_analyzed_plan(dir: &Path, df: DataFrame) -> datafusion::error::Resu
     Ok(())
 }
 
+/// The pool `memory_limit: auto` gives: half the memory of the machine or of its
+/// container, whichever is less (DuckDB's default takes 80%); 2 GB where neither can be
+/// read. The other half is for what the pool does not count: Parquet writers, the
+/// union-find arrays, the allocator's pages (at 10M people, 3 GB beside a 2 GB pool).
+pub fn auto_memory_limit() -> usize {
+    usable_memory().map_or(2 << 30, |bytes| bytes / 2)
+}
+
+/// The machine's memory (`/proc/meminfo`), or its container's limit when lower (cgroup v2
+/// `memory.max`, v1 `memory.limit_in_bytes`; "max" and v1's huge "unlimited" stay above).
+fn usable_memory() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total = meminfo.lines().find_map(|line| line.strip_prefix("MemTotal:"))?;
+    let total = total.trim().trim_end_matches("kB").trim().parse::<usize>().ok()? * 1024;
+    let container = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok()?.trim().parse::<usize>().ok())
+        .min();
+    Some(container.map_or(total, |c| c.min(total)))
+}
+
 /// Scratch tables are written once and read once or twice on local disk: LZ4 costs a
 /// fraction of the CPU of the published files' zstd (measured: zstd compression was 2% of
 /// a whole run's CPU at 200k people), and no dictionaries: building them (the writer's
@@ -269,6 +290,18 @@ mod tests {
         // The stand-in is gone, and a query over a column the table lacks is an error.
         assert!(ctx.table("t").await.is_err());
         assert!(columns_read(&ctx, "t", schema, &["SELECT nope FROM t".into()]).await.is_err());
+    }
+
+    /// On Linux the machine's memory is read, and `auto` is half of it (or of the
+    /// container's limit): never more than the machine has, never nothing.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn auto_memory_limit_is_half_the_usable_memory() {
+        let usable = usable_memory().expect("/proc/meminfo is readable on Linux");
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let total_kb: usize = meminfo.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(usable > 0 && usable <= total_kb * 1024);
+        assert_eq!(auto_memory_limit(), usable / 2);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use datafusion::prelude::{ParquetReadOptions, SessionContext};
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Overrides the YAML's `engine.memory_limit`.
-    pub memory_limit: Option<usize>,
+    pub memory_limit: Option<crate::config::MemoryLimit>,
     /// Read at most this many rows per input file (fast iteration on a sample).
     pub limit: Option<usize>,
     /// Previous crosswalk to keep ids from; defaults to the published one at the output.
@@ -323,7 +323,7 @@ pub fn start_session(pipeline: &Pipeline, options: &RunOptions, scratch: &Path) 
 fn engine_options(pipeline: &Pipeline, options: &RunOptions) -> Result<EngineOptions, Error> {
     let spec = &pipeline.spec;
     Ok(EngineOptions {
-        memory_limit: options.memory_limit.or(spec.engine.memory_limit.map(|b| b.0)),
+        memory_limit: Some(options.memory_limit.unwrap_or(spec.engine.memory_limit).bytes()),
         target_partitions: spec.engine.target_partitions,
         batch_size: spec.engine.batch_size,
         settings: spec.engine.settings(),

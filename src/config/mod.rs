@@ -480,9 +480,12 @@ mod tests {
     #[test]
     fn a_memory_limit_is_a_size_read_at_load() {
         let with = |size: &str| load(&format!("{MINIMAL}engine:\n  memory_limit: {size}\n"));
-        assert_eq!(with("1.5G").unwrap().spec.engine.memory_limit, Some(ByteSize(3 << 29)));
+        assert_eq!(with("1.5G").unwrap().spec.engine.memory_limit, MemoryLimit::Size(ByteSize(3 << 29)));
+        assert_eq!(with("Auto").unwrap().spec.engine.memory_limit, MemoryLimit::Auto);
+        assert_eq!(load(MINIMAL).unwrap().spec.engine.memory_limit, MemoryLimit::Auto);
         let err = with("veel").unwrap_err().to_string();
         assert!(err.starts_with("p.yaml:11:") && err.contains("`veel` is not a size such as 512MB"), "{err}");
+        assert!(err.contains("or `auto`"), "{err}");
         let sizes = ["512MB", "2gb", "1000"].map(|t| t.parse::<ByteSize>().map(|b| b.0));
         assert_eq!(sizes, [Ok(512 << 20), Ok(2 << 30), Ok(1000)]);
         for bad in ["10XB", "0MB", ""] {

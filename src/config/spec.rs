@@ -44,9 +44,9 @@ impl PipelineSpec {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineSpec {
-    /// Memory pool size such as `2GB` or `512MB`; spills to disk beyond it.
+    /// Memory pool size such as `2GB` or `512MB`, or `auto`; spills to disk beyond it.
     #[serde(default)]
-    pub memory_limit: Option<ByteSize>,
+    pub memory_limit: MemoryLimit,
     #[serde(default)]
     pub target_partitions: Option<usize>,
     #[serde(default)]
@@ -55,6 +55,49 @@ pub struct EngineSpec {
     /// applied as given; an unknown key or bad value fails before the run starts.
     #[serde(default)]
     pub settings: IndexMap<String, serde_yaml::Value>,
+}
+
+/// The engine's memory pool: a size, or `auto` (the default), half the memory of the
+/// machine or of its container, whichever is less ([`crate::engine::auto_memory_limit`]).
+/// A fixed size too small for the machine only makes a run spill and take more passes
+/// (a 2 GB pool made a 1M-people run 27% slower than an 8 GB one on a 23 GB machine);
+/// half leaves the other half for what the pool does not count (Parquet buffers, the
+/// allocator's pages, the rest of the machine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum MemoryLimit {
+    #[default]
+    Auto,
+    Size(ByteSize),
+}
+
+impl MemoryLimit {
+    /// The pool's size in bytes.
+    pub fn bytes(self) -> usize {
+        match self {
+            MemoryLimit::Auto => crate::engine::auto_memory_limit(),
+            MemoryLimit::Size(size) => size.0,
+        }
+    }
+}
+
+impl std::str::FromStr for MemoryLimit {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<MemoryLimit, String> {
+        if text.trim().eq_ignore_ascii_case("auto") {
+            return Ok(MemoryLimit::Auto);
+        }
+        text.parse().map(MemoryLimit::Size).map_err(|e| format!("{e}, or `auto`"))
+    }
+}
+
+impl TryFrom<String> for MemoryLimit {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<MemoryLimit, String> {
+        text.parse()
+    }
 }
 
 /// A number of bytes, written `512MB`, `2GB`, `1.5G` or `1000` (units of 1024).
