@@ -578,21 +578,13 @@ pub(crate) fn probabilistic_scores(rule: &ProbabilisticRule, model: &RuleModel) 
         .map(|block| {
             let prior = block.prior_weight();
             let (mut columns, mut sum, mut shown) = (Vec::new(), Vec::new(), Vec::new());
-            let mut bound = Some(Vec::new());
+            let mut bound_terms = Vec::new();
             for (i, c) in rule.comparisons.iter().enumerate() {
                 let (w, label) = if !block.covers(&c.column) {
-                    let b = bounds[i].as_ref().map(|b| b.weight.clone());
-                    bound = bound.zip(b).map(|(mut all, b)| {
-                        all.push(b);
-                        all
-                    });
+                    bound_terms.push(bounds[i].as_ref().map(|b| b.weight.clone()));
                     (&weights[i], &labels[i])
                 } else if let Some((w, label)) = &adjustments[i] {
-                    let b = bounds[i].as_ref().and_then(|b| b.adjustment.clone());
-                    bound = bound.zip(b).map(|(mut all, b)| {
-                        all.push(b);
-                        all
-                    });
+                    bound_terms.push(bounds[i].as_ref().and_then(|b| b.adjustment.clone()));
                     (w, label)
                 } else {
                     continue;
@@ -613,7 +605,7 @@ pub(crate) fn probabilistic_scores(rule: &ProbabilisticRule, model: &RuleModel) 
                 weight: format!("{prior:.6} + {}", if sum.is_empty() { "0.0".to_string() } else { sum.join(" + ") }),
                 // A hair below the threshold: the bound's terms are the weight's own
                 // literals, so only rounding could put a pair between the two.
-                bound: match bound {
+                bound: match bound_terms.into_iter().collect::<Option<Vec<_>>>() {
                     Some(terms) if !terms.is_empty() => {
                         format!("{prior:.6} + {} >= {:.9}", terms.join(" + "), threshold - 1e-6)
                     }
