@@ -171,7 +171,9 @@ fn check_file(reader: Box<dyn Read + Send>, checks: &Csv, url: &str) -> Result<F
         let row = &record;
         let (line, end_line) = (row.position().map_or(0, |p| p.line()), csv.position().line());
         let spans_lines = end_line > line + 1 || row.iter().any(|f| f.contains(&b'\n'));
-        let reason = if std::str::from_utf8(row.as_slice()).is_err() {
+        // The row's fields end to end, checked once: each typed field is a slice of it.
+        let text = std::str::from_utf8(row.as_slice());
+        let reason = if text.is_err() {
             Some("invalid UTF-8 (is the file Latin-1 or Windows-1252 encoded?)".to_string())
         } else if row.len() < width || (row.len() > width && row.iter().skip(width).any(|f| !f.is_empty())) {
             Some(if spans_lines && row.len() < width {
@@ -183,7 +185,7 @@ fn check_file(reader: Box<dyn Read + Send>, checks: &Csv, url: &str) -> Result<F
             Some(format!("empty key `{}`", checks.key.as_deref().unwrap_or_default()))
         } else {
             typed.iter().find_map(|(i, t, c)| {
-                let v = std::str::from_utf8(row.get(*i).unwrap_or_default()).unwrap_or_default();
+                let v = row.range(*i).and_then(|r| text.ok()?.get(r)).unwrap_or_default();
                 (!lint::fits(v, t)).then(|| format!("column `{c}`: `{v}` is not a valid {t}"))
             })
         };
