@@ -70,7 +70,7 @@ pub fn fold_name(raw: &str) -> Option<String> {
 pub fn strip_particles(raw: &str) -> Option<String> {
     let words = name_words(raw);
     let core: String = words.iter().filter(|w| !is_particle(w)).collect();
-    if core.is_empty() { fold_name(raw) } else { Some(core) }
+    if core.is_empty() { Some(words.concat()).filter(|all| !all.is_empty()) } else { Some(core) }
 }
 
 /// First letter of a first name, for comparing `J.` with `Jan`.
