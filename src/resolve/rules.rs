@@ -603,12 +603,8 @@ pub(crate) fn probabilistic_scores(rule: &ProbabilisticRule, model: &RuleModel) 
             PairScore {
                 columns: columns.join(", "),
                 weight: format!("{prior:.6} + {}", if sum.is_empty() { "0.0".to_string() } else { sum.join(" + ") }),
-                // A hair below the threshold: the bound's terms are the weight's own
-                // literals, so only rounding could put a pair between the two.
                 bound: match bound_terms.into_iter().collect::<Option<Vec<_>>>() {
-                    Some(terms) if !terms.is_empty() => {
-                        format!("{prior:.6} + {} >= {:.9}", terms.join(" + "), threshold - 1e-6)
-                    }
+                    Some(terms) if !terms.is_empty() => bound_condition(prior, &terms, threshold),
                     _ => "true".into(),
                 },
                 detail: format!(
@@ -622,12 +618,25 @@ pub(crate) fn probabilistic_scores(rule: &ProbabilisticRule, model: &RuleModel) 
 }
 
 /// The most a comparison can add to a pair's weight, knowing only whether the two values
-/// are missing or equal: SQL over `l.` and `r.`.
+/// are missing or equal.
 struct ComparisonBound {
     /// Bounds the comparison's weight.
-    weight: String,
+    weight: BoundTerm,
     /// Bounds its term-frequency adjustment (for blocking rules on its column).
-    adjustment: Option<String>,
+    adjustment: Option<BoundTerm>,
+}
+
+/// One term of a pair's weight bound.
+#[derive(Clone)]
+enum BoundTerm {
+    Constant(f64),
+    /// `if_equal` (SQL over `l.`) where `l.column = r.column`, `if_not` where they differ,
+    /// 0 where either is missing: `equality_weight`'s four arguments.
+    ByEquality {
+        column: String,
+        if_equal: String,
+        if_not: f64,
+    },
 }
 
 /// A comparison's [`ComparisonBound`], or `None` when a level that is not the first
@@ -651,17 +660,37 @@ fn weight_bound(
         return None;
     }
     let most = |levels: &[probabilistic::LevelModel]| levels.iter().map(|l| l.weight).fold(f64::NEG_INFINITY, f64::max);
-    let equal = format!("comparison_level(l.{0}, r.{0}, 'exact')", c.column);
     if c.levels.first().is_some_and(|l| l.kind == LevelKind::Exact) {
         let first = &fitted.levels[0];
+        let by_equality =
+            |if_equal: String, if_not: f64| BoundTerm::ByEquality { column: c.column.clone(), if_equal, if_not };
         let w0 = if by_tf(0) { tf_weight(first.m) } else { format!("{:.6}", first.weight) };
-        let adjustment =
-            by_tf(0).then(|| format!("CASE {equal} WHEN 0 THEN {} ELSE 0.0 END", tf_weight(first.u.max(1e-9))));
-        let weight =
-            format!("CASE {equal} WHEN -1 THEN 0.0 WHEN 0 THEN {w0} ELSE {:.6} END", most(&fitted.levels[1..]));
-        return Some(ComparisonBound { weight, adjustment });
+        let adjustment = by_tf(0).then(|| by_equality(tf_weight(first.u.max(1e-9)), 0.0));
+        return Some(ComparisonBound { weight: by_equality(w0, most(&fitted.levels[1..])), adjustment });
     }
-    Some(ComparisonBound { weight: format!("{:.6}", most(&fitted.levels).max(0.0)), adjustment: None })
+    Some(ComparisonBound { weight: BoundTerm::Constant(most(&fitted.levels).max(0.0)), adjustment: None })
+}
+
+/// The condition that a pair's weight, from `prior` and the bound's terms, can reach
+/// `threshold`: one `equality_weight` call over every column the terms compare.
+fn bound_condition(prior: f64, terms: &[BoundTerm], threshold: f64) -> String {
+    let mut constant = prior;
+    let mut by_equality = Vec::new();
+    for term in terms {
+        match term {
+            BoundTerm::Constant(w) => constant += w,
+            BoundTerm::ByEquality { column, if_equal, if_not } => {
+                by_equality.push(format!("l.{column}, r.{column}, {if_equal}, {if_not:.6}"))
+            }
+        }
+    }
+    // A hair below the threshold: the bound's terms are the weight's own literals, so only
+    // rounding could put a pair between the two.
+    let threshold = threshold - 1e-6;
+    match by_equality.is_empty() {
+        true => format!("{constant:.6} >= {threshold:.9}"),
+        false => format!("{constant:.6} + equality_weight({}) >= {threshold:.9}", by_equality.join(", ")),
+    }
 }
 
 /// Per rule: the edge query and the query of what its guardrails left out. A

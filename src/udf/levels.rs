@@ -10,9 +10,14 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, Int64Builder};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, LargeStringArray, StringArray, StringViewArray,
+};
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::{Result, exec_err};
+use datafusion::arrow::datatypes::Float64Type;
+use datafusion::common::{Result, ScalarValue, exec_err};
+use datafusion::logical_expr::ColumnarValue;
 
 use crate::config::LevelKind;
 
@@ -53,11 +58,17 @@ fn parse_levels(name: &str, text: &str) -> Result<Vec<LevelKind>> {
 
 /// The level index of each pair: -1 when either value is missing, the index of the first
 /// level the pair reaches, or the number of levels when it reaches none.
+///
+/// The person rule's join filter calls this on every candidate pair (11.5M per 200k people
+/// in one block), so the row loop reads bitmaps and typed arrays, not `dyn Array` calls
+/// and boxed iterators (those were a third of the candidate-edge step's CPU).
 pub fn comparison_levels(name: &str, l: &ArrayRef, r: &ArrayRef, levels: &str) -> Result<ArrayRef> {
     let levels = parse_levels(name, levels)?;
-    let exact: Option<BooleanArray> = match levels.contains(&LevelKind::Exact) {
-        // The engine's own equality, as `l.c = r.c` (dates as dates, text as bytes).
-        true => Some(datafusion::arrow::compute::kernels::cmp::eq(l, r)?),
+    let missing = NullBuffer::union(l.logical_nulls().as_ref(), r.logical_nulls().as_ref());
+    // The engine's own equality, as `l.c = r.c` (dates as dates, text as bytes); read only
+    // where both values are present.
+    let equal = match levels.contains(&LevelKind::Exact) {
+        true => Some(datafusion::arrow::compute::kernels::cmp::eq(l, r)?.values().clone()),
         false => None,
     };
     // The largest distance asked for: a distance capped there answers every smaller one.
@@ -76,38 +87,122 @@ pub fn comparison_levels(name: &str, l: &ArrayRef, r: &ArrayRef, levels: &str) -
         })
     };
     let (lt, rt) = if needs_text { (as_text(l)?, as_text(r)?) } else { (l.clone(), r.clone()) };
-    let mut left = needs_text.then(|| super::texts(name, &lt)).transpose()?;
-    let mut right = needs_text.then(|| super::texts(name, &rt)).transpose()?;
-    let mut out = Int64Builder::with_capacity(l.len());
-    for row in 0..l.len() {
-        let (x, y) = match (&mut left, &mut right) {
-            (Some(a), Some(b)) => (a.next().flatten(), b.next().flatten()),
-            _ => (None, None),
-        };
-        if l.is_null(row) || r.is_null(row) {
-            out.append_value(-1);
-            continue;
-        }
-        // Computed once for the pair, whatever the number of thresholds.
-        let mut similarity = None;
-        let reached = levels.iter().position(|kind| match kind {
-            LevelKind::Exact => exact.as_ref().is_some_and(|e| e.is_valid(row) && e.value(row)),
-            LevelKind::DamerauLevenshtein(d) => {
-                distances.is_some_and(|dist| dist.is_valid(row) && dist.value(row) <= i64::from(*d))
+    let (left, right) = match needs_text {
+        true => (Some(Texts::of(name, &lt)?), Some(Texts::of(name, &rt)?)),
+        false => (None, None),
+    };
+    let text_pair = |row: usize| match (&left, &right) {
+        (Some(a), Some(b)) => a.get(row).zip(b.get(row)),
+        _ => None,
+    };
+    let out: Vec<i64> = (0..l.len())
+        .map(|row| {
+            if missing.as_ref().is_some_and(|m| m.is_null(row)) {
+                return -1;
             }
-            LevelKind::JaroWinkler(t) => match (x, y) {
-                (Some(x), Some(y)) => *similarity.get_or_insert_with(|| super::jaro_winkler(x, y)) >= *t,
-                _ => false,
-            },
-            LevelKind::Initials => match (x, y) {
-                (Some(x), Some(y)) => initials(x, y),
-                _ => false,
-            },
-            LevelKind::Sql(_) => false,
-        });
-        out.append_value(reached.unwrap_or(levels.len()) as i64);
+            // Computed once for the pair, whatever the number of thresholds.
+            let mut similarity = None;
+            let reached = levels.iter().position(|kind| match kind {
+                LevelKind::Exact => equal.as_ref().is_some_and(|e| e.value(row)),
+                LevelKind::DamerauLevenshtein(d) => {
+                    distances.is_some_and(|dist| dist.is_valid(row) && dist.value(row) <= i64::from(*d))
+                }
+                LevelKind::JaroWinkler(t) => text_pair(row)
+                    .is_some_and(|(x, y)| *similarity.get_or_insert_with(|| super::jaro_winkler(x, y)) >= *t),
+                LevelKind::Initials => text_pair(row).is_some_and(|(x, y)| initials(x, y)),
+                LevelKind::Sql(_) => false,
+            });
+            reached.unwrap_or(levels.len()) as i64
+        })
+        .collect();
+    Ok(Arc::new(Int64Array::from(out)))
+}
+
+/// `equality_weight(l1, r1, if_equal1, if_not1, l2, r2, ...)`: per row, the sum over the
+/// groups of four of 0 where either value is missing, `if_equal` where the two are equal
+/// (the engine's `=`, as the `exact` level) and `if_not` elsewhere. The weights are
+/// numbers or columns of them; a missing weight counts 0.
+///
+/// The person rule's weight bound is such a sum; as `CASE`s over `comparison_level` it
+/// was half the CPU of the join that finds the candidate pairs.
+pub fn equality_weights(name: &str, args: &[ColumnarValue], rows: usize) -> Result<ArrayRef> {
+    if args.is_empty() || !args.len().is_multiple_of(4) {
+        return exec_err!(
+            "{name}: expects groups of four arguments (left, right, if equal, if not), got {}",
+            args.len()
+        );
     }
-    Ok(Arc::new(out.finish()))
+    let weight = |value: &ColumnarValue| -> Result<Weight> {
+        Ok(match value {
+            ColumnarValue::Scalar(s) => match s.cast_to(&DataType::Float64)? {
+                ScalarValue::Float64(w) => Weight::Constant(w.unwrap_or(0.0)),
+                other => return exec_err!("{name}: a weight must be a number, got {other}"),
+            },
+            ColumnarValue::Array(a) => {
+                let a = datafusion::arrow::compute::cast(a, &DataType::Float64)?;
+                Weight::PerRow(a.as_primitive::<Float64Type>().clone())
+            }
+        })
+    };
+    let mut sum = vec![0.0; rows];
+    for group in args.chunks_exact(4) {
+        let (l, r) = (group[0].to_array(rows)?, group[1].to_array(rows)?);
+        let missing = NullBuffer::union(l.logical_nulls().as_ref(), r.logical_nulls().as_ref());
+        let equal = datafusion::arrow::compute::kernels::cmp::eq(&l, &r)?.values().clone();
+        let (if_equal, if_not) = (weight(&group[2])?, weight(&group[3])?);
+        for (row, total) in sum.iter_mut().enumerate() {
+            if missing.as_ref().is_some_and(|m| m.is_null(row)) {
+                continue;
+            }
+            *total += if equal.value(row) { if_equal.at(row) } else { if_not.at(row) };
+        }
+    }
+    Ok(Arc::new(Float64Array::from(sum)))
+}
+
+/// A weight of `equality_weight`: one number, or one per row.
+enum Weight {
+    Constant(f64),
+    PerRow(Float64Array),
+}
+
+impl Weight {
+    fn at(&self, row: usize) -> f64 {
+        match self {
+            Weight::Constant(w) => *w,
+            Weight::PerRow(a) if a.is_valid(row) => a.value(row),
+            Weight::PerRow(_) => 0.0,
+        }
+    }
+}
+
+/// A text column read by row index.
+enum Texts<'a> {
+    Utf8(&'a StringArray),
+    LargeUtf8(&'a LargeStringArray),
+    Utf8View(&'a StringViewArray),
+    Null,
+}
+
+impl<'a> Texts<'a> {
+    fn of(name: &str, array: &'a ArrayRef) -> Result<Self> {
+        Ok(match array.data_type() {
+            DataType::Utf8 => Texts::Utf8(array.as_string::<i32>()),
+            DataType::LargeUtf8 => Texts::LargeUtf8(array.as_string::<i64>()),
+            DataType::Utf8View => Texts::Utf8View(array.as_string_view()),
+            DataType::Null => Texts::Null,
+            other => return exec_err!("{name}: expected a text argument, got {other}"),
+        })
+    }
+
+    fn get(&self, row: usize) -> Option<&'a str> {
+        match self {
+            Texts::Utf8(a) => a.is_valid(row).then(|| a.value(row)),
+            Texts::LargeUtf8(a) => a.is_valid(row).then(|| a.value(row)),
+            Texts::Utf8View(a) => a.is_valid(row).then(|| a.value(row)),
+            Texts::Null => None,
+        }
+    }
 }
 
 /// The `initials` level's SQL, `(length(regexp_replace(x, '[^[:alpha:]]', '', 'g')) = 1 OR
@@ -117,4 +212,28 @@ fn initials(x: &str, y: &str) -> bool {
     let letters = |s: &str| s.chars().filter(char::is_ascii_alphabetic).count();
     let first_upper = |s: &str| s.chars().next().map(|c| c.to_uppercase().collect::<String>()).unwrap_or_default();
     (letters(x) == 1 || letters(y) == 1) && first_upper(x) == first_upper(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::Float64Type;
+    use datafusion::prelude::SessionContext;
+
+    /// Missing values weigh nothing, equal and unequal ones their weight, constant or per
+    /// row; the sum is over every group, and dates compare as dates.
+    #[tokio::test]
+    async fn equality_weight_sums_the_weight_of_each_pair_of_values() {
+        let ctx = SessionContext::new();
+        crate::udf::register(&ctx);
+        let sql = "SELECT equality_weight(a, b, 2.0, -1, d1, d2, w, 0.5) AS s FROM (VALUES \
+             ('x', 'x', DATE '2000-01-01', DATE '2000-01-01', 10.0), \
+             ('x', 'y', DATE '2000-01-01', DATE '2000-01-02', 20.0), \
+             (NULL, 'y', DATE '2000-01-01', NULL, 30.0), \
+             ('x', 'x', DATE '2000-01-01', DATE '2000-01-01', NULL)) t(a, b, d1, d2, w)";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let sums: Vec<f64> = batches[0].column(0).as_primitive::<Float64Type>().values().to_vec();
+        assert_eq!(sums, [12.0, -0.5, 0.0, 2.0]);
+        assert!(ctx.sql("SELECT equality_weight('a', 'b', 1.0)").await.unwrap().collect().await.is_err());
+    }
 }

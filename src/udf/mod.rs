@@ -66,10 +66,11 @@ pub enum Function {
     NormalizeNumber,
     HashBucket,
     ComparisonLevel,
+    EqualityWeight,
 }
 
 impl Function {
-    pub const ALL: [Function; 25] = [
+    pub const ALL: [Function; 26] = [
         Function::NormalizeEmail,
         Function::EmailLocalPart,
         Function::NormalizePhone,
@@ -95,6 +96,7 @@ impl Function {
         Function::NormalizeNumber,
         Function::HashBucket,
         Function::ComparisonLevel,
+        Function::EqualityWeight,
     ];
 
     pub fn sql_name(self) -> &'static str {
@@ -124,6 +126,7 @@ impl Function {
             Function::NormalizeNumber => "normalize_number",
             Function::HashBucket => "hash_bucket",
             Function::ComparisonLevel => "comparison_level",
+            Function::EqualityWeight => "equality_weight",
         }
     }
 
@@ -143,13 +146,15 @@ impl Function {
             Function::HashBucket => Signature::any(2, v),
             // Two values of one type and the levels (see `levels.rs`).
             Function::ComparisonLevel => Signature::any(3, v),
+            // Groups of two values and their two weights (see `levels.rs`).
+            Function::EqualityWeight => Signature::variadic_any(v),
             _ => Signature::string(1, v),
         }
     }
 
     fn return_type(self) -> DataType {
         match self {
-            Function::JaroWinkler => DataType::Float64,
+            Function::JaroWinkler | Function::EqualityWeight => DataType::Float64,
             Function::DamerauLevenshtein | Function::HashBucket | Function::ComparisonLevel => DataType::Int64,
             Function::IsInitials
             | Function::IsKnownFirstName
@@ -222,8 +227,12 @@ impl ScalarUDFImpl for KlantbeeldUdf {
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let name = self.name();
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let rows = args.number_rows;
+        // Its weights are mostly constants: not made into arrays.
+        if self.function == Function::EqualityWeight {
+            return Ok(ColumnarValue::Array(levels::equality_weights(name, &args.args, rows)?));
+        }
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         if self.function == Function::BirthDatesCompatible {
             let (a, b) = (arrays[0].as_primitive::<Date32Type>(), arrays[1].as_primitive::<Date32Type>());
             let out: BooleanArray = a
