@@ -10,10 +10,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Int64Array, LargeStringArray, StringArray, StringViewArray,
-};
-use datafusion::arrow::buffer::NullBuffer;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array};
+use datafusion::arrow::buffer::{BooleanBuffer, NullBuffer};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::datatypes::Float64Type;
 use datafusion::common::{Result, ScalarValue, exec_err};
@@ -64,13 +62,7 @@ fn parse_levels(name: &str, text: &str) -> Result<Vec<LevelKind>> {
 /// and boxed iterators (those were a third of the candidate-edge step's CPU).
 pub fn comparison_levels(name: &str, l: &ArrayRef, r: &ArrayRef, levels: &str) -> Result<ArrayRef> {
     let levels = parse_levels(name, levels)?;
-    let missing = NullBuffer::union(l.logical_nulls().as_ref(), r.logical_nulls().as_ref());
-    // The engine's own equality, as `l.c = r.c` (dates as dates, text as bytes); read only
-    // where both values are present.
-    let equal = match levels.contains(&LevelKind::Exact) {
-        true => Some(datafusion::arrow::compute::kernels::cmp::eq(l, r)?.values().clone()),
-        false => None,
-    };
+    let (missing, equal) = missing_and_equal(l, r)?;
     // The largest distance asked for: a distance capped there answers every smaller one.
     let bound =
         levels.iter().filter_map(|k| if let LevelKind::DamerauLevenshtein(d) = k { Some(*d) } else { None }).max();
@@ -88,7 +80,7 @@ pub fn comparison_levels(name: &str, l: &ArrayRef, r: &ArrayRef, levels: &str) -
     };
     let (lt, rt) = if needs_text { (as_text(l)?, as_text(r)?) } else { (l.clone(), r.clone()) };
     let (left, right) = match needs_text {
-        true => (Some(Texts::of(name, &lt)?), Some(Texts::of(name, &rt)?)),
+        true => (Some(super::Texts::of(name, &lt)?), Some(super::Texts::of(name, &rt)?)),
         false => (None, None),
     };
     let text_pair = |row: usize| match (&left, &right) {
@@ -103,7 +95,7 @@ pub fn comparison_levels(name: &str, l: &ArrayRef, r: &ArrayRef, levels: &str) -
             // Computed once for the pair, whatever the number of thresholds.
             let mut similarity = None;
             let reached = levels.iter().position(|kind| match kind {
-                LevelKind::Exact => equal.as_ref().is_some_and(|e| e.value(row)),
+                LevelKind::Exact => equal.value(row),
                 LevelKind::DamerauLevenshtein(d) => {
                     distances.is_some_and(|dist| dist.is_valid(row) && dist.value(row) <= i64::from(*d))
                 }
@@ -116,6 +108,14 @@ pub fn comparison_levels(name: &str, l: &ArrayRef, r: &ArrayRef, levels: &str) -
         })
         .collect();
     Ok(Arc::new(Int64Array::from(out)))
+}
+
+/// Where either value of a pair is missing, and where the two are equal: the engine's own
+/// equality, as `l.c = r.c` (dates as dates, text as bytes), to be read only where both
+/// values are present. The `exact` level and `equality_weight` both mean this.
+fn missing_and_equal(l: &ArrayRef, r: &ArrayRef) -> Result<(Option<NullBuffer>, BooleanBuffer)> {
+    let missing = NullBuffer::union(l.logical_nulls().as_ref(), r.logical_nulls().as_ref());
+    Ok((missing, datafusion::arrow::compute::kernels::cmp::eq(l, r)?.values().clone()))
 }
 
 /// `equality_weight(l1, r1, if_equal1, if_not1, l2, r2, ...)`: per row, the sum over the
@@ -147,8 +147,7 @@ pub fn equality_weights(name: &str, args: &[ColumnarValue], rows: usize) -> Resu
     let mut sum = vec![0.0; rows];
     for group in args.chunks_exact(4) {
         let (l, r) = (group[0].to_array(rows)?, group[1].to_array(rows)?);
-        let missing = NullBuffer::union(l.logical_nulls().as_ref(), r.logical_nulls().as_ref());
-        let equal = datafusion::arrow::compute::kernels::cmp::eq(&l, &r)?.values().clone();
+        let (missing, equal) = missing_and_equal(&l, &r)?;
         let (if_equal, if_not) = (weight(&group[2])?, weight(&group[3])?);
         for (row, total) in sum.iter_mut().enumerate() {
             if missing.as_ref().is_some_and(|m| m.is_null(row)) {
@@ -172,35 +171,6 @@ impl Weight {
             Weight::Constant(w) => *w,
             Weight::PerRow(a) if a.is_valid(row) => a.value(row),
             Weight::PerRow(_) => 0.0,
-        }
-    }
-}
-
-/// A text column read by row index.
-enum Texts<'a> {
-    Utf8(&'a StringArray),
-    LargeUtf8(&'a LargeStringArray),
-    Utf8View(&'a StringViewArray),
-    Null,
-}
-
-impl<'a> Texts<'a> {
-    fn of(name: &str, array: &'a ArrayRef) -> Result<Self> {
-        Ok(match array.data_type() {
-            DataType::Utf8 => Texts::Utf8(array.as_string::<i32>()),
-            DataType::LargeUtf8 => Texts::LargeUtf8(array.as_string::<i64>()),
-            DataType::Utf8View => Texts::Utf8View(array.as_string_view()),
-            DataType::Null => Texts::Null,
-            other => return exec_err!("{name}: expected a text argument, got {other}"),
-        })
-    }
-
-    fn get(&self, row: usize) -> Option<&'a str> {
-        match self {
-            Texts::Utf8(a) => a.is_valid(row).then(|| a.value(row)),
-            Texts::LargeUtf8(a) => a.is_valid(row).then(|| a.value(row)),
-            Texts::Utf8View(a) => a.is_valid(row).then(|| a.value(row)),
-            Texts::Null => None,
         }
     }
 }

@@ -28,8 +28,8 @@ use std::sync::Arc;
 
 use chrono::Datelike;
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Date32Builder, Float64Builder, Int64Array, StringBuilder,
-    TimestampMicrosecondBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, Date32Builder, Float64Builder, Int64Array, LargeStringArray, StringArray,
+    StringBuilder, StringViewArray, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Date32Type, TimeUnit};
 use datafusion::common::{Result, ScalarValue, exec_err};
@@ -203,13 +203,38 @@ impl KlantbeeldUdf {
 /// Iterates a text column whatever its physical string type; an all-null column reads as
 /// nulls.
 fn texts<'a>(name: &str, array: &'a ArrayRef) -> Result<Box<dyn Iterator<Item = Option<&'a str>> + 'a>> {
-    Ok(match array.data_type() {
-        DataType::Utf8 => Box::new(array.as_string::<i32>().iter()),
-        DataType::LargeUtf8 => Box::new(array.as_string::<i64>().iter()),
-        DataType::Utf8View => Box::new(array.as_string_view().iter()),
-        DataType::Null => Box::new(std::iter::repeat_n(None, array.len())),
-        other => return exec_err!("{name}: expected a text argument, got {other}"),
-    })
+    let column = Texts::of(name, array)?;
+    Ok(Box::new((0..array.len()).map(move |row| column.get(row))))
+}
+
+/// A text column whatever its physical string type, read by row index; an all-null
+/// column reads as nulls.
+enum Texts<'a> {
+    Utf8(&'a StringArray),
+    LargeUtf8(&'a LargeStringArray),
+    Utf8View(&'a StringViewArray),
+    Null,
+}
+
+impl<'a> Texts<'a> {
+    fn of(name: &str, array: &'a ArrayRef) -> Result<Self> {
+        Ok(match array.data_type() {
+            DataType::Utf8 => Texts::Utf8(array.as_string::<i32>()),
+            DataType::LargeUtf8 => Texts::LargeUtf8(array.as_string::<i64>()),
+            DataType::Utf8View => Texts::Utf8View(array.as_string_view()),
+            DataType::Null => Texts::Null,
+            other => return exec_err!("{name}: expected a text argument, got {other}"),
+        })
+    }
+
+    fn get(&self, row: usize) -> Option<&'a str> {
+        match self {
+            Texts::Utf8(a) => a.is_valid(row).then(|| a.value(row)),
+            Texts::LargeUtf8(a) => a.is_valid(row).then(|| a.value(row)),
+            Texts::Utf8View(a) => a.is_valid(row).then(|| a.value(row)),
+            Texts::Null => None,
+        }
+    }
 }
 
 impl ScalarUDFImpl for KlantbeeldUdf {
