@@ -67,10 +67,11 @@ pub enum Function {
     HashBucket,
     ComparisonLevel,
     EqualityWeight,
+    AfterJoin,
 }
 
 impl Function {
-    pub const ALL: [Function; 26] = [
+    pub const ALL: [Function; 27] = [
         Function::NormalizeEmail,
         Function::EmailLocalPart,
         Function::NormalizePhone,
@@ -97,6 +98,7 @@ impl Function {
         Function::HashBucket,
         Function::ComparisonLevel,
         Function::EqualityWeight,
+        Function::AfterJoin,
     ];
 
     pub fn sql_name(self) -> &'static str {
@@ -127,6 +129,7 @@ impl Function {
             Function::HashBucket => "hash_bucket",
             Function::ComparisonLevel => "comparison_level",
             Function::EqualityWeight => "equality_weight",
+            Function::AfterJoin => "after_join",
         }
     }
 
@@ -148,13 +151,16 @@ impl Function {
             Function::ComparisonLevel => Signature::any(3, v),
             // Groups of two values and their two weights (see `levels.rs`).
             Function::EqualityWeight => Signature::variadic_any(v),
+            // Volatile on purpose: the optimizer moves no filter over its value into the
+            // join below it (see `PairScore::query_weighing` in `resolve/rules.rs`).
+            Function::AfterJoin => Signature::exact(vec![DataType::Float64], Volatility::Volatile),
             _ => Signature::string(1, v),
         }
     }
 
     fn return_type(self) -> DataType {
         match self {
-            Function::JaroWinkler | Function::EqualityWeight => DataType::Float64,
+            Function::JaroWinkler | Function::EqualityWeight | Function::AfterJoin => DataType::Float64,
             Function::DamerauLevenshtein | Function::HashBucket | Function::ComparisonLevel => DataType::Int64,
             Function::IsInitials
             | Function::IsKnownFirstName
@@ -256,6 +262,9 @@ impl ScalarUDFImpl for KlantbeeldUdf {
         // Its weights are mostly constants: not made into arrays.
         if self.function == Function::EqualityWeight {
             return Ok(ColumnarValue::Array(levels::equality_weights(name, &args.args, rows)?));
+        }
+        if self.function == Function::AfterJoin {
+            return Ok(args.args[0].clone());
         }
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         if self.function == Function::BirthDatesCompatible {
