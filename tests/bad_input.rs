@@ -100,6 +100,25 @@ fn unterminated_quote_names_file_and_line() {
     assert_untouched(&output, &before);
 }
 
+/// The largest dumps are checked first, but the error a user reads is still the first bad
+/// source in the YAML, the same on every run.
+#[test]
+fn with_two_bad_sources_the_first_in_the_yaml_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = published(dir.path());
+    let before = run_id(&output);
+    let first = input.join("crm/contacts_1.csv");
+    let last = input.join("email/events.csv");
+    assert!(std::fs::metadata(&last).unwrap().len() > 2 * std::fs::metadata(&first).unwrap().len());
+    let line = std::fs::read_to_string(&first).unwrap().lines().count() + 1;
+    append(&first, b"C9999999;\"Jan;;Vries;;;;;;;;\n");
+    append(&last, b"E9999999,\"open\n");
+    let (code, err) = fail(&retail_yaml(), &input, &output);
+    assert_eq!(code, 3);
+    assert!(err.contains(&format!("contacts_1.csv:{line}:")), "{err}");
+    assert_untouched(&output, &before);
+}
+
 #[test]
 fn invalid_utf8_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -165,14 +165,43 @@ pub async fn extract_all(
     limit: Option<usize>,
 ) -> Result<Vec<ExtractedSource>, ExtractError> {
     use futures::{StreamExt, TryStreamExt};
-    // The sources are checked side by side (each file's line check is one thread's work),
-    // and reported in file order: the first failing source in the YAML is the error.
     let parallel = ctx.state().config().target_partitions().max(1);
-    let extracted: Vec<Option<ExtractedSource>> = futures::stream::iter(&pipeline.spec.sources)
-        .map(|(name, source)| extract_source(ctx, pipeline, scratch, name, source, limit))
+    let sources = &pipeline.spec.sources;
+    let listed: Vec<(Location, Vec<ObjectMeta>)> = futures::stream::iter(sources)
+        .map(|(name, source)| list_source(ctx, pipeline, name, source))
         .buffered(parallel)
         .try_collect()
         .await?;
+    // A required source without files fails the run before any file is read.
+    for ((name, source), (location, metas)) in sources.iter().zip(&listed) {
+        if metas.is_empty() && !source.optional {
+            return Err(ExtractError::NoFiles { source_name: name.clone(), location: location.display() });
+        }
+    }
+    // The sources are checked side by side, each file's line check one thread's work. The
+    // largest start first, so that the last to finish is not a big one left on its own.
+    let mut order: Vec<usize> = (0..listed.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(listed[i].1.iter().map(|m| m.size).sum::<u64>()));
+    let mut checking = futures::stream::iter(order)
+        .map(|i| {
+            let (name, source) = sources.get_index(i).expect("listed per source");
+            let files = &listed[i];
+            async move { (i, extract_source(ctx, pipeline, scratch, name, source, files, limit).await) }
+        })
+        .buffer_unordered(parallel);
+    // The error reported is the first failing source in the YAML, the same on every run: a
+    // failure waits for the sources before it, not for those after it.
+    let mut done: Vec<Option<Result<Option<ExtractedSource>, ExtractError>>> = listed.iter().map(|_| None).collect();
+    while let Some((i, result)) = checking.next().await {
+        done[i] = Some(result);
+        let settled = done.iter().take_while(|r| r.is_some()).count();
+        if let Some(first) = done.iter().position(|r| matches!(r, Some(Err(_))))
+            && first < settled
+        {
+            return Err(done.swap_remove(first).and_then(Result::err).expect("an error"));
+        }
+    }
+    let extracted: Vec<Option<ExtractedSource>> = done.into_iter().flatten().collect::<Result<_, _>>()?;
     Ok(extracted.into_iter().flatten().collect())
 }
 
@@ -182,32 +211,31 @@ async fn extract_source(
     scratch: &Scratch,
     name: &str,
     source: &SourceSpec,
+    (location, metas): &(Location, Vec<ObjectMeta>),
     limit: Option<usize>,
 ) -> Result<Option<ExtractedSource>, ExtractError> {
-    let (location, metas) = list_source(ctx, pipeline, name, source).await?;
+    let location = location.clone();
+    // Only an optional source gets here without files (extract_all refused the others).
     if metas.is_empty() {
-        if source.optional {
-            // An empty table with the declared columns, so that models reading it still run.
-            tracing::warn!(source = name, location = %location, "optional source has no files; it is empty");
-            let fields: Vec<datafusion::arrow::datatypes::Field> = declared_types(source)
-                .into_iter()
-                .map(|(c, t)| datafusion::arrow::datatypes::Field::new(c, t, true))
-                .collect();
-            let empty = datafusion::arrow::array::RecordBatch::new_empty(std::sync::Arc::new(Schema::new(fields)));
-            let df = ctx.read_batch(empty).map_err(|e| engine(name, e))?;
-            let df = with_record_columns(df, name, source)?;
-            ctx.register_table(crate::tables::raw(name), df.into_view()).map_err(|e| engine(name, e))?;
-            return Ok(Some(ExtractedSource {
-                name: name.into(),
-                location,
-                files: Vec::new(),
-                rejected: RejectedRows::default(),
-                columns: Vec::new(),
-                rows: 0,
-                set_aside: RejectedRows::default(),
-            }));
-        }
-        return Err(ExtractError::NoFiles { source_name: name.into(), location: location.display() });
+        // An empty table with the declared columns, so that models reading it still run.
+        tracing::warn!(source = name, location = %location, "optional source has no files; it is empty");
+        let fields: Vec<datafusion::arrow::datatypes::Field> = declared_types(source)
+            .into_iter()
+            .map(|(c, t)| datafusion::arrow::datatypes::Field::new(c, t, true))
+            .collect();
+        let empty = datafusion::arrow::array::RecordBatch::new_empty(std::sync::Arc::new(Schema::new(fields)));
+        let df = ctx.read_batch(empty).map_err(|e| engine(name, e))?;
+        let df = with_record_columns(df, name, source)?;
+        ctx.register_table(crate::tables::raw(name), df.into_view()).map_err(|e| engine(name, e))?;
+        return Ok(Some(ExtractedSource {
+            name: name.into(),
+            location,
+            files: Vec::new(),
+            rejected: RejectedRows::default(),
+            columns: Vec::new(),
+            rows: 0,
+            set_aside: RejectedRows::default(),
+        }));
     }
     let store = storage::store_for(ctx, &location, &pipeline.spec.storage)?;
     let files: Vec<InputFile> = metas
