@@ -31,7 +31,12 @@ SELECT c.*,
        COALESCE(i.downloaded_brochure_30d, false) AS downloaded_brochure_30d,
        COALESCE(i.requested_demo_30d, false) AS requested_demo_30d,
        s.segment
-FROM customers c
+-- segments (one row per customer, like customers) on the left of the first join: of two
+-- tables with as many rows, DataFusion keeps the left one in the join's hash table, and
+-- the customers' rows are the wide ones. After a join it knows no sizes, so this join
+-- comes first; the later tables are smaller and go in the hash table anyway.
+FROM segments s
+RIGHT JOIN customers c ON c.customer_id = s.customer_id
 LEFT JOIN rfm r ON r.customer_id = c.customer_id
 LEFT JOIN clv v ON v.customer_id = c.customer_id
 LEFT JOIN refunds x ON x.customer_id = c.customer_id
@@ -39,4 +44,3 @@ LEFT JOIN last_sign_of_life l ON l.customer_id = c.customer_id
 LEFT JOIN email_engagement e ON e.customer_id = c.customer_id
 LEFT JOIN preferences p ON p.customer_id = c.customer_id
 LEFT JOIN intent i ON i.customer_id = c.customer_id
-LEFT JOIN segments s ON s.customer_id = c.customer_id
