@@ -59,7 +59,14 @@ pub enum Engine {
 
 /// A session whose spill files go to `spill_dir`.
 pub fn session(options: &EngineOptions, spill_dir: &Path) -> datafusion::error::Result<SessionContext> {
-    let mut config = configure(SessionConfig::new().with_information_schema(true), options)?;
+    let mut config = SessionConfig::new().with_information_schema(true);
+    // A partial aggregation costs about what the final one does; in one process, moving
+    // rows between partitions costs little, so it pays only where it at least halves
+    // them. DataFusion keeps it while it removes a fifth (0.8): `email_engagement` at 1M
+    // people grouped 12.6M events into 9.2M partial groups (5.7 s), then again (1.7 s).
+    // A pipeline's own setting comes after, and wins.
+    config.options_mut().execution.skip_partial_aggregation_probe_ratio_threshold = 0.5;
+    let mut config = configure(config, options)?;
     let mut runtime = RuntimeEnvBuilder::new().with_disk_manager_builder(
         DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill_dir.to_path_buf()])),
     );
