@@ -388,29 +388,41 @@ pub async fn write_match_edges(
     let records = |k: usize| {
         format!("(SELECT rid, source_system, source_record_id FROM {IDENTITY_RECORDS} WHERE rid % {passes} = {k})")
     };
-    let mut with_a = Vec::new();
-    for k in 0..passes {
-        let sql = format!(
+    let with_a = |k: usize| {
+        format!(
             "SELECT e.*, a.source_system AS source_system_a, a.source_record_id AS source_record_id_a \
              FROM {EDGE_DECISIONS} e JOIN {} a ON a.rid = e.rid_a WHERE e.rid_a % {passes} = {k}",
             records(k)
-        );
-        with_a.push(ctx.sql(&sql).await?);
-    }
-    crate::engine::materialize_parts(ctx, EDGES_WITH_A, with_a, work_dir).await?;
+        )
+    };
+    // In one pass both joins run in one query (two hash tables, each within a quarter of
+    // the limit): writing the first join's result and reading it back cost about a
+    // second at 1M people.
+    let edges_with_a = if passes == 1 {
+        format!("({})", with_a(0))
+    } else {
+        let mut parts = Vec::new();
+        for k in 0..passes {
+            parts.push(ctx.sql(&with_a(k)).await?);
+        }
+        crate::engine::materialize_parts(ctx, EDGES_WITH_A, parts, work_dir).await?;
+        EDGES_WITH_A.to_string()
+    };
     let mut edges = Vec::new();
     for k in 0..passes {
         let sql = format!(
             "SELECT e.source_system_a, e.source_record_id_a, \
              b.source_system AS source_system_b, b.source_record_id AS source_record_id_b, \
              e.rule, e.score, e.detail, e.decision \
-             FROM edges_with_a e JOIN {} b ON b.rid = e.rid_b WHERE e.rid_b % {passes} = {k}",
+             FROM {edges_with_a} e JOIN {} b ON b.rid = e.rid_b WHERE e.rid_b % {passes} = {k}",
             records(k)
         );
         edges.push(ctx.sql(&sql).await?);
     }
     crate::engine::materialize_parts(ctx, name, edges, work_dir).await?;
-    ctx.deregister_table(EDGES_WITH_A)?;
+    if passes > 1 {
+        ctx.deregister_table(EDGES_WITH_A)?;
+    }
     Ok(())
 }
 
