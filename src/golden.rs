@@ -130,20 +130,14 @@ impl GoldenSql {
                 format!(" LEFT JOIN (SELECT * FROM {} WHERE {share}) p{i} ON p{i}.cluster_id = x.cluster_id", c.table())
             })
             .collect();
-        let lineage: Vec<String> = golden_columns()
-            .map(|a| {
-                format!(
-                    "CASE WHEN lineage_{a} IS NOT NULL THEN concat('\"{a}\":\"', replace(replace(lineage_{a}, '\\\\', '\\\\\\\\'), '\"', '\\\\\"'), '\"') END"
-                )
-            })
-            .collect();
+        let lineage: Vec<String> = golden_columns().map(|a| format!("'{a}', lineage_{a}")).collect();
         format!(
             "WITH counts AS (SELECT cluster_id, CAST(count(*) AS BIGINT) AS record_count, \
                              concat_ws(',', {systems}) AS source_systems, \
                              min(updated_at) AS first_seen_at, max(updated_at) AS last_updated_at \
                              FROM {GOLDEN_BASE} WHERE {share} GROUP BY cluster_id) \
              SELECT x.customer_id, {columns}, record_count, source_systems, first_seen_at, last_updated_at, \
-                    concat('{{', concat_ws(',', {lineage}), '}}') AS lineage \
+                    json_object({lineage}) AS lineage \
              FROM (SELECT * FROM {CUSTOMER_IDS} WHERE {share}) x JOIN counts c ON c.cluster_id = x.cluster_id{joins}",
             systems = self.systems,
             columns = golden_columns().collect::<Vec<_>>().join(", "),
