@@ -218,33 +218,42 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
             _ => None,
         };
         let repeats = matches!(rule, RuleSpec::Fuzzy(_));
+        // A deterministic or external-id rule makes each pair once, so its edges are in
+        // one order by score and pair alone; the others also sort by the detail text,
+        // which a pair found under two keys differs in.
+        let unique_pairs = matches!(rule, RuleSpec::Deterministic(_) | RuleSpec::ExternalId(_));
         let queries = rules::rule_queries(rule, &external_ids, fitted.as_ref().map(|(m, f)| (m, f.as_str())), &learned);
         models.extend(fitted.map(|(m, _)| m));
         for (part, queries) in queries.into_iter().enumerate() {
             let prepared = work_dir.join(format!("prepared_{rule_no}_{part}"));
             queries.prepare(ctx, &prepared, passes).await.map_err(rule_error(name))?;
             count_dropped(ctx, name, &queries.dropped, &mut summary).await?;
-            let dir = work_dir.join(format!("edges_{rule_no}_{part}"));
             lap.done(&format!("{name}: dropped values"));
-            write_candidate_edges(ctx, name, &queries, passes, &dir).await?;
-            queries.release(ctx)?;
-            lap.done(&format!("{name}: candidate edges"));
+            // In one pass the edges stream from their query into the decisions; in
+            // several, each pass's edges are written first and sorted together after.
+            let edges = if passes == 1 {
+                ctx.sql(&(queries.edges)(rules::Pass { index: 0, count: 1 })).await.map_err(rule_error(name))?
+            } else {
+                let dir = work_dir.join(format!("edges_{rule_no}_{part}"));
+                write_candidate_edges(ctx, name, &queries, passes, &dir).await?;
+                lap.done(&format!("{name}: candidate edges"));
+                ctx.read_parquet(format!("{}/", dir.display()), ParquetReadOptions::default())
+                    .await
+                    .map_err(rule_error(name))?
+            };
             // Edges in one order whatever the passes, so that the guardrails decide alike.
             // Only a fuzzy rule repeats an edge (a pair blocked by two keys, scored alike
-            // under each); a probabilistic rule's detail names the key, and the other rules
-            // make each pair once.
-            let df = ctx
-                .read_parquet(format!("{}/", dir.display()), ParquetReadOptions::default())
-                .await
-                .and_then(|df| if repeats { df.distinct() } else { Ok(df) })
-                .and_then(|df| {
-                    df.sort(vec![
-                        datafusion::prelude::col("score").sort(false, true),
-                        datafusion::prelude::col("rid_a").sort(true, true),
-                        datafusion::prelude::col("rid_b").sort(true, true),
-                        datafusion::prelude::col("detail").sort(true, true),
-                    ])
-                })
+            // under each).
+            let mut order = vec![
+                datafusion::prelude::col("score").sort(false, true),
+                datafusion::prelude::col("rid_a").sort(true, true),
+                datafusion::prelude::col("rid_b").sort(true, true),
+            ];
+            if !unique_pairs {
+                order.push(datafusion::prelude::col("detail").sort(true, true));
+            }
+            let df = (if repeats { edges.distinct() } else { Ok(edges) })
+                .and_then(|df| df.sort(order))
                 .map_err(rule_error(name))?;
             let mut stream = df.execute_stream().await.map_err(rule_error(name))?;
             while let Some(batch) = stream.next().await {
@@ -252,6 +261,7 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
                 let out = decide(&mut clusters, &batch, name, rule_no, weighing.as_ref(), &mut summary)?;
                 writer.write(&out).map_err(write_err(&edges_path))?;
             }
+            queries.release(ctx)?;
         }
         lap.done(&format!("{name}: decisions"));
         tracing::info!(rule = name, edges = summary.candidate_edges, merged = summary.merged, "rule applied");
