@@ -1,7 +1,7 @@
 //! The embedded DataFusion engine: a session with a memory limit that spills to disk, and
 //! klantbeeld's functions registered.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -111,35 +111,45 @@ pub async fn columns_read(
     schema: SchemaRef,
     queries: &[String],
 ) -> datafusion::error::Result<BTreeSet<String>> {
-    use datafusion::common::tree_node::TreeNodeRecursion;
-    use datafusion::logical_expr::LogicalPlan;
     let _ = ctx.deregister_table(table);
     ctx.register_table(table, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
     // Planned in a block of its own, so that the stand-in goes whatever the outcome.
     let read = async {
-        let mut read = BTreeSet::new();
+        let mut read = BTreeMap::from([(table.to_string(), BTreeSet::new())]);
         for sql in queries {
-            ctx.sql(sql).await?.into_optimized_plan()?.apply_with_subqueries(|node| {
-                if let LogicalPlan::TableScan(scan) = node
-                    && scan.table_name.table() == table
-                {
-                    let fields = scan.source.schema();
-                    match &scan.projection {
-                        Some(indices) => read.extend(indices.iter().map(|i| fields.field(*i).name().clone())),
-                        None => read.extend(fields.fields().iter().map(|f| f.name().clone())),
-                    }
-                    for filter in &scan.filters {
-                        read.extend(filter.column_refs().into_iter().map(|c| c.name.clone()));
-                    }
-                }
-                Ok(TreeNodeRecursion::Continue)
-            })?;
+            scanned_columns(&ctx.sql(sql).await?.into_optimized_plan()?, &mut read)?;
         }
-        Ok(read)
+        Ok(read.remove(table).unwrap_or_default())
     }
     .await;
     ctx.deregister_table(table)?;
     read
+}
+
+/// Adds to `read`, for each table it has a key of, the columns that `plan`'s scans of that
+/// table read (projected, or named by a filter pushed into the scan).
+pub fn scanned_columns(
+    plan: &datafusion::logical_expr::LogicalPlan,
+    read: &mut BTreeMap<String, BTreeSet<String>>,
+) -> datafusion::error::Result<()> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::LogicalPlan;
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Some(read) = read.get_mut(scan.table_name.table())
+        {
+            let fields = scan.source.schema();
+            match &scan.projection {
+                Some(indices) => read.extend(indices.iter().map(|i| fields.field(*i).name().clone())),
+                None => read.extend(fields.fields().iter().map(|f| f.name().clone())),
+            }
+            for filter in &scan.filters {
+                read.extend(filter.column_refs().into_iter().map(|c| c.name.clone()));
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(())
 }
 
 /// Writes a query's result as Parquet under `dir/name/` and registers it as table `name`

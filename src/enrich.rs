@@ -6,9 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{
     CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider,
 };
+use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
@@ -290,14 +292,7 @@ fn batch_context(
     by: &str,
     batch: Batch,
 ) -> Result<SessionContext, DataFusionError> {
-    let state = ctx.state();
-    let names = state.config().options().catalog.clone();
-    let catalog = MemoryCatalogProvider::new();
-    catalog.register_schema(&names.default_schema, Arc::new(MemorySchemaProvider::new()))?;
-    let catalogs = MemoryCatalogProviderList::new();
-    catalogs.register_catalog(names.default_catalog, Arc::new(catalog));
-    let state = SessionStateBuilder::new_from_existing(state).with_catalog_list(Arc::new(catalogs)).build();
-    let batch_ctx = SessionContext::new_with_state(state);
+    let batch_ctx = without_tables(ctx)?;
     let in_batch =
         crate::udf::call(Function::HashBucket, vec![ident(by), lit(batch.count as i64)]).eq(lit(batch.index as i64));
     for input in inputs {
@@ -305,6 +300,54 @@ fn batch_context(
         batch_ctx.register_table(input.name.as_str(), df.into_view())?;
     }
     Ok(batch_ctx)
+}
+
+/// A session with `ctx`'s settings and functions and no tables of its own.
+fn without_tables(ctx: &SessionContext) -> Result<SessionContext, DataFusionError> {
+    let state = ctx.state();
+    let names = state.config().options().catalog.clone();
+    let catalog = MemoryCatalogProvider::new();
+    catalog.register_schema(&names.default_schema, Arc::new(MemorySchemaProvider::new()))?;
+    let catalogs = MemoryCatalogProviderList::new();
+    catalogs.register_catalog(names.default_catalog, Arc::new(catalog));
+    let state = SessionStateBuilder::new_from_existing(state).with_catalog_list(Arc::new(catalogs)).build();
+    Ok(SessionContext::new_with_state(state))
+}
+
+/// The columns of each of `tables` (name and schema; they need not be registered yet)
+/// that the models read, as their optimised plans' scans say; tables no model reads are
+/// left out. The models are planned in order against empty stand-ins of the tables they
+/// read, each model's result standing in for it in the models after: nothing runs.
+pub async fn columns_read(
+    ctx: &SessionContext,
+    models: &[Model],
+    tables: &[(String, SchemaRef)],
+) -> Result<BTreeMap<String, BTreeSet<String>>, DataFusionError> {
+    let stand_in = |schema: SchemaRef| -> Result<Arc<MemTable>, DataFusionError> {
+        Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?))
+    };
+    let sandbox = without_tables(ctx)?;
+    let mut read: BTreeMap<String, BTreeSet<String>> = tables
+        .iter()
+        .filter(|(name, _)| models.iter().any(|m| m.reads.contains(name)))
+        .map(|(name, _)| (name.clone(), BTreeSet::new()))
+        .collect();
+    for m in models {
+        for table in &m.reads {
+            if sandbox.table_exist(table.as_str())? {
+                continue;
+            }
+            let schema = match tables.iter().find(|(name, _)| name == table) {
+                Some((_, schema)) => schema.clone(),
+                None => ctx.table(table.as_str()).await?.schema().inner().clone(),
+            };
+            sandbox.register_table(table.as_str(), stand_in(schema)?)?;
+        }
+        let plan = sandbox.sql(&m.sql).await?.into_optimized_plan()?;
+        crate::engine::scanned_columns(&plan, &mut read)?;
+        sandbox.register_table(m.name.as_str(), stand_in(plan.schema().inner().clone())?)?;
+    }
+    Ok(read)
 }
 
 fn one_line(s: &str) -> String {
@@ -423,6 +466,62 @@ mod tests {
             assert!(batch_ctx.table("customers").await.is_err());
         }
         assert_eq!(seen, 200_000, "every customer is in exactly one batch");
+    }
+
+    /// Each source's columns that some model reads, through models that read models (a
+    /// model's own columns are not a source's), filters and CTEs; a source no model reads
+    /// is left out, one read by `count(*)` only reads no column. Nothing is left behind
+    /// in the session.
+    #[tokio::test]
+    async fn columns_read_follow_the_models_in_order() {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        let ctx = SessionContext::new();
+        ctx.sql("CREATE TABLE customers AS SELECT 'C1' AS customer_id, 'Anna' AS first_name").await.unwrap();
+        let schema = |columns: &[&str]| {
+            Arc::new(Schema::new(columns.iter().map(|c| Field::new(*c, DataType::Utf8, true)).collect::<Vec<_>>()))
+        };
+        let tables = vec![
+            ("orders".to_string(), schema(&["customer_id", "order_id", "amount", "category", "note"])),
+            ("sessions".to_string(), schema(&["customer_id", "session_id", "page"])),
+            ("events".to_string(), schema(&["customer_id", "event_id"])),
+            ("tickets".to_string(), schema(&["customer_id", "ticket_id"])),
+        ];
+        let model = |name: &str, sql: &str| Model {
+            name: name.into(),
+            path: PathBuf::from(format!("sql/{name}.sql")),
+            sql: sql.into(),
+            depends_on: Vec::new(),
+            reads: table_references(Path::new(name), sql).unwrap(),
+            batch: None,
+        };
+        let models = [
+            model(
+                "spend",
+                "WITH o AS (SELECT * FROM orders WHERE note IS NULL) SELECT customer_id, sum(CAST(amount AS DOUBLE)) AS total FROM o GROUP BY customer_id",
+            ),
+            model(
+                "top",
+                "SELECT s.customer_id, s.total, c.first_name, o.category FROM spend s JOIN customers c USING (customer_id) JOIN orders o USING (customer_id)",
+            ),
+            model("visits", "SELECT count(*) AS n FROM sessions"),
+            model(
+                "ticketed",
+                "SELECT customer_id FROM customers WHERE customer_id IN (SELECT customer_id FROM tickets)",
+            ),
+        ];
+        let read = columns_read(&ctx, &models, &tables).await.unwrap();
+        let read: Vec<(&str, Vec<&str>)> =
+            read.iter().map(|(t, c)| (t.as_str(), c.iter().map(String::as_str).collect())).collect();
+        assert_eq!(
+            read,
+            [
+                ("orders", vec!["amount", "category", "customer_id", "note"]),
+                ("sessions", vec![]),
+                ("tickets", vec!["customer_id"]),
+            ]
+        );
+        assert!(ctx.table("orders").await.is_err() && ctx.table("spend").await.is_err());
+        assert!(ctx.table("customers").await.is_ok());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! publish. Every intermediate result lives in a scratch folder that is removed
 //! afterwards; nothing is visible at the output until the final swap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::Error;
@@ -221,9 +221,9 @@ impl Run<'_> {
     ) -> Result<(), Error> {
         self.timer.stage("golden");
         golden::build_customers(self.ctx, self.pipeline, self.scratch, summary.passes, summary.records).await?;
-        let read_by_models = models.iter().flat_map(|m| m.reads.iter().map(String::as_str)).collect();
-        golden::register_source_views(self.ctx, self.pipeline, &present(extracted), &read_by_models, self.scratch)
-            .await?;
+        let views = golden::source_views(self.ctx, self.pipeline, &present(extracted)).await?;
+        let read = sources_read(self.ctx, self.pipeline, models, &views).await;
+        golden::register_source_views(self.ctx, views, &read, self.scratch).await?;
         let mut lap = crate::progress::Lap::start("golden");
         resolve::write_match_edges(self.ctx, MATCH_EDGES, summary.records, self.scratch).await?;
         lap.done(MATCH_EDGES);
@@ -257,6 +257,46 @@ impl Run<'_> {
         }
         Ok(tables)
     }
+}
+
+/// The sources the models read, with the columns they read. A source that a data test
+/// names keeps every column, as do all when the models' reads cannot be told (a model that
+/// does not plan: its own error comes, with its file, when it runs).
+async fn sources_read(
+    ctx: &SessionContext,
+    pipeline: &Pipeline,
+    models: &[enrich::Model],
+    views: &[(String, datafusion::prelude::DataFrame)],
+) -> BTreeMap<String, BTreeSet<String>> {
+    let schemas: Vec<_> = views.iter().map(|(name, df)| (name.clone(), df.schema().inner().clone())).collect();
+    let every_column = |name: &str| -> BTreeSet<String> {
+        let schema = &schemas.iter().find(|(n, _)| n == name).expect("a view's schema").1;
+        schema.fields().iter().map(|f| f.name().clone()).collect()
+    };
+    let mut read = enrich::columns_read(ctx, models, &schemas).await.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "the models' columns could not be told; their sources are kept whole");
+        schemas
+            .iter()
+            .filter(|(name, _)| models.iter().any(|m| m.reads.contains(name)))
+            .map(|(name, _)| (name.clone(), every_column(name)))
+            .collect()
+    });
+    let tested: BTreeSet<String> = check::data_tests(pipeline)
+        .into_iter()
+        .flat_map(|(table, tests)| {
+            let to = tests.into_iter().filter_map(|t| match t {
+                crate::config::TestSpec::Relationships { to, .. } => Some(to),
+                _ => None,
+            });
+            std::iter::once(table).chain(to).collect::<Vec<_>>()
+        })
+        .collect();
+    for (name, columns) in read.iter_mut() {
+        if tested.contains(name) {
+            *columns = every_column(name);
+        }
+    }
+    read
 }
 
 /// The sources that have data in this run.

@@ -310,6 +310,34 @@ fn a_failing_data_test_reports_offending_rows_and_publishes_nothing() {
     assert_eq!(bad.status.code(), Some(4));
 }
 
+/// The sources that models read are kept with only the columns models read, and a
+/// data test on such a source still sees all of its columns: a test of the orders' own id,
+/// which no model reads, runs and passes, and one that fails on it names its rows.
+#[test]
+fn a_data_test_on_a_source_sees_every_column_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture(dir.path());
+    let tested = |test: &'static str| {
+        move |t: String| t.replace("  tests:\n    rfm:", &format!("  tests:\n    orders:\n      - {test}\n    rfm:"))
+    };
+    let p = pipeline_variant(
+        dir.path(),
+        tested("expression: order_id LIKE 'O%' AND account_id = 'A1' OR order_id IN ('O4', 'O5')"),
+    );
+    let out = run_fixture(&p, &input, &dir.path().join("out"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest = std::fs::read_to_string(dir.path().join("out/_manifest.json")).unwrap();
+    assert!(
+        manifest.contains("expression(order_id LIKE 'O%' AND account_id = 'A1' OR order_id IN ('O4', 'O5'))"),
+        "{manifest}"
+    );
+    let p = pipeline_variant(dir.path(), tested("expression: order_id <> 'O4'"));
+    let out = run_fixture(&p, &input, &dir.path().join("out2"));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("FAIL orders: expression(order_id <> 'O4') (1 offending)"), "{report}");
+}
+
 #[tokio::test]
 async fn a_model_built_in_batches_equals_the_model_built_at_once() {
     let dir = tempfile::tempdir().unwrap();
