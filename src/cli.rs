@@ -481,7 +481,8 @@ pub async fn plan(p: &Pipeline, pairs: bool) -> Result<String, Error> {
             continue;
         };
         for key in blocking {
-            let sql = crate::resolve::rules::block_counts_sql(&records, key, max);
+            let sizes = format!("({})", crate::resolve::rules::block_sizes_sql(&records, key));
+            let sql = crate::resolve::rules::block_counts_sql(&sizes, max);
             let counts = ctx.sql(&sql).await.map_err(Error::engine("counting pairs"))?;
             let counts = counts.collect().await.map_err(Error::engine("counting pairs"))?;
             let n = |c: usize| {

@@ -400,8 +400,13 @@ pub async fn estimate(pipeline: &Pipeline) -> Result<Vec<resolve::probabilistic:
     let scratch = tempfile::tempdir().map_err(|e| Error::Other(format!("scratch folder: {e}")))?;
     let ctx = staged_session(pipeline, scratch.path()).await?;
     let mut models = Vec::new();
-    for rule in rules {
+    for (i, rule) in rules.into_iter().enumerate() {
+        let (records, dir) =
+            (resolve::probabilistic::rule_records(rule), scratch.path().join(format!("block_sizes_{i}")));
+        let engine = || Error::engine(format!("rule `{}`", rule.name));
+        resolve::rules::register_block_sizes(&ctx, &records, &rule.blocking, &dir).await.map_err(engine())?;
         models.push(resolve::probabilistic::estimate(&ctx, rule).await?);
+        resolve::rules::release_block_sizes(&ctx, &rule.blocking).map_err(engine())?;
     }
     Ok(models)
 }

@@ -188,6 +188,12 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
         let rule_no = (index + 1) as u16;
         let name = rule.name();
         let mut summary = RuleSummary { rule: name.into(), ..Default::default() };
+        let blocks = rules::blocking_of(rule);
+        if let Some((records, blocking, _)) = &blocks {
+            let dir = work_dir.join(format!("block_sizes_{rule_no}"));
+            rules::register_block_sizes(ctx, records, blocking, &dir).await.map_err(rule_error(name))?;
+            lap.done(&format!("{name}: block sizes"));
+        }
         let fitted = match rule {
             RuleSpec::Probabilistic(r) => {
                 let mut model = match &pinned {
@@ -262,6 +268,9 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
                 writer.write(&out).map_err(write_err(&edges_path))?;
             }
             queries.release(ctx)?;
+        }
+        if let Some((_, blocking, _)) = &blocks {
+            rules::release_block_sizes(ctx, blocking)?;
         }
         lap.done(&format!("{name}: decisions"));
         tracing::info!(rule = name, edges = summary.candidate_edges, merged = summary.merged, "rule applied");
@@ -465,27 +474,31 @@ async fn write_candidate_edges(
     crate::engine::write_parts(parts, dir).await.map_err(rule_error(rule))
 }
 
-/// Counts what a rule's guardrails dropped, keeping a few examples for the manifest.
+/// How many dropped values the manifest shows, the largest groups first.
+const DROPPED_EXAMPLES: usize = 20;
+
+/// Counts what a rule's guardrails dropped, keeping the largest groups as examples for the
+/// manifest. The query is not ordered: the examples are picked as its rows stream past. (An
+/// ordered union of block sizes was a plan a Ballista executor could not run: a sort over
+/// one of the union's inputs came with no partition, and DataFusion's top-k filter asserts
+/// at least one.)
 async fn count_dropped(
     ctx: &SessionContext,
     rule: &str,
     sql: &str,
     summary: &mut RuleSummary,
 ) -> Result<(), ResolveError> {
-    // One query for the counts and the examples (the largest groups first): each query
-    // computes the rule's groups.
-    let dropped = ctx
+    let df = ctx
         .sql(&format!(
-            "SELECT value, CAST(records AS BIGINT) AS records, \
-             CAST(people AS BIGINT) AS people FROM ({sql}) ORDER BY records DESC, value"
+            "SELECT value, CAST(records AS BIGINT) AS records, CAST(people AS BIGINT) AS people FROM ({sql})"
         ))
         .await
-        .map_err(rule_error(rule))?
-        .collect()
-        .await
         .map_err(rule_error(rule))?;
-    let mut examples = 0;
-    for b in dropped {
+    let mut stream = df.execute_stream().await.map_err(rule_error(rule))?;
+    // The examples so far, the smallest (fewest records, then the last value) on top.
+    let mut examples: std::collections::BinaryHeap<(std::cmp::Reverse<i64>, String, i64)> = Default::default();
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(rule_error(rule))?;
         let value = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8)?;
         let value = value.as_string::<i32>();
         let records = b.column(1).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
@@ -493,16 +506,19 @@ async fn count_dropped(
         for i in 0..b.num_rows() {
             summary.dropped_values += 1;
             summary.dropped_records += records.value(i) as u64;
-            if examples < 20 {
-                examples += 1;
-                summary.dropped_examples.push(DroppedValue {
-                    value: value.value(i).to_string(),
-                    records: records.value(i),
-                    people: people.value(i),
-                });
+            examples.push((std::cmp::Reverse(records.value(i)), value.value(i).to_string(), people.value(i)));
+            if examples.len() > DROPPED_EXAMPLES {
+                examples.pop();
             }
         }
     }
+    summary.dropped_examples.extend(
+        examples.into_sorted_vec().into_iter().map(|(std::cmp::Reverse(records), value, people)| DroppedValue {
+            value,
+            records,
+            people,
+        }),
+    );
     Ok(())
 }
 

@@ -340,7 +340,8 @@ pub(crate) fn em(
     (m, lambda)
 }
 
-/// Estimates a rule's model from the identity records.
+/// Estimates a rule's model from the identity records, whose block sizes are registered
+/// ([`super::rules::register_block_sizes`]).
 pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<RuleModel, ResolveError> {
     let records = rule_records(rule);
     let n: u64 = {
@@ -371,11 +372,11 @@ pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<
     let mut m_sum: Vec<Vec<f64>> = sizes.iter().map(|s| vec![0.0; *s]).collect();
     let mut m_runs = vec![0usize; k];
     let mut blocking = Vec::new();
-    for key in &rule.blocking {
+    for (i, key) in rule.blocking.iter().enumerate() {
+        let sizes = super::rules::block_sizes_table(i);
         let join_lr = key.iter().map(|c| format!("l.{c} = r.{c}")).collect::<Vec<_>>().join(" AND ");
         let pairs: u64 = {
-            let b =
-                ctx.sql(&super::rules::block_counts_sql(&records, key, rule.max_block_size)).await?.collect().await?;
+            let b = ctx.sql(&super::rules::block_counts_sql(&sizes, rule.max_block_size)).await?.collect().await?;
             b.first().map_or(0, |b| b.column(0).as_primitive::<Int64Type>().value(0) as u64)
         };
         let share = (pairs / M_SAMPLE_PAIRS).max(1);
@@ -386,7 +387,7 @@ pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<
         let sample = ctx
             .sql(&format!(
                 "WITH {blocks} SELECT * FROM kb WHERE hash_bucket(concat('m:', CAST(rid AS VARCHAR)), {share}) = 0",
-                blocks = super::rules::blocks_sql(&records, key, rule.max_block_size)
+                blocks = super::rules::blocks_sql(&records, key, rule.max_block_size, &sizes)
             ))
             .await?
             .cache()
