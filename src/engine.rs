@@ -112,7 +112,7 @@ pub async fn columns_read(
     queries: &[String],
 ) -> datafusion::error::Result<BTreeSet<String>> {
     let _ = ctx.deregister_table(table);
-    ctx.register_table(table, Arc::new(MemTable::try_new(schema, vec![vec![]])?))?;
+    ctx.register_table(table, stand_in(schema)?)?;
     // Planned in a block of its own, so that the stand-in goes whatever the outcome.
     let read = async {
         let mut read = BTreeMap::from([(table.to_string(), BTreeSet::new())]);
@@ -124,6 +124,11 @@ pub async fn columns_read(
     .await;
     ctx.deregister_table(table)?;
     read
+}
+
+/// An empty table of `schema`: what queries are planned against to learn what they read.
+pub fn stand_in(schema: SchemaRef) -> datafusion::error::Result<Arc<MemTable>> {
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?))
 }
 
 /// Adds to `read`, for each table it has a key of, the columns that `plan`'s scans of that

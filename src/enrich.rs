@@ -10,7 +10,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{
     CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider,
 };
-use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
@@ -323,9 +322,6 @@ pub async fn columns_read(
     models: &[Model],
     tables: &[(String, SchemaRef)],
 ) -> Result<BTreeMap<String, BTreeSet<String>>, DataFusionError> {
-    let stand_in = |schema: SchemaRef| -> Result<Arc<MemTable>, DataFusionError> {
-        Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?))
-    };
     let sandbox = without_tables(ctx)?;
     let mut read: BTreeMap<String, BTreeSet<String>> = tables
         .iter()
@@ -341,11 +337,11 @@ pub async fn columns_read(
                 Some((_, schema)) => schema.clone(),
                 None => ctx.table(table.as_str()).await?.schema().inner().clone(),
             };
-            sandbox.register_table(table.as_str(), stand_in(schema)?)?;
+            sandbox.register_table(table.as_str(), crate::engine::stand_in(schema)?)?;
         }
         let plan = sandbox.sql(&m.sql).await?.into_optimized_plan()?;
         crate::engine::scanned_columns(&plan, &mut read)?;
-        sandbox.register_table(m.name.as_str(), stand_in(plan.schema().inner().clone())?)?;
+        sandbox.register_table(m.name.as_str(), crate::engine::stand_in(plan.schema().inner().clone())?)?;
     }
     Ok(read)
 }
