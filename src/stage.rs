@@ -203,14 +203,16 @@ async fn unswap_names(ctx: &SessionContext, raw: DataFrame) -> Result<DataFrame,
 
 /// Normalises the raw values into the identity columns.
 fn normalise(pipeline: &Pipeline, raw: DataFrame) -> Result<DataFrame, StageError> {
+    use datafusion::functions::core::expr_fn::get_field;
     let region = lit(pipeline.spec.resolve.default_region.clone());
     let mut outer = vec![
         col("source_system"),
         col("source_record_id"),
         call(Function::NormalizeEmail, vec![col("email_raw")]).alias("email"),
         call(Function::EmailLocalPart, vec![col("email_raw")]).alias("email_local"),
-        call(Function::NormalizePhone, vec![col("phone_raw"), region.clone()]).alias("phone"),
-        call(Function::PhoneKind, vec![col("phone_raw"), region]).alias("phone_kind"),
+        // One parse gives both (the optimiser computes the shared call once).
+        get_field(call(Function::ParsePhone, vec![col("phone_raw"), region.clone()]), "number").alias("phone"),
+        get_field(call(Function::ParsePhone, vec![col("phone_raw"), region]), "kind").alias("phone_kind"),
         blank_to_null(col("first_raw")).alias("first_name"),
         call(Function::FoldName, vec![col("first_raw")]).alias("first_name_key"),
         call(Function::FirstNameRoot, vec![col("first_raw")]).alias("first_name_root"),

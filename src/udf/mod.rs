@@ -21,7 +21,7 @@ pub use name::{
     is_known_first_name, name_initial, split_full_name, strip_particles,
 };
 pub use numbers::normalize_number;
-pub use phone::{normalize_phone, phone_kind};
+pub use phone::{normalize_phone, parse_phone, phone_kind};
 pub use similarity::{damerau_levenshtein, damerau_levenshtein_within, jaro_winkler};
 
 use std::sync::Arc;
@@ -45,6 +45,7 @@ pub enum Function {
     EmailLocalPart,
     NormalizePhone,
     PhoneKind,
+    ParsePhone,
     FoldName,
     StripParticles,
     FirstNameRoot,
@@ -72,11 +73,12 @@ pub enum Function {
 }
 
 impl Function {
-    pub const ALL: [Function; 28] = [
+    pub const ALL: [Function; 29] = [
         Function::NormalizeEmail,
         Function::EmailLocalPart,
         Function::NormalizePhone,
         Function::PhoneKind,
+        Function::ParsePhone,
         Function::FoldName,
         Function::StripParticles,
         Function::FirstNameRoot,
@@ -109,6 +111,7 @@ impl Function {
             Function::EmailLocalPart => "email_local_part",
             Function::NormalizePhone => "normalize_phone",
             Function::PhoneKind => "phone_kind",
+            Function::ParsePhone => "parse_phone",
             Function::FoldName => "fold_name",
             Function::StripParticles => "strip_particles",
             Function::FirstNameRoot => "first_name_root",
@@ -140,7 +143,7 @@ impl Function {
         let v = Volatility::Immutable;
         match self {
             // The region argument is optional and defaults to NL.
-            Function::NormalizePhone | Function::PhoneKind => {
+            Function::NormalizePhone | Function::PhoneKind | Function::ParsePhone => {
                 Signature::one_of(vec![TypeSignature::String(1), TypeSignature::String(2)], v)
             }
             Function::JaroWinkler | Function::FirstNamesCompatible => Signature::string(2, v),
@@ -173,6 +176,7 @@ impl Function {
             | Function::BirthDatesCompatible => DataType::Boolean,
             Function::ParseDate => DataType::Date32,
             Function::ParseTimestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            Function::ParsePhone => DataType::Struct(phone_fields()),
             _ => DataType::Utf8,
         }
     }
@@ -318,20 +322,14 @@ impl ScalarUDFImpl for KlantbeeldUdf {
             Arc::new(b.finish())
         } else {
             match self.function {
-                Function::NormalizePhone | Function::PhoneKind => {
+                Function::NormalizePhone | Function::PhoneKind | Function::ParsePhone => {
                     let regions: Box<dyn Iterator<Item = Option<&str>>> = match arrays.get(1) {
                         Some(a) => texts(name, a)?,
                         None => Box::new(std::iter::repeat(Some("NL"))),
                     };
-                    let mut b = StringBuilder::with_capacity(rows, rows * 12);
-                    for (v, region) in first.zip(regions) {
-                        let region = region.unwrap_or("NL");
-                        b.append_option(v.and_then(|v| match self.function {
-                            Function::NormalizePhone => normalize_phone(v, region),
-                            _ => phone_kind(v, region).map(String::from),
-                        }));
-                    }
-                    Arc::new(b.finish())
+                    let parsed =
+                        first.zip(regions).map(|(v, region)| v.and_then(|v| parse_phone(v, region.unwrap_or("NL"))));
+                    phone_array(self.function, parsed, rows)
                 }
                 Function::JaroWinkler => {
                     let mut b = Float64Builder::with_capacity(rows);
@@ -411,6 +409,37 @@ fn as_text(array: &ArrayRef) -> Result<ArrayRef> {
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null => array.clone(),
         _ => datafusion::arrow::compute::cast(array, &DataType::Utf8)?,
     })
+}
+
+/// The fields of `parse_phone`'s struct: `number` (E.164) and `kind`.
+fn phone_fields() -> datafusion::arrow::datatypes::Fields {
+    use datafusion::arrow::datatypes::Field;
+    vec![Field::new("number", DataType::Utf8, true), Field::new("kind", DataType::Utf8, true)].into()
+}
+
+/// The column a phone function answers with, from each row's parse.
+fn phone_array(
+    function: Function,
+    parsed: impl Iterator<Item = Option<(String, &'static str)>>,
+    rows: usize,
+) -> ArrayRef {
+    let (mut numbers, mut kinds) =
+        (StringBuilder::with_capacity(rows, rows * 12), StringBuilder::with_capacity(rows, rows * 6));
+    for p in parsed {
+        numbers.append_option(p.as_ref().map(|(number, _)| number));
+        kinds.append_option(p.map(|(_, kind)| kind));
+    }
+    match function {
+        Function::NormalizePhone => Arc::new(numbers.finish()),
+        Function::PhoneKind => Arc::new(kinds.finish()),
+        _ => {
+            // A struct row is null where its number is: the text was no phone number.
+            let (numbers, kinds) = (numbers.finish(), kinds.finish());
+            let nulls = numbers.nulls().cloned();
+            let columns: Vec<ArrayRef> = vec![Arc::new(numbers), Arc::new(kinds)];
+            Arc::new(datafusion::arrow::array::StructArray::new(phone_fields(), columns, nulls))
+        }
+    }
 }
 
 /// The bucket in `0..buckets` of a value: FNV-1a, so that it is the same on every run and
@@ -555,6 +584,34 @@ mod tests {
             "de Vries",
         ] {
             assert!(text.contains(want), "{want} missing in\n{text}");
+        }
+    }
+
+    /// `parse_phone` answers what `normalize_phone` and `phone_kind` do, in one struct
+    /// that is null where the text is no phone number.
+    #[tokio::test]
+    async fn parse_phone_gives_number_and_kind_of_one_parse() {
+        let ctx = SessionContext::new();
+        register(&ctx);
+        let sql = "SELECT t, parse_phone(t, 'NL')['number'] AS n, parse_phone(t, 'NL')['kind'] AS k, \
+                   parse_phone(t) IS NULL AS missing, normalize_phone(t, 'NL') AS n2, phone_kind(t, 'NL') AS k2 \
+                   FROM (VALUES ('06-12345679'), ('(020) 624 5518'), ('+32 470 12 34 56'), ('geen'), (NULL)) v(t)";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let rows: Vec<Vec<String>> = (0..batches[0].num_rows())
+            .map(|r| {
+                (0..6)
+                    .map(|c| datafusion::arrow::util::display::array_value_to_string(batches[0].column(c), r).unwrap())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(rows[0][1..4], ["+31612345679", "mobile", "false"]);
+        assert_eq!(rows[1][1..4], ["+31206245518", "fixed_line", "false"]);
+        assert_eq!(rows[2][1..4], ["+32470123456", "mobile", "false"]);
+        for row in &rows[3..] {
+            assert_eq!(row[1..4], ["", "", "true"], "{row:?}");
+        }
+        for row in &rows {
+            assert_eq!((&row[1], &row[2]), (&row[4], &row[5]), "{row:?}");
         }
     }
 

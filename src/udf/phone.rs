@@ -29,30 +29,18 @@ thread_local! {
 /// E.164 (`+31612345678`), or `None` when the text is not a valid number or is an obvious
 /// placeholder such as `0600000000` or `0612345678`.
 pub fn normalize_phone(raw: &str, default_region: &str) -> Option<String> {
-    parsed(raw, default_region).map(|(number, _)| number)
+    parse_phone(raw, default_region).map(|(number, _)| number)
 }
 
 /// `mobile`, `fixed_line` or `other` for a phone number; `None` when it does not parse.
 /// Households share a landline but rarely a mobile, so rules weigh the two differently.
 pub fn phone_kind(raw: &str, default_region: &str) -> Option<&'static str> {
-    parsed(raw, default_region).map(|(_, kind)| kind)
+    parse_phone(raw, default_region).map(|(_, kind)| kind)
 }
 
-/// A phone text's E.164 number and kind.
-type Parsed = Option<(String, &'static str)>;
-
-thread_local! {
-    /// Staging asks for a phone's number and then for its kind, batch after batch on one
-    /// thread: remembering the texts parsed here parses each once. That halves the work
-    /// and the waiting.
-    static PARSED: std::cell::RefCell<super::memo::PairMemo<Parsed>> = Default::default();
-}
-
-fn parsed(raw: &str, default_region: &str) -> Parsed {
-    super::memo::PairMemo::get_or(&PARSED, raw, default_region, || parse_number(raw, default_region))
-}
-
-fn parse_number(raw: &str, default_region: &str) -> Parsed {
+/// A phone text's E.164 number and kind (see `normalize_phone` and `phone_kind`), from
+/// one parse: staging needs both of every record's phone.
+pub fn parse_phone(raw: &str, default_region: &str) -> Option<(String, &'static str)> {
     DATABASE.with(|database| parse_with(database, raw, default_region))
 }
 
@@ -67,7 +55,7 @@ struct Number<'a> {
     value: String,
 }
 
-fn parse_with(database: &Database, raw: &str, default_region: &str) -> Parsed {
+fn parse_with(database: &Database, raw: &str, default_region: &str) -> Option<(String, &'static str)> {
     let trimmed = raw.trim();
     let digits = trimmed.bytes().filter(u8::is_ascii_digit).count();
     if !(6..=17).contains(&digits) {
