@@ -222,7 +222,7 @@ pub async fn write_parts(parts: Vec<DataFrame>, dir: &Path) -> datafusion::error
     for df in parts {
         schema.get_or_insert_with(|| df.schema().inner().clone());
         if tracing::enabled!(tracing::Level::TRACE) {
-            log_analyzed_plan(dir, df.clone()).await?;
+            log_analyzed_plan(&dir.display().to_string(), df.clone()).await?;
         }
         df.write_parquet(&format!("{}/", dir.display()), Default::default(), Some(scratch_parquet())).await?;
     }
@@ -234,13 +234,14 @@ pub async fn write_parts(parts: Vec<DataFrame>, dir: &Path) -> datafusion::error
     Ok(())
 }
 
-/// Runs a scratch table's query once more under `EXPLAIN ANALYZE` and logs the plan with
-/// its metrics (`KLANTBEELD_LOG=klantbeeld=trace`): which operator of a slow step costs
-/// what, rows and spills included. The query then runs twice, so only for diagnosis.
-async fn log_analyzed_plan(dir: &Path, df: DataFrame) -> datafusion::error::Result<()> {
+/// Runs a query (a scratch table's, or a rule's candidate edges: `what`) once more under
+/// `EXPLAIN ANALYZE` and logs the plan with its metrics (`KLANTBEELD_LOG=klantbeeld=trace`):
+/// which operator of a slow step costs what, rows and spills included. The query then
+/// runs twice, so only for diagnosis.
+pub async fn log_analyzed_plan(what: &str, df: DataFrame) -> datafusion::error::Result<()> {
     let batches = df.explain(false, true)?.collect().await?;
     let plan = datafusion::arrow::util::pretty::pretty_format_batches(&batches)?;
-    tracing::trace!(table = %dir.display(), "plan with metrics:\n{plan}");
+    tracing::trace!(table = what, "plan with metrics:\n{plan}");
     Ok(())
 }
 

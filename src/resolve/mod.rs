@@ -261,6 +261,10 @@ pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path)
             let df = (if repeats { edges.distinct() } else { Ok(edges) })
                 .and_then(|df| df.sort(order))
                 .map_err(rule_error(name))?;
+            if tracing::enabled!(tracing::Level::TRACE) {
+                let what = format!("{name}: candidate edges");
+                crate::engine::log_analyzed_plan(&what, df.clone()).await.map_err(rule_error(name))?;
+            }
             let mut stream = df.execute_stream().await.map_err(rule_error(name))?;
             while let Some(batch) = stream.next().await {
                 let batch = batch.map_err(rule_error(name))?;

@@ -20,24 +20,27 @@ use crate::tables::IDENTITY_RECORDS;
 /// (`learned`) are written into the SQL, so that the query carries all it needs to any
 /// engine (a function holding them would live in this process only).
 pub(crate) fn no_conflict(attribute: &str, learned: &LearnedNames) -> String {
+    // `IS NOT FALSE` where a missing value is no conflict: the engine rewrites
+    // `COALESCE(x, true)` into `x IS NOT NULL AND x OR x IS NULL`, which computes `x`
+    // (a name comparison per candidate pair) three times.
     match attribute {
         "first_name" => {
-            let compatible = "COALESCE(first_names_compatible(l.first_name, r.first_name), true)";
+            let compatible = "first_names_compatible(l.first_name, r.first_name) IS NOT FALSE";
             if learned.is_empty() {
                 return compatible.into();
             }
             let pairs: Vec<String> = learned.keys().map(|k| sql_string(&k)).collect();
             format!(
-                "({compatible} OR COALESCE(concat(least(l.first_name_root, r.first_name_root), '{sep}', \
-                 greatest(l.first_name_root, r.first_name_root)) IN ({}), false))",
+                "({compatible} OR (concat(least(l.first_name_root, r.first_name_root), '{sep}', \
+                 greatest(l.first_name_root, r.first_name_root)) IN ({})) IS TRUE)",
                 pairs.join(", "),
                 sep = super::names::KEY_SEPARATOR
             )
         }
-        "birth_date" => "COALESCE(birth_dates_compatible(l.birth_date, r.birth_date), true)".into(),
-        "last_name" => "COALESCE(jaro_winkler(l.last_name_core, r.last_name_core) >= 0.8, true)".into(),
-        "house_number" => "COALESCE(l.house_number = r.house_number, true)".into(),
-        "postcode" => "COALESCE(l.postcode = r.postcode, true)".into(),
+        "birth_date" => "birth_dates_compatible(l.birth_date, r.birth_date) IS NOT FALSE".into(),
+        "last_name" => "(jaro_winkler(l.last_name_core, r.last_name_core) >= 0.8) IS NOT FALSE".into(),
+        "house_number" => "(l.house_number = r.house_number) IS NOT FALSE".into(),
+        "postcode" => "(l.postcode = r.postcode) IS NOT FALSE".into(),
         other => unreachable!("conflict attribute {other} passed validation"),
     }
 }
