@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::execution::SessionState;
 use datafusion::execution::memory_pool::MemoryLimit;
 use datafusion::prelude::{DataFrame, SessionContext};
@@ -31,24 +32,6 @@ impl GoldenError {
     }
 }
 
-/// Survivorship ordering for one choice: the first row in this order wins.
-fn order_by(strategy: Survivorship, choice: GoldenChoice) -> String {
-    // A full first name beats an initial, a full address a bare postcode, whatever the
-    // strategy.
-    let complete = match choice {
-        GoldenChoice::FirstName => "is_initials(first_name) ASC NULLS LAST, ",
-        GoldenChoice::Address => "full_address DESC, ",
-        _ => "",
-    };
-    let tail = "source_record_id ASC";
-    match strategy {
-        Survivorship::MostRecent => format!("{complete}updated_at DESC NULLS LAST, priority ASC, {tail}"),
-        Survivorship::SourcePriority => format!("{complete}priority ASC, updated_at DESC NULLS LAST, {tail}"),
-        Survivorship::MostFrequent => format!("{complete}freq DESC, updated_at DESC NULLS LAST, priority ASC, {tail}"),
-        Survivorship::FirstNonNull => format!("{complete}updated_at ASC NULLS LAST, priority ASC, {tail}"),
-    }
-}
-
 /// One survivorship choice: the attributes one record gives the golden record (the
 /// address parts come from one record), which records may give them, and in what order
 /// they are tried.
@@ -58,48 +41,52 @@ struct Choice {
 }
 
 impl Choice {
-    fn table(&self) -> String {
-        tables::golden_pick(self.choice.name())
+    /// The column that holds, per record, how many of the customer's records share its
+    /// value (most-frequent choices only).
+    fn freq(&self) -> String {
+        format!("freq_{}", self.choice.name())
     }
 
-    /// Per customer, the first record in the choice's order with its values and lineage.
-    /// A most-frequent choice counts each value within the customer first; the first
-    /// record in (count, recency) order carries the most frequent value, and ties go to
-    /// the value of the most recent record.
-    ///
-    /// `share` keeps one share of the customers (see [`share`]).
-    fn sql(&self, share: &str) -> String {
-        let key = self.choice.key_column();
-        let base = format!("(SELECT * FROM {GOLDEN_BASE} WHERE {share})");
-        // Counts come from an aggregation joined back (the counts are the build side):
-        // `count(*) OVER (PARTITION BY ...)` is an unbounded window, which DataFusion
-        // computes over its whole input at once (at 1M people, one 650 MB batch that
-        // the next sort could not take in a 2 GB pool).
-        let rows = if self.strategy == Survivorship::MostFrequent {
-            format!(
-                "(SELECT b.*, f.freq FROM \
-                  (SELECT cluster_id, {key} AS v, count(*) AS freq FROM {base} GROUP BY cluster_id, {key}) f \
-                  JOIN {base} b ON b.cluster_id = f.cluster_id AND b.{key} = f.v)"
-            )
-        } else {
-            base
+    /// Survivorship order: the columns the first record in it wins by, with their
+    /// directions (`a` ascending, `d` descending, nulls last either way), ending with
+    /// the record's own key so that no two records tie.
+    fn order(&self) -> Vec<(String, char)> {
+        // A full first name beats an initial, a full address a bare postcode, whatever the
+        // strategy.
+        let mut order: Vec<(String, char)> = match self.choice {
+            GoldenChoice::FirstName => vec![("is_initials(first_name)".into(), 'a')],
+            GoldenChoice::Address => vec![("full_address".into(), 'd')],
+            _ => vec![],
         };
-        let columns: Vec<String> = self
-            .choice
-            .columns()
-            .iter()
-            .map(|m| format!("{m}, CASE WHEN {m} IS NOT NULL THEN record END AS lineage_{m}"))
-            .collect();
-        crate::engine::first_of_each_group(
-            &format!("(SELECT * FROM {rows} WHERE {key} IS NOT NULL)"),
-            "cluster_id",
-            &order_by(self.strategy, self.choice),
-            &format!("cluster_id, {}", columns.join(", ")),
+        let (recent, oldest, priority) =
+            (("updated_at".into(), 'd'), ("updated_at".into(), 'a'), ("priority".into(), 'a'));
+        order.extend(match self.strategy {
+            Survivorship::MostRecent => vec![recent, priority],
+            Survivorship::SourcePriority => vec![priority, recent],
+            Survivorship::MostFrequent => vec![(self.freq(), 'd'), recent, priority],
+            Survivorship::FirstNonNull => vec![oldest, priority],
+        });
+        // Records of two systems may share an id; the record number (unique) settles it.
+        order.extend([("source_record_id".into(), 'a'), ("rid".into(), 'a')]);
+        order
+    }
+
+    /// Per customer, the first of its records that has the choice's key, in the choice's
+    /// order, with its values and its record: `pick_value(.., i)` reads the choice's
+    /// column `i`, and the record after them.
+    fn aggregate(&self) -> String {
+        let (columns, directions): (Vec<String>, String) = self.order().into_iter().unzip();
+        format!(
+            "min(pick_key('{directions}', {}, {}, record)) FILTER (WHERE {} IS NOT NULL) AS pick_{}",
+            columns.join(", "),
+            self.choice.columns().join(", "),
+            self.choice.key_column(),
+            self.choice.name()
         )
     }
 }
 
-/// The queries that build `customers`, in the order they run.
+/// The queries that build `customers`.
 pub struct GoldenSql {
     /// The view `golden_base`.
     pub base: String,
@@ -108,39 +95,67 @@ pub struct GoldenSql {
 }
 
 impl GoldenSql {
-    /// Per survivorship choice, its table and queries: a most-frequent choice in `shares`
-    /// parts (its value counts are a hash join's build side), the others in one (their
-    /// sort spills to disk when it must).
-    pub fn picks(&self, shares: usize) -> impl Iterator<Item = (String, Vec<String>)> + '_ {
-        self.choices.iter().map(move |c| {
-            let count = if c.strategy == Survivorship::MostFrequent { shares } else { 1 };
-            (c.table(), (0..count).map(|index| c.sql(&share(index, count))).collect())
-        })
-    }
-
-    /// `customers` for the customers whose cluster falls in share `index` of `count`: the
-    /// picks joined on the cluster, with the record counts and the lineage.
-    pub fn customers(&self, index: usize, count: usize) -> String {
+    /// `customers` for the customers whose cluster falls in share `index` of `count`: per
+    /// customer one aggregate over its records, with every survivorship choice, the
+    /// record counts and the lineage. `types` gives the golden columns that are not text
+    /// their type, to which their values (carried as text) return.
+    pub fn customers(&self, index: usize, count: usize, types: &BTreeMap<String, String>) -> String {
         let share = share(index, count);
-        let joins: String = self
+        // A most-frequent choice counts each value within the customer first, and every
+        // record carries its value's count into the order.
+        let frequent: Vec<&Choice> = self.choices.iter().filter(|c| c.strategy == Survivorship::MostFrequent).collect();
+        let mut with = vec![format!("b AS (SELECT * FROM {GOLDEN_BASE} WHERE {share})")];
+        let mut freq_columns = String::new();
+        let mut freq_joins = String::new();
+        for (i, c) in frequent.iter().enumerate() {
+            let key = c.choice.key_column();
+            with.push(format!(
+                "f{i} AS (SELECT cluster_id, {key} AS v, count(*) AS n FROM b WHERE {key} IS NOT NULL GROUP BY cluster_id, {key})"
+            ));
+            freq_columns.push_str(&format!(", f{i}.n AS {}", c.freq()));
+            freq_joins.push_str(&format!(" LEFT JOIN f{i} ON f{i}.cluster_id = b.cluster_id AND f{i}.v = b.{key}"));
+        }
+        with.push(format!("r AS (SELECT b.*{freq_columns} FROM b{freq_joins})"));
+        let picks: Vec<String> = self.choices.iter().map(Choice::aggregate).collect();
+        with.push(format!(
+            "g AS (SELECT cluster_id, CAST(count(*) AS BIGINT) AS record_count, \
+                   concat_ws(',', {systems}) AS source_systems, \
+                   min(updated_at) AS first_seen_at, max(updated_at) AS last_updated_at, {picks} \
+                   FROM r GROUP BY cluster_id)",
+            systems = self.systems,
+            picks = picks.join(", "),
+        ));
+        let mut values = Vec::new();
+        for c in &self.choices {
+            let pick = format!("g.pick_{}", c.choice.name());
+            for (i, column) in c.choice.columns().iter().enumerate() {
+                let value = format!("pick_value({pick}, {i})");
+                values.push(match types.get(*column) {
+                    Some(t) => format!("arrow_cast({value}, '{t}') AS {column}"),
+                    None => format!("{value} AS {column}"),
+                });
+            }
+            values.push(format!("pick_value({pick}, {}) AS record_{}", c.choice.columns().len(), c.choice.name()));
+        }
+        let lineage: Vec<String> = self
             .choices
             .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                format!(" LEFT JOIN (SELECT * FROM {} WHERE {share}) p{i} ON p{i}.cluster_id = x.cluster_id", c.table())
+            .flat_map(|c| {
+                c.choice
+                    .columns()
+                    .iter()
+                    .map(move |a| format!("'{a}', CASE WHEN {a} IS NOT NULL THEN record_{} END", c.choice.name()))
             })
             .collect();
-        let lineage: Vec<String> = golden_columns().map(|a| format!("'{a}', lineage_{a}")).collect();
         format!(
-            "WITH counts AS (SELECT cluster_id, CAST(count(*) AS BIGINT) AS record_count, \
-                             concat_ws(',', {systems}) AS source_systems, \
-                             min(updated_at) AS first_seen_at, max(updated_at) AS last_updated_at \
-                             FROM {GOLDEN_BASE} WHERE {share} GROUP BY cluster_id) \
-             SELECT x.customer_id, {columns}, record_count, source_systems, first_seen_at, last_updated_at, \
+            "WITH {with} \
+             SELECT customer_id, {columns}, record_count, source_systems, first_seen_at, last_updated_at, \
                     json_object({lineage}) AS lineage \
-             FROM (SELECT * FROM {CUSTOMER_IDS} WHERE {share}) x JOIN counts c ON c.cluster_id = x.cluster_id{joins}",
-            systems = self.systems,
+             FROM (SELECT x.customer_id, {values}, g.record_count, g.source_systems, g.first_seen_at, g.last_updated_at \
+                   FROM (SELECT * FROM {CUSTOMER_IDS} WHERE {share}) x JOIN g ON g.cluster_id = x.cluster_id)",
+            with = with.join(", "),
             columns = golden_columns().collect::<Vec<_>>().join(", "),
+            values = values.join(", "),
             lineage = lineage.join(", "),
         )
     }
@@ -151,10 +166,10 @@ fn share(index: usize, count: usize) -> String {
     if count > 1 { format!("cluster_id % {count} = {index}") } else { "true".to_string() }
 }
 
-/// Bytes a most-frequent choice's join holds per record in its share: the value counts
-/// per customer, about one row per record. Measured at 24.5M records in a 2 GB pool: one
-/// share ran out at 2 GB (85 bytes a record and more); 200 keeps a margin.
-const BYTES_PER_RECORD_IN_COUNTS: usize = 200;
+/// Bytes the golden aggregate holds per record in its share: per customer, each choice's
+/// key (the order columns and the values), and the most-frequent choices' value counts
+/// (about one row per record). Customers are fewer than records.
+const BYTES_PER_RECORD_IN_GOLDEN: usize = 600;
 
 /// The queries that build `customers` from the crosswalk and the staged records.
 pub fn customers_sql(pipeline: &Pipeline) -> GoldenSql {
@@ -172,7 +187,7 @@ pub fn customers_sql(pipeline: &Pipeline) -> GoldenSql {
     };
     let columns = golden_columns().collect::<Vec<_>>().join(", ");
     let base = format!(
-        "SELECT cluster_id, source_system, source_record_id, updated_at, {columns}, {priority} AS priority, \
+        "SELECT cluster_id, rid, source_system, source_record_id, updated_at, {columns}, {priority} AS priority, \
                 concat(source_system, ':', source_record_id) AS record, \
                 (street IS NOT NULL AND house_number IS NOT NULL AND postcode IS NOT NULL) AS full_address \
          FROM {CLUSTERED_RECORDS}"
@@ -196,14 +211,13 @@ pub fn customers_sql(pipeline: &Pipeline) -> GoldenSql {
     GoldenSql { base, choices, systems }
 }
 
-/// Builds `customers`. Each survivorship choice is one query that sorts the records of
-/// each customer and keeps the first: a table of one row per customer, built one after
-/// the other so that each sort has the memory to itself. `customers` then joins them, in
-/// `shares` parts so that the joins' hash tables hold one share of the customers.
+/// Builds `customers`: one aggregate per customer picks every attribute (see
+/// `udf/pick.rs`), in `shares` parts so that the aggregate and the value counts hold one
+/// share of the customers; more where the memory limit needs them.
 ///
-/// Ordered `first_value` aggregates did the same in one query, but DataFusion keeps every
-/// group's ordering keys as scalar values: 16 s of a 200k-person run, against about 1 s
-/// for the sorts.
+/// Before, each choice sorted all records and kept each customer's first (six sorts of
+/// every record), and ordered `first_value` aggregates were slower still: DataFusion keeps
+/// every group's ordering keys as scalar values (16 s of a 200k-person run).
 pub async fn build_customers(
     ctx: &SessionContext,
     pipeline: &Pipeline,
@@ -213,23 +227,20 @@ pub async fn build_customers(
 ) -> Result<(), GoldenError> {
     let mut lap = crate::progress::Lap::start("golden");
     let sql = customers_sql(pipeline);
-    ctx.register_table(GOLDEN_BASE, ctx.sql(&sql.base).await?.into_view())?;
-    let count_shares = crate::engine::shares_for_memory(
-        ctx,
-        usize::try_from(records).unwrap_or(usize::MAX).saturating_mul(BYTES_PER_RECORD_IN_COUNTS),
-        4,
-    );
-    for (table, queries) in sql.picks(count_shares) {
-        let mut parts = Vec::new();
-        for query in &queries {
-            parts.push(ctx.sql(query).await?);
-        }
-        crate::engine::materialize_parts(ctx, &table, parts, scratch).await?;
-        lap.done(&table);
-    }
+    let base = ctx.sql(&sql.base).await?;
+    let types: BTreeMap<String, String> = base
+        .schema()
+        .fields()
+        .iter()
+        .filter(|f| !matches!(f.data_type(), DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8))
+        .map(|f| (f.name().clone(), f.data_type().to_string()))
+        .collect();
+    ctx.register_table(GOLDEN_BASE, base.into_view())?;
+    let bytes = usize::try_from(records).unwrap_or(usize::MAX).saturating_mul(BYTES_PER_RECORD_IN_GOLDEN);
+    let shares = shares.max(crate::engine::shares_for_memory(ctx, bytes, 4));
     let mut parts = Vec::new();
     for index in 0..shares {
-        parts.push(ctx.sql(&sql.customers(index, shares)).await?);
+        parts.push(ctx.sql(&sql.customers(index, shares, &types)).await?);
     }
     crate::engine::materialize_parts(ctx, CUSTOMERS, parts, scratch).await?;
     lap.done(CUSTOMERS);
@@ -347,36 +358,65 @@ mod tests {
         );
     }
 
-    /// A most-frequent pick in shares of the customers picks what it picks in one.
+    /// The customers' picks follow survivorship: the most frequent last name, ties to the
+    /// most recent record, then source priority, then record id; the birth date by
+    /// source priority keeps its type. In shares of the customers, the same rows.
     #[tokio::test]
-    async fn a_pick_in_shares_is_the_pick_in_one() {
+    async fn picks_follow_survivorship_in_one_share_or_several() {
         let ctx = SessionContext::new();
-        // Per customer (cluster), last names with counts and recency that decide.
-        let rows: String = (0..40)
-            .map(|i| {
-                let name = ["Jansen", "Janssen", "de Vries", "Vries"][(i * 7 % 11) % 4];
+        crate::udf::register(&ctx);
+        let names = ["Jansen", "Janssen", "de Vries", "Vries"];
+        // (cluster, last name, days after 2026-01-01, priority, record id)
+        let rows: Vec<(i64, &str, i64, i64, String)> =
+            (0..40).map(|i| (i % 9, names[((i * 7 % 11) % 4) as usize], i % 5, i % 3, format!("{i:03}"))).collect();
+        let values: Vec<String> = rows
+            .iter()
+            .map(|(c, name, days, priority, id)| {
                 format!(
-                    "({}, '{name}', 's:{i}', '{i:03}', TIMESTAMP '2026-01-01 00:00:00' + INTERVAL '{} days', {})",
-                    i % 9,
-                    i % 5,
-                    i % 3
+                    "({c}, '{name}', '{id}', TIMESTAMP '2026-01-01 00:00:00' + INTERVAL '{days} days', {priority}, \
+                     DATE '1980-01-01' + INTERVAL '{priority} days')"
                 )
             })
-            .collect::<Vec<_>>()
-            .join(", ");
+            .collect();
         let base = format!(
-            "SELECT CAST(column1 AS BIGINT) AS cluster_id, column2 AS last_name, column3 AS record, \
-             column4 AS source_record_id, column5 AS updated_at, column6 AS priority FROM (VALUES {rows})"
+            "SELECT CAST(column1 AS BIGINT) AS cluster_id, CAST(column3 AS BIGINT) AS rid, 's' AS source_system, column3 AS source_record_id, \
+                    column4 AS updated_at, CAST(NULL AS VARCHAR) AS first_name, column2 AS last_name, \
+                    CAST(NULL AS VARCHAR) AS email, CAST(NULL AS VARCHAR) AS phone, CAST(column6 AS DATE) AS birth_date, \
+                    CAST(NULL AS VARCHAR) AS street, CAST(NULL AS VARCHAR) AS house_number, \
+                    CAST(NULL AS VARCHAR) AS postcode, CAST(NULL AS VARCHAR) AS city, CAST(NULL AS VARCHAR) AS country, \
+                    column5 AS priority, concat('s:', column3) AS record, false AS full_address \
+             FROM (VALUES {})",
+            values.join(", ")
         );
         ctx.register_table(GOLDEN_BASE, ctx.sql(&base).await.unwrap().into_view()).unwrap();
-        let choice = Choice { choice: GoldenChoice::LastName, strategy: Survivorship::MostFrequent };
+        let ids =
+            "SELECT DISTINCT cluster_id, concat('C', CAST(cluster_id AS VARCHAR)) AS customer_id FROM golden_base";
+        ctx.register_table(CUSTOMER_IDS, ctx.sql(ids).await.unwrap().into_view()).unwrap();
+        let strategies = [
+            (GoldenChoice::LastName, Survivorship::MostFrequent),
+            (GoldenChoice::BirthDate, Survivorship::SourcePriority),
+        ];
+        let sql = GoldenSql {
+            base: String::new(),
+            choices: GoldenChoice::ALL
+                .into_iter()
+                .map(|choice| Choice {
+                    choice,
+                    strategy: strategies.iter().find(|(c, _)| *c == choice).map_or(Survivorship::MostRecent, |s| s.1),
+                })
+                .collect(),
+            systems: "'s'".to_string(),
+        };
+        let types = BTreeMap::from([("birth_date".to_string(), "Date32".to_string())]);
         let picked = |count: usize| {
+            let queries: Vec<String> = (0..count).map(|index| sql.customers(index, count, &types)).collect();
             let ctx = ctx.clone();
-            let queries: Vec<String> = (0..count).map(|index| choice.sql(&share(index, count))).collect();
             async move {
                 let mut rows = Vec::new();
                 for q in queries {
-                    let batches = ctx.sql(&format!("{q} ORDER BY cluster_id")).await.unwrap().collect().await.unwrap();
+                    let q = format!("SELECT customer_id, last_name, birth_date, lineage FROM ({q})");
+                    let batches = ctx.sql(&q).await.unwrap().collect().await.unwrap();
+                    assert!(batches.iter().all(|b| b.schema().field(2).data_type() == &DataType::Date32));
                     let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
                     rows.extend(text.lines().filter(|l| l.starts_with("| ")).skip(1).map(str::to_string));
                 }
@@ -385,7 +425,30 @@ mod tests {
             }
         };
         let one = picked(1).await;
-        assert_eq!(one.len(), 9, "{one:?}");
+        let expected: Vec<String> = (0..9)
+            .map(|cluster| {
+                let members: Vec<_> = rows.iter().filter(|r| r.0 == cluster).collect();
+                let freq = |name: &str| members.iter().filter(|r| r.1 == name).count();
+                let first = members
+                    .iter()
+                    .min_by_key(|r| (std::cmp::Reverse(freq(r.1)), std::cmp::Reverse(r.2), r.3, r.4.clone()))
+                    .unwrap();
+                let by_priority = members.iter().min_by_key(|r| (r.3, std::cmp::Reverse(r.2), r.4.clone())).unwrap();
+                (format!("C{cluster}"), first.1.to_string(), format!("1980-01-0{}", 1 + by_priority.3), first.4.clone())
+            })
+            .map(|(id, name, born, record)| format!("{id} {name} {born} s:{record}"))
+            .collect();
+        let got: Vec<String> = one
+            .iter()
+            .map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+                let lineage: serde_json::Value = serde_json::from_str(cells[3]).unwrap();
+                format!("{} {} {} {}", cells[0], cells[1], cells[2], lineage["last_name"].as_str().unwrap())
+            })
+            .collect();
+        let mut expected = expected;
+        expected.sort();
+        assert_eq!(got, expected);
         assert_eq!(one, picked(4).await);
     }
 }

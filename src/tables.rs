@@ -48,11 +48,6 @@ pub fn staged(source: &str) -> String {
     format!("{STAGED_PREFIX}{source}")
 }
 
-/// One survivorship choice of the golden record (`golden`).
-pub fn golden_pick(choice: &str) -> String {
-    format!("{GOLDEN_PICK_PREFIX}{choice}")
-}
-
 /// The records a probabilistic rule compares, with term frequencies (`resolve`).
 pub fn tf_records(rule_no: u16) -> String {
     format!("{TF_RECORDS_PREFIX}{rule_no}")
@@ -66,7 +61,6 @@ pub fn tf_counts(rule_no: u16, comparison: usize) -> String {
 
 const RAW_PREFIX: &str = "raw_";
 const STAGED_PREFIX: &str = "stg_";
-const GOLDEN_PICK_PREFIX: &str = "golden_pick_";
 const TF_RECORDS_PREFIX: &str = "tf_records_";
 
 /// Why a model may not be called `name`, if it may not: klantbeeld registers a table of
@@ -92,7 +86,7 @@ pub fn reserved_reason(pipeline: &Pipeline, name: &str) -> Option<String> {
     if pipeline.spec.sources.contains_key(name) {
         return Some(format!("`{name}` is a source"));
     }
-    [RAW_PREFIX, STAGED_PREFIX, GOLDEN_PICK_PREFIX, TF_RECORDS_PREFIX]
+    [RAW_PREFIX, STAGED_PREFIX, TF_RECORDS_PREFIX]
         .iter()
         .find(|p| name.starts_with(**p))
         .map(|p| format!("names starting with `{p}` are klantbeeld's"))
@@ -110,7 +104,7 @@ mod tests {
         for name in ["customers", "name_roles", "staged_records", "golden_base", "crm"] {
             assert!(reserved_reason(&pipeline, name).is_some(), "{name}");
         }
-        for name in [raw("orders"), staged("crm"), golden_pick("address"), tf_records(3), tf_counts(3, 1)] {
+        for name in [raw("orders"), staged("crm"), tf_records(3), tf_counts(3, 1)] {
             assert!(reserved_reason(&pipeline, &name).is_some(), "{name}");
         }
         assert_eq!(reserved_reason(&pipeline, "rfm"), None);

@@ -10,6 +10,7 @@ mod memo;
 mod name;
 mod numbers;
 mod phone;
+mod pick;
 mod similarity;
 
 pub use address::{is_dutch_postcode, normalize_house_number, normalize_postcode};
@@ -70,10 +71,12 @@ pub enum Function {
     EqualityWeight,
     AfterJoin,
     JsonObject,
+    PickKey,
+    PickValue,
 }
 
 impl Function {
-    pub const ALL: [Function; 29] = [
+    pub const ALL: [Function; 31] = [
         Function::NormalizeEmail,
         Function::EmailLocalPart,
         Function::NormalizePhone,
@@ -103,6 +106,8 @@ impl Function {
         Function::EqualityWeight,
         Function::AfterJoin,
         Function::JsonObject,
+        Function::PickKey,
+        Function::PickValue,
     ];
 
     pub fn sql_name(self) -> &'static str {
@@ -136,6 +141,8 @@ impl Function {
             Function::EqualityWeight => "equality_weight",
             Function::AfterJoin => "after_join",
             Function::JsonObject => "json_object",
+            Function::PickKey => "pick_key",
+            Function::PickValue => "pick_value",
         }
     }
 
@@ -159,6 +166,10 @@ impl Function {
             Function::EqualityWeight => Signature::variadic_any(v),
             // Pairs of a key and a value.
             Function::JsonObject => Signature::variadic_any(v),
+            // The directions, the order columns, the values (see `pick.rs`).
+            Function::PickKey => Signature::variadic_any(v),
+            // A key and the value's index.
+            Function::PickValue => Signature::any(2, v),
             // Volatile on purpose: the optimizer moves no filter over its value into the
             // join below it (see `PairScore::query_weighing` in `resolve/rules.rs`).
             Function::AfterJoin => Signature::exact(vec![DataType::Float64], Volatility::Volatile),
@@ -177,6 +188,7 @@ impl Function {
             Function::ParseDate => DataType::Date32,
             Function::ParseTimestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             Function::ParsePhone => DataType::Struct(phone_fields()),
+            Function::PickKey => DataType::Binary,
             _ => DataType::Utf8,
         }
     }
@@ -278,6 +290,23 @@ impl ScalarUDFImpl for KlantbeeldUdf {
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         if self.function == Function::JsonObject {
             return Ok(ColumnarValue::Array(json_objects(name, &arrays, rows)?));
+        }
+        if self.function == Function::PickKey {
+            let directions = match args.args.first() {
+                Some(ColumnarValue::Scalar(d)) => d.cast_to(&DataType::Utf8)?,
+                _ => return exec_err!("{name}: the directions (first argument) must be a constant text"),
+            };
+            let ScalarValue::Utf8(Some(directions)) = directions else {
+                return exec_err!("{name}: the directions must be a text");
+            };
+            return Ok(ColumnarValue::Array(pick::pick_keys(name, &directions, &arrays[1..], rows)?));
+        }
+        if self.function == Function::PickValue {
+            let index = match args.args.get(1).map(|i| i.cast_to(&DataType::Int64, None)) {
+                Some(Ok(ColumnarValue::Scalar(ScalarValue::Int64(Some(i))))) if i >= 0 => i as usize,
+                _ => return exec_err!("{name}: the index (second argument) must be a constant whole number from 0"),
+            };
+            return Ok(ColumnarValue::Array(pick::pick_values(name, &arrays[0], index)?));
         }
         if self.function == Function::BirthDatesCompatible {
             let (a, b) = (arrays[0].as_primitive::<Date32Type>(), arrays[1].as_primitive::<Date32Type>());
