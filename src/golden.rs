@@ -212,8 +212,10 @@ pub fn customers_sql(pipeline: &Pipeline) -> GoldenSql {
 }
 
 /// Builds `customers`: one aggregate per customer picks every attribute (see
-/// `udf/pick.rs`), in `shares` parts so that the aggregate and the value counts hold one
-/// share of the customers; more where the memory limit needs them.
+/// `udf/pick.rs`), in as many parts as the memory limit needs, so that the aggregate and
+/// the value counts hold one share of the customers. Each part reads every record: the
+/// rules' passes, which are about the rules' joins, would read them four times at 1M
+/// people for nothing.
 ///
 /// Before, each choice sorted all records and kept each customer's first (six sorts of
 /// every record), and ordered `first_value` aggregates were slower still: DataFusion keeps
@@ -222,7 +224,6 @@ pub async fn build_customers(
     ctx: &SessionContext,
     pipeline: &Pipeline,
     scratch: &Path,
-    shares: usize,
     records: u64,
 ) -> Result<(), GoldenError> {
     let mut lap = crate::progress::Lap::start("golden");
@@ -237,7 +238,7 @@ pub async fn build_customers(
         .collect();
     ctx.register_table(GOLDEN_BASE, base.into_view())?;
     let bytes = usize::try_from(records).unwrap_or(usize::MAX).saturating_mul(BYTES_PER_RECORD_IN_GOLDEN);
-    let shares = shares.max(crate::engine::shares_for_memory(ctx, bytes, 4));
+    let shares = crate::engine::shares_for_memory(ctx, bytes, 4);
     let mut parts = Vec::new();
     for index in 0..shares {
         parts.push(ctx.sql(&sql.customers(index, shares, &types)).await?);

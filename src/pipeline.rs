@@ -220,7 +220,7 @@ impl Run<'_> {
         summary: &MatchSummary,
     ) -> Result<(), Error> {
         self.timer.stage("golden");
-        golden::build_customers(self.ctx, self.pipeline, self.scratch, summary.passes, summary.records).await?;
+        golden::build_customers(self.ctx, self.pipeline, self.scratch, summary.records).await?;
         let views = golden::source_views(self.ctx, self.pipeline, &present(extracted)).await?;
         let read = sources_read(self.ctx, self.pipeline, models, &views).await;
         golden::register_source_views(self.ctx, views, &read, self.scratch).await?;

@@ -412,12 +412,6 @@ pub(crate) async fn term_frequencies(
         columns.push(format!("t{i}.n AS {}", rules::tf_column(i)));
         joins.push_str(&format!(" LEFT JOIN {counts} t{i} ON r.{c} = t{i}.{c}"));
     }
-    let order = model
-        .blocking
-        .iter()
-        .max_by_key(|b| b.pairs)
-        .map(|b| format!(" ORDER BY {}", b.key.iter().map(|c| format!("r.{c}")).collect::<Vec<_>>().join(", ")))
-        .unwrap_or_default();
     let name = crate::tables::tf_records(rule_no);
     let all = format!("SELECT {} FROM {records} r{joins}", columns.join(", "));
     let kept = match reads {
@@ -435,7 +429,7 @@ pub(crate) async fn term_frequencies(
         }
         None => "r.*".to_string(),
     };
-    let df = ctx.sql(&format!("SELECT {kept} FROM ({all}) r{order}")).await?;
+    let df = ctx.sql(&format!("SELECT {kept} FROM ({all}) r")).await?;
     crate::engine::materialize(ctx, &name, df, work_dir).await?;
     Ok(name)
 }

@@ -379,10 +379,16 @@ fn blocked_records(from: &str, blocking: &[Vec<String>], max: usize) -> Vec<Prep
             let (from, key) = (from.to_string(), key.clone());
             let sql = move |passes: usize| {
                 let kb_key: Vec<String> = key.iter().map(|c| format!("kb.{c}")).collect();
+                // In the key's order, so that the self-join reads neighbouring rows for
+                // neighbouring pairs (at 200k people the surname-sound + initial blocks
+                // give 11.5M pairs: 4.2 s on records in any order, 2.7-3.2 s in this
+                // order). Only the blocked records are sorted: sorting every record of the
+                // rule before blocking took 2 s at 1M people, most of it one writer.
                 format!(
-                    "WITH {} SELECT kb.*, {} FROM kb",
+                    "WITH {} SELECT kb.*, {} FROM kb ORDER BY {}",
                     blocks_sql(&from, &key, max, &block_sizes_table(i)),
-                    Pass::of(&kb_key, passes)
+                    Pass::of(&kb_key, passes),
+                    kb_key.join(", ")
                 )
             };
             Prepared { name: blocked_table(i), sql: Box::new(sql) }
