@@ -9,11 +9,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() {
-    // mimalloc hands freed memory back to the OS a second after it is freed, and the next
-    // step of the job faults it in again, zeroed: the kernel's page clearing was 6% of a
-    // run's CPU. Five seconds spans a step, and memory still goes back, later
-    // (BENCHMARKS.md: as fast as never purging, with less peak RSS).
-    // SAFETY: sets one option before any thread starts; mimalloc reads it on its next purge.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 5000) };
+    // mimalloc hands freed memory back to the OS a while after it is freed, and a later
+    // step faults it in again, zeroed. On a virtual machine whose host takes back the
+    // guest's free memory, faulting a fresh huge page costs up to 2.6 s a GB (BENCHMARKS.md):
+    // with a 5 s delay a 1M-person run faulted 5.4 GB for a 2.3 GB peak, 4 s of its 56.
+    // Never purging, memory freed by one step is reused by the next; the peak grows by
+    // about a sixth. mimalloc's own MIMALLOC_PURGE_DELAY, when set, stays the operator's
+    // choice (a delay in milliseconds gives memory back again).
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one option before any thread starts; mimalloc reads it on its next purge.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
     std::process::exit(klantbeeld::cli::main());
 }
