@@ -209,7 +209,8 @@ fn normalise(pipeline: &Pipeline, raw: DataFrame) -> Result<DataFrame, StageErro
         col("source_system"),
         col("source_record_id"),
         call(Function::NormalizeEmail, vec![col("email_raw")]).alias("email"),
-        call(Function::EmailLocalPart, vec![col("email_raw")]).alias("email_local"),
+        // Its place: filled from `email` below.
+        col("email_raw").alias("email_local"),
         // One parse gives both (the optimiser computes the shared call once).
         get_field(call(Function::ParsePhone, vec![col("phone_raw"), region.clone()]), "number").alias("phone"),
         get_field(call(Function::ParsePhone, vec![col("phone_raw"), region]), "kind").alias("phone_kind"),
@@ -237,7 +238,20 @@ fn normalise(pipeline: &Pipeline, raw: DataFrame) -> Result<DataFrame, StageErro
     for attribute in own_attributes(pipeline) {
         outer.push(blank_to_null(ident(own_raw(&attribute))).alias(&attribute));
     }
-    Ok(raw.select(outer)?)
+    let normalised = raw.select(outer)?;
+    // The local part is read off the normalised address (what `email_local_part` of the
+    // raw text gives, everything before its last `@`), not normalised a second time.
+    let local = datafusion::functions::regex::expr_fn::regexp_replace(col("email"), lit("@[^@]*$"), lit(""), None);
+    let columns: Vec<Expr> = normalised
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "email_local" => local.clone().alias("email_local"),
+            name => ident(name),
+        })
+        .collect();
+    Ok(normalised.select(columns)?)
 }
 
 /// The raw column of an attribute of the pipeline's own.

@@ -193,6 +193,21 @@ impl Function {
         }
     }
 
+    /// Whether the function's argument is a name: a few thousand distinct values over
+    /// millions of records, so that a thread remembers its answers (see [`memo::TextMemo`]).
+    fn reads_names(self) -> bool {
+        matches!(
+            self,
+            Function::FoldName
+                | Function::StripParticles
+                | Function::FirstNameRoot
+                | Function::NameInitial
+                | Function::DutchPhonetic
+                | Function::DoubleMetaphone
+                | Function::IsKnownFirstName
+        )
+    }
+
     /// The text-to-text functions; `None` for those with another shape.
     fn text_kernel(self) -> Option<fn(&str) -> Option<String>> {
         Some(match self {
@@ -212,6 +227,13 @@ impl Function {
             _ => return None,
         })
     }
+}
+
+thread_local! {
+    /// Per name function, its answers on this thread (see [`Function::reads_names`]).
+    static NAME_ANSWERS: std::cell::RefCell<foldhash::HashMap<Function, memo::TextMemo<Option<String>>>> =
+        Default::default();
+    static KNOWN_NAMES: std::cell::RefCell<memo::TextMemo<bool>> = Default::default();
 }
 
 /// One registered klantbeeld function.
@@ -345,8 +367,20 @@ impl ScalarUDFImpl for KlantbeeldUdf {
         let first = texts(name, &arrays[0])?;
         let out: ArrayRef = if let Some(kernel) = self.function.text_kernel() {
             let mut b = StringBuilder::with_capacity(rows, rows * 12);
-            for v in first {
-                b.append_option(v.and_then(kernel));
+            if self.function.reads_names() {
+                NAME_ANSWERS.with_borrow_mut(|memos| {
+                    let memo = memos.entry(self.function).or_default();
+                    for v in first {
+                        match v {
+                            Some(v) => memo.read(v, kernel, |answer| b.append_option(answer.as_deref())),
+                            None => b.append_null(),
+                        }
+                    }
+                });
+            } else {
+                for v in first {
+                    b.append_option(v.and_then(kernel));
+                }
             }
             Arc::new(b.finish())
         } else {
@@ -372,10 +406,11 @@ impl ScalarUDFImpl for KlantbeeldUdf {
                         first.zip(texts(name, &arrays[1])?).map(|(x, y)| first_names_compatible(x?, y?)).collect();
                     Arc::new(values)
                 }
-                Function::IsKnownFirstName => {
-                    let values: BooleanArray = first.map(|v| v.map(is_known_first_name)).collect();
-                    Arc::new(values)
-                }
+                Function::IsKnownFirstName => KNOWN_NAMES.with_borrow_mut(|memo| {
+                    let values: BooleanArray =
+                        first.map(|v| v.map(|v| memo.read(v, is_known_first_name, |known| *known))).collect();
+                    Arc::new(values) as ArrayRef
+                }),
                 Function::IsInitials => {
                     let values: BooleanArray = first.map(|v| v.map(is_initials)).collect();
                     Arc::new(values)
