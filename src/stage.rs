@@ -204,13 +204,16 @@ async fn unswap_names(ctx: &SessionContext, raw: DataFrame) -> Result<DataFrame,
 /// Normalises the raw values into the identity columns.
 fn normalise(pipeline: &Pipeline, raw: DataFrame) -> Result<DataFrame, StageError> {
     use datafusion::functions::core::expr_fn::get_field;
+    use datafusion::functions::regex::expr_fn::regexp_replace;
     let region = lit(pipeline.spec.resolve.default_region.clone());
     let mut outer = vec![
         col("source_system"),
         col("source_record_id"),
         call(Function::NormalizeEmail, vec![col("email_raw")]).alias("email"),
-        // Its place: filled from `email` below.
-        col("email_raw").alias("email_local"),
+        // Read off the normalised address (everything before its last `@`, what
+        // `email_local_part` gives): the optimiser normalises each address once for both.
+        regexp_replace(call(Function::NormalizeEmail, vec![col("email_raw")]), lit("@[^@]*$"), lit(""), None)
+            .alias("email_local"),
         // One parse gives both (the optimiser computes the shared call once).
         get_field(call(Function::ParsePhone, vec![col("phone_raw"), region.clone()]), "number").alias("phone"),
         get_field(call(Function::ParsePhone, vec![col("phone_raw"), region]), "kind").alias("phone_kind"),
@@ -238,20 +241,7 @@ fn normalise(pipeline: &Pipeline, raw: DataFrame) -> Result<DataFrame, StageErro
     for attribute in own_attributes(pipeline) {
         outer.push(blank_to_null(ident(own_raw(&attribute))).alias(&attribute));
     }
-    let normalised = raw.select(outer)?;
-    // The local part is read off the normalised address (what `email_local_part` of the
-    // raw text gives, everything before its last `@`), not normalised a second time.
-    let local = datafusion::functions::regex::expr_fn::regexp_replace(col("email"), lit("@[^@]*$"), lit(""), None);
-    let columns: Vec<Expr> = normalised
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| match f.name().as_str() {
-            "email_local" => local.clone().alias("email_local"),
-            name => ident(name),
-        })
-        .collect();
-    Ok(normalised.select(columns)?)
+    Ok(raw.select(outer)?)
 }
 
 /// The raw column of an attribute of the pipeline's own.

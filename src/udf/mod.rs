@@ -204,7 +204,6 @@ impl Function {
                 | Function::NameInitial
                 | Function::DutchPhonetic
                 | Function::DoubleMetaphone
-                | Function::IsKnownFirstName
         )
     }
 
@@ -233,6 +232,7 @@ thread_local! {
     /// Per name function, its answers on this thread (see [`Function::reads_names`]).
     static NAME_ANSWERS: std::cell::RefCell<foldhash::HashMap<Function, memo::TextMemo<Option<String>>>> =
         Default::default();
+    /// `is_known_first_name`'s answers on this thread: it reads names too.
     static KNOWN_NAMES: std::cell::RefCell<memo::TextMemo<bool>> = Default::default();
 }
 
