@@ -189,9 +189,40 @@ pub async fn materialize_parts(
     dir: &Path,
 ) -> datafusion::error::Result<()> {
     let path = dir.join(name);
-    write_parts(parts, &path).await?;
+    match ctx.state().config().get_extension::<PublishedForm>().filter(|p| p.tables.contains(name)) {
+        Some(published) => {
+            let parts = parts.into_iter().map(crate::publish::portable).collect::<Result<Vec<_>, _>>()?;
+            write_parts_as(parts, &path, crate::publish::published_parquet()).await?;
+            published.written.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), path.clone());
+        }
+        None => write_parts(parts, &path).await?,
+    }
     let _ = ctx.deregister_table(name);
     ctx.register_parquet(name, &format!("{}/", path.display()), ParquetReadOptions::default()).await
+}
+
+/// The tables a run publishes as they are (unpartitioned), which `materialize` writes in
+/// the published form (`publish::portable` types, `publish::published_parquet` files):
+/// publishing then copies their files instead of reading the table and encoding it
+/// again, which was most of the publish stage (3 s of a 1M-person run). Set on a
+/// session with [`publish_as_written`].
+#[derive(Debug, Default)]
+pub struct PublishedForm {
+    tables: BTreeSet<String>,
+    /// The folders the tables were written to, by table.
+    written: std::sync::Mutex<BTreeMap<String, std::path::PathBuf>>,
+}
+
+/// Has the session write `tables` in the published form when they are materialised.
+pub fn publish_as_written(ctx: &SessionContext, tables: impl IntoIterator<Item = String>) {
+    let form = PublishedForm { tables: tables.into_iter().collect(), written: Default::default() };
+    ctx.state_ref().write().config_mut().set_extension(Arc::new(form));
+}
+
+/// The folder a table was materialised to in the published form, if it was.
+pub fn published_files(ctx: &SessionContext, table: &str) -> Option<std::path::PathBuf> {
+    let form = ctx.state().config().get_extension::<PublishedForm>()?;
+    form.written.lock().unwrap_or_else(|e| e.into_inner()).get(table).cloned()
 }
 
 /// Column of a table written by [`materialize_by_pass`]: the pass (a BIGINT) a row is in.
@@ -229,6 +260,15 @@ pub async fn materialize_by_pass(
 /// Writes each part's result as new Parquet files in the folder `dir`, one part after the
 /// other. An empty result still leaves a file with the schema, for readers of the folder.
 pub async fn write_parts(parts: Vec<DataFrame>, dir: &Path) -> datafusion::error::Result<()> {
+    write_parts_as(parts, dir, scratch_parquet()).await
+}
+
+/// `write_parts` with the files' Parquet `options`.
+async fn write_parts_as(
+    parts: Vec<DataFrame>,
+    dir: &Path,
+    options: TableParquetOptions,
+) -> datafusion::error::Result<()> {
     std::fs::create_dir_all(dir)?;
     let started = std::time::Instant::now();
     let mut schema = None;
@@ -237,7 +277,7 @@ pub async fn write_parts(parts: Vec<DataFrame>, dir: &Path) -> datafusion::error
         if tracing::enabled!(tracing::Level::TRACE) {
             log_analyzed_plan(&dir.display().to_string(), df.clone()).await?;
         }
-        df.write_parquet(&format!("{}/", dir.display()), Default::default(), Some(scratch_parquet())).await?;
+        df.write_parquet(&format!("{}/", dir.display()), Default::default(), Some(options.clone())).await?;
     }
     if let Some(schema) = schema {
         crate::publish::ensure_local_schema_file(dir, schema)?;

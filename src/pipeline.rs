@@ -67,7 +67,14 @@ pub async fn run(pipeline: &Pipeline, options: &RunOptions) -> Result<Manifest, 
     let scratch =
         Scratch::create(&scratch_root).map_err(|e| Error::Other(format!("{}: {e}", scratch_root.display())))?;
     let ctx = match &options.engine {
-        engine::Engine::Embedded => start_session(pipeline, options, scratch.path())?,
+        engine::Engine::Embedded => {
+            let ctx = start_session(pipeline, options, scratch.path())?;
+            // The unpartitioned outputs are written once, as published (executors of a
+            // cluster write where this process may not copy from).
+            let as_written = published_tables(pipeline).into_iter().filter(|(_, by)| by.is_empty());
+            engine::publish_as_written(&ctx, as_written.map(|(t, _)| t.to_string()));
+            ctx
+        }
         engine::Engine::Ballista { scheduler } => {
             let config = crate::distributed::client_config();
             let config = engine::configure(config, &engine_options(pipeline, options)?)
@@ -239,14 +246,11 @@ impl Run<'_> {
         summary: &MatchSummary,
     ) -> Result<TableInfos, Error> {
         self.timer.stage("publish");
-        let spec = &self.pipeline.spec;
-        let mut outputs: Vec<(&str, &[String])> =
-            spec.outputs.iter().map(|(t, o)| (t.as_str(), o.partition_by.as_slice())).collect();
-        outputs.extend(GOLDEN_TABLES.iter().filter(|t| !spec.outputs.contains_key(**t)).map(|t| (*t, &[][..])));
         let mut tables = TableInfos::new();
-        for (table, partition_by) in outputs {
+        for (table, partition_by) in published_tables(self.pipeline) {
             let df = self.ctx.table(table).await.map_err(Error::engine(format!("output `{table}`")))?;
-            let info = staging.write_table(table, df, partition_by).await?;
+            let written = engine::published_files(self.ctx, table);
+            let info = staging.write_table(table, df, partition_by, written.as_deref()).await?;
             self.timer.note(&format!("{table}: {} rows", thousands(info.rows)));
             tables.insert(table.to_string(), info);
         }
@@ -257,6 +261,16 @@ impl Run<'_> {
         }
         Ok(tables)
     }
+}
+
+/// The tables a run publishes, with the columns each is partitioned by: the declared
+/// outputs, then the golden tables every run publishes.
+fn published_tables(pipeline: &Pipeline) -> Vec<(&str, &[String])> {
+    let spec = &pipeline.spec;
+    let mut outputs: Vec<(&str, &[String])> =
+        spec.outputs.iter().map(|(t, o)| (t.as_str(), o.partition_by.as_slice())).collect();
+    outputs.extend(GOLDEN_TABLES.iter().filter(|t| !spec.outputs.contains_key(**t)).map(|t| (*t, &[][..])));
+    outputs
 }
 
 /// The sources the models read, with the columns they read. A source that a data test

@@ -141,6 +141,22 @@ pub fn portable(df: DataFrame) -> datafusion::error::Result<DataFrame> {
     df.select(exprs)
 }
 
+/// Bytes read and sent at a time when a table's files are uploaded.
+const UPLOAD_CHUNK: usize = 8 << 20;
+
+/// How published tables are written.
+pub fn published_parquet() -> TableParquetOptions {
+    let mut options = TableParquetOptions::default();
+    // Level 1: the retail outputs at 1M people came within 1% of level 3's size
+    // (some smaller), and the publish stage took 3.9 s instead of 4.7 s.
+    options.global.compression = Some("zstd(1)".into());
+    options.global.max_row_group_size = 1 << 20;
+    // Readers use the Parquet logical types, not an embedded Arrow schema that could
+    // carry view types.
+    options.global.skip_arrow_metadata = true;
+    options
+}
+
 /// An empty Parquet file with a schema: DataFusion writes no file for zero rows, and
 /// readers cannot infer a schema from an empty folder.
 fn empty_parquet(schema: SchemaRef) -> Result<Vec<u8>, datafusion::parquet::errors::ParquetError> {
@@ -401,12 +417,15 @@ impl Staging {
         PublishError::Store { location: self.output.display(), source: e }
     }
 
-    /// Writes one table as zstd Parquet; returns rows written and its schema.
+    /// Writes one table as zstd Parquet; returns rows written and its schema. A table
+    /// the run already wrote in this form (`engine::PublishedForm`, in the folder
+    /// `written`) has its files copied instead.
     pub async fn write_table(
         &self,
         table: &str,
         df: DataFrame,
         partition_by: &[String],
+        written: Option<&Path>,
     ) -> Result<TableInfo, PublishError> {
         let werr = |source| PublishError::Write { table: table.into(), source };
         let df = portable(df).map_err(werr)?;
@@ -420,22 +439,21 @@ impl Staging {
                 nullable: f.is_nullable(),
             })
             .collect();
-        let mut options = TableParquetOptions::default();
-        // Level 1: the retail outputs at 1M people came within 1% of level 3's size
-        // (some smaller), and the publish stage took 3.9 s instead of 4.7 s.
-        options.global.compression = Some("zstd(1)".into());
-        options.global.max_row_group_size = 1 << 20;
-        // Readers use the Parquet logical types, not an embedded Arrow schema that could
-        // carry view types.
-        options.global.skip_arrow_metadata = true;
-        let write = DataFrameWriteOptions::new().with_partition_by(partition_by.to_vec());
         let target = self.root.child(table);
+        let path = self.output.child(table).url();
+        if let Some(files) = written.filter(|_| partition_by.is_empty()) {
+            // The table's files hold every row it has: counted from their footers.
+            let rows = df.count().await.map_err(werr)? as u64;
+            self.copy_files(files, &target).await?;
+            return Ok(TableInfo { rows, path, schema });
+        }
+        let write = DataFrameWriteOptions::new().with_partition_by(partition_by.to_vec());
         if let Some(dir) = target.local_path() {
             std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         }
         let url = format!("{}/", target.url().trim_end_matches('/'));
         let arrow_schema = df.schema().inner().clone();
-        let result = df.write_parquet(&url, write, Some(options)).await.map_err(werr)?;
+        let result = df.write_parquet(&url, write, Some(published_parquet())).await.map_err(werr)?;
         match target.local_path() {
             Some(dir) => ensure_local_schema_file(&dir, arrow_schema).map_err(io(&dir))?,
             None => ensure_schema_file(self.store.as_ref(), &target.prefix, arrow_schema)
@@ -449,7 +467,46 @@ impl Staging {
                 b.column(0).as_primitive_opt::<datafusion::arrow::datatypes::UInt64Type>().map(|a| a.value(0))
             })
             .unwrap_or(0);
-        Ok(TableInfo { rows, path: self.output.child(table).url(), schema })
+        Ok(TableInfo { rows, path, schema })
+    }
+
+    /// Copies the files of a local folder into `target`: hard links on the same disk, a
+    /// copy on another, an upload in parts to an object store.
+    async fn copy_files(&self, files: &Path, target: &Location) -> Result<(), PublishError> {
+        use std::io::Read;
+        let entries = std::fs::read_dir(files).map_err(io(files))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io(files))?;
+            if entry.file_type().map_err(io(files))?.is_file() {
+                names.push(entry.file_name().to_string_lossy().to_string());
+            }
+        }
+        if let Some(dir) = target.local_path() {
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            for name in &names {
+                let (from, to) = (files.join(name), dir.join(name));
+                if std::fs::hard_link(&from, &to).is_err() {
+                    std::fs::copy(&from, &to).map_err(io(&to))?;
+                }
+            }
+            return Ok(());
+        }
+        for name in &names {
+            let from = files.join(name);
+            let mut file = std::fs::File::open(&from).map_err(io(&from))?;
+            let mut upload = object_store::buffered::BufWriter::new(self.store.clone(), target.child(name).prefix);
+            loop {
+                let mut chunk = Vec::with_capacity(UPLOAD_CHUNK);
+                let read = (&mut file).take(UPLOAD_CHUNK as u64).read_to_end(&mut chunk).map_err(io(&from))?;
+                if read == 0 {
+                    break;
+                }
+                upload.put(chunk.into()).await.map_err(|e| self.store_err(e))?;
+            }
+            tokio::io::AsyncWriteExt::shutdown(&mut upload).await.map_err(io(&from))?;
+        }
+        Ok(())
     }
 
     /// Writes the rows each source rejected or set aside under
@@ -482,7 +539,7 @@ impl Staging {
             )
             .map_err(|err| werr(err.into()))?;
             let df = ctx.read_batch(batch).map_err(werr)?;
-            self.write_table(&table, df, &[]).await?;
+            self.write_table(&table, df, &[], None).await?;
         }
         Ok(())
     }

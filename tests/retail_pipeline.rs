@@ -58,6 +58,49 @@ async fn retail_run_publishes_the_golden_tables() {
     )
     .await;
     assert!(crm_ids > 0);
+    every_table_is_written_for_warehouses(&output, &manifest);
+}
+
+/// Every published table's files, whichever way the run wrote them: zstd, no embedded
+/// Arrow schema, no type a warehouse cannot read (views, unsigned integers), and as many
+/// rows as the manifest says.
+fn every_table_is_written_for_warehouses(output: &std::path::Path, manifest: &serde_json::Value) {
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let tables = manifest["tables"].as_object().unwrap();
+    assert!(tables.len() >= 5, "{tables:?}");
+    for (table, info) in tables {
+        let mut rows = 0;
+        for file in std::fs::read_dir(output.join(table)).unwrap() {
+            let path = file.unwrap().path();
+            let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+            let meta = reader.metadata();
+            let file_meta = meta.file_metadata();
+            let keys = file_meta.key_value_metadata().map(|kv| kv.iter().map(|k| k.key.clone()).collect::<Vec<_>>());
+            assert!(!keys.unwrap_or_default().iter().any(|k| k == "ARROW:schema"), "{}", path.display());
+            for group in meta.row_groups() {
+                rows += group.num_rows();
+                for column in group.columns() {
+                    assert!(
+                        matches!(column.compression(), datafusion::parquet::basic::Compression::ZSTD(_)),
+                        "{} {}: {:?}",
+                        path.display(),
+                        column.column_path(),
+                        column.compression()
+                    );
+                }
+            }
+            let schema = datafusion::parquet::arrow::parquet_to_arrow_schema(file_meta.schema_descr(), None).unwrap();
+            for field in schema.fields() {
+                let unreadable = matches!(
+                    field.data_type(),
+                    DataType::Utf8View | DataType::BinaryView | DataType::UInt32 | DataType::UInt64
+                );
+                assert!(!unreadable, "{} {}: {}", path.display(), field.name(), field.data_type());
+            }
+        }
+        assert_eq!(info["rows"].as_i64().unwrap(), rows, "{table}");
+    }
 }
 
 #[tokio::test]
