@@ -61,26 +61,33 @@ pub async fn high_water(ctx: &SessionContext, table: &str) -> datafusion::error:
     Ok(v)
 }
 
-/// SQL of the id assignment as named subqueries, given the highest sequence number used.
-fn assignment_ctes(high_water: u64) -> String {
+/// SQL of the previous ids' votes as named subqueries: how many of each cluster's records
+/// had each previous id (`votes`), the cluster each previous id goes to (`best`), and the
+/// id each cluster keeps (`kept`).
+fn vote_ctes() -> String {
     format!(
         "cur AS (SELECT cluster_id, source_system, source_record_id, matched_by FROM {CLUSTERED_RECORDS}), \
          votes AS (SELECT cur.cluster_id, p.customer_id, count(*) AS n FROM cur JOIN {PREVIOUS_XREF} p \
                    ON p.source_system = cur.source_system AND p.source_record_id = cur.source_record_id \
                    GROUP BY cur.cluster_id, p.customer_id), \
          best AS ({best}), \
-         kept AS (SELECT cluster_id, min(customer_id) AS customer_id FROM best GROUP BY cluster_id), \
-         keys AS (SELECT cluster_id, min(concat(source_system, ':', source_record_id)) AS first_key FROM cur GROUP BY cluster_id), \
-         fresh AS (SELECT k.cluster_id, k.first_key FROM keys k LEFT JOIN kept ON kept.cluster_id = k.cluster_id WHERE kept.cluster_id IS NULL), \
-         new_ids AS (SELECT cluster_id, concat('{ID_PREFIX}', lpad(CAST(row_number() OVER (ORDER BY first_key) + {high_water} AS VARCHAR), {ID_DIGITS}, '0')) AS customer_id FROM fresh), \
-         assigned AS (SELECT cluster_id, customer_id FROM kept UNION ALL SELECT cluster_id, customer_id FROM new_ids)",
+         kept AS (SELECT cluster_id, min(customer_id) AS customer_id FROM best GROUP BY cluster_id)",
         best = engine::first_of_each_group("votes", "customer_id", "n DESC, cluster_id", "customer_id, cluster_id"),
     )
 }
 
-/// Each cluster's customer id (for `CUSTOMER_IDS`).
+/// Each cluster's customer id (for `CUSTOMER_IDS`), given the highest sequence number
+/// used, and whether the id is new (`fresh`), which the changes read.
 fn customer_ids_sql(high_water: u64) -> String {
-    format!("WITH {} SELECT cluster_id, customer_id FROM assigned", assignment_ctes(high_water))
+    format!(
+        "WITH {votes}, \
+         keys AS (SELECT cluster_id, min(concat(source_system, ':', source_record_id)) AS first_key FROM cur GROUP BY cluster_id), \
+         fresh AS (SELECT k.cluster_id, k.first_key FROM keys k LEFT JOIN kept ON kept.cluster_id = k.cluster_id WHERE kept.cluster_id IS NULL), \
+         new_ids AS (SELECT cluster_id, concat('{ID_PREFIX}', lpad(CAST(row_number() OVER (ORDER BY first_key) + {high_water} AS VARCHAR), {ID_DIGITS}, '0')) AS customer_id FROM fresh) \
+         SELECT cluster_id, customer_id, false AS fresh FROM kept \
+         UNION ALL SELECT cluster_id, customer_id, true AS fresh FROM new_ids",
+        votes = vote_ctes(),
+    )
 }
 
 /// The crosswalk: every identity record with its customer id and the rule that joined it.
@@ -92,20 +99,22 @@ fn xref_sql() -> String {
     )
 }
 
-/// Changes against the previous crosswalk: new, merged_into, split_from, deleted.
-fn changes_sql(high_water: u64) -> String {
+/// Changes against the previous crosswalk: new, merged_into, split_from, deleted. The new
+/// ids are read from `CUSTOMER_IDS`, not numbered again (at 1M people that was half a
+/// second).
+fn changes_sql() -> String {
     format!(
-        "WITH {ctes}, \
+        "WITH {votes}, \
          split_votes AS ({split_votes}) \
          SELECT n.customer_id, CASE WHEN s.customer_id IS NULL THEN 'new' ELSE 'split_from' END AS change, s.customer_id AS related_customer_id \
-           FROM new_ids n LEFT JOIN split_votes s ON s.cluster_id = n.cluster_id \
+           FROM (SELECT cluster_id, customer_id FROM {CUSTOMER_IDS} WHERE fresh) n LEFT JOIN split_votes s ON s.cluster_id = n.cluster_id \
          UNION ALL \
          SELECT b.customer_id, 'merged_into' AS change, k.customer_id AS related_customer_id \
            FROM best b JOIN kept k ON k.cluster_id = b.cluster_id WHERE b.customer_id <> k.customer_id \
          UNION ALL \
          SELECT DISTINCT p.customer_id, 'deleted' AS change, CAST(NULL AS VARCHAR) AS related_customer_id \
            FROM {PREVIOUS_XREF} p WHERE p.customer_id NOT IN (SELECT customer_id FROM votes)",
-        ctes = assignment_ctes(high_water),
+        votes = vote_ctes(),
         split_votes =
             engine::first_of_each_group("votes", "cluster_id", "n DESC, customer_id", "cluster_id, customer_id"),
     )
@@ -163,7 +172,7 @@ pub async fn assign(ctx: &SessionContext, previous_high_water: u64, scratch: &Pa
     engine::materialize(ctx, CUSTOMER_IDS, customer_ids, scratch).await?;
     let xref = ctx.sql(&xref_sql()).await?;
     engine::materialize(ctx, CUSTOMER_XREF, xref, scratch).await?;
-    let changes = ctx.sql(&changes_sql(previous_high_water)).await?;
+    let changes = ctx.sql(&changes_sql()).await?;
     engine::materialize(ctx, CUSTOMER_CHANGES, changes, scratch).await?;
     Ok(previous_high_water.max(high_water(ctx, CUSTOMER_XREF).await?))
 }
