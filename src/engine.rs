@@ -188,6 +188,33 @@ pub async fn materialize_parts(
     parts: Vec<DataFrame>,
     dir: &Path,
 ) -> datafusion::error::Result<()> {
+    materialize_as(ctx, name, parts, dir, scratch_parquet()).await
+}
+
+/// `materialize` for a table that many queries read (the identity records: resolve reads
+/// them about fifteen times), with dictionary pages: reading a repeated value from a
+/// dictionary page costs less than decoding it in full each time, and building the
+/// dictionaries once paid for itself (at 1M people resolve 11.9-13.0 -> 11.2-11.6 s).
+pub async fn materialize_for_many_reads(
+    ctx: &SessionContext,
+    name: &str,
+    df: DataFrame,
+    dir: &Path,
+) -> datafusion::error::Result<()> {
+    let mut options = scratch_parquet();
+    options.global.dictionary_enabled = Some(true);
+    materialize_as(ctx, name, vec![df], dir, options).await
+}
+
+/// Writes the parts with `options` (or in the published form, see [`PublishedForm`]) and
+/// registers the table.
+async fn materialize_as(
+    ctx: &SessionContext,
+    name: &str,
+    parts: Vec<DataFrame>,
+    dir: &Path,
+    options: TableParquetOptions,
+) -> datafusion::error::Result<()> {
     let path = dir.join(name);
     match ctx.state().config().get_extension::<PublishedForm>().filter(|p| p.tables.contains(name)) {
         Some(published) => {
@@ -195,7 +222,7 @@ pub async fn materialize_parts(
             write_parts_as(parts, &path, crate::publish::published_parquet()).await?;
             published.written.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), path.clone());
         }
-        None => write_parts(parts, &path).await?,
+        None => write_parts_as(parts, &path, options).await?,
     }
     let _ = ctx.deregister_table(name);
     ctx.register_parquet(name, &format!("{}/", path.display()), ParquetReadOptions::default()).await

@@ -467,7 +467,7 @@ pub async fn stage_records(
     // s of CPU at 1M people.
     let (mut state, plan) = with_record_numbers(records).await?.into_parts();
     state.config_mut().options_mut().execution.parquet.pushdown_filters = true;
-    engine::materialize(ctx, IDENTITY_RECORDS, DataFrame::new(state, plan), scratch).await?;
+    engine::materialize_for_many_reads(ctx, IDENTITY_RECORDS, DataFrame::new(state, plan), scratch).await?;
     lap.done("identity records");
     register_staged_views(ctx, pipeline, present).await?;
     Ok(StagedCounts { repeated, set_aside })
