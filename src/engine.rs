@@ -216,7 +216,7 @@ async fn materialize_as(
     options: TableParquetOptions,
 ) -> datafusion::error::Result<()> {
     let path = dir.join(name);
-    match ctx.state().config().get_extension::<PublishedForm>().filter(|p| p.tables.contains(name)) {
+    match published_form(ctx).filter(|p| p.tables.contains(name)) {
         Some(published) => {
             let parts = parts.into_iter().map(crate::publish::portable).collect::<Result<Vec<_>, _>>()?;
             write_parts_as(parts, &path, crate::publish::published_parquet()).await?;
@@ -248,8 +248,13 @@ pub fn publish_as_written(ctx: &SessionContext, tables: impl IntoIterator<Item =
 
 /// The folder a table was materialised to in the published form, if it was.
 pub fn published_files(ctx: &SessionContext, table: &str) -> Option<std::path::PathBuf> {
-    let form = ctx.state().config().get_extension::<PublishedForm>()?;
+    let form = published_form(ctx)?;
     form.written.lock().unwrap_or_else(|e| e.into_inner()).get(table).cloned()
+}
+
+/// The session's [`PublishedForm`], read in place (`ctx.state()` would copy the state).
+fn published_form(ctx: &SessionContext) -> Option<Arc<PublishedForm>> {
+    ctx.state_ref().read().config().get_extension::<PublishedForm>()
 }
 
 /// Column of a table written by [`materialize_by_pass`]: the pass (a BIGINT) a row is in.
