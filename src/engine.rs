@@ -143,6 +143,26 @@ pub async fn columns_read(
     read
 }
 
+/// [`columns_read`] as a select list: the columns of `schema` that `queries` read of
+/// `table`, in the schema's order (a scratch table then reads like its source), each as
+/// `alias.column`.
+pub async fn select_read(
+    ctx: &SessionContext,
+    table: &str,
+    schema: SchemaRef,
+    queries: &[String],
+    alias: &str,
+) -> datafusion::error::Result<String> {
+    let read = columns_read(ctx, table, schema.clone(), queries).await?;
+    let columns: Vec<String> = schema
+        .fields()
+        .iter()
+        .filter(|f| read.contains(f.name()))
+        .map(|f| format!("{alias}.{}", sql_identifier(f.name())))
+        .collect();
+    Ok(columns.join(", "))
+}
+
 /// An empty table of `schema`: what queries are planned against to learn what they read.
 pub fn stand_in(schema: SchemaRef) -> datafusion::error::Result<Arc<MemTable>> {
     Ok(Arc::new(MemTable::try_new(schema, vec![vec![]])?))

@@ -417,15 +417,7 @@ pub(crate) async fn term_frequencies(
     let kept = match reads {
         Some(reads) => {
             let schema = ctx.sql(&all).await?.schema().inner().clone();
-            let read = crate::engine::columns_read(ctx, &name, schema.clone(), &reads(model, &name)).await?;
-            // In the table's column order, so that the file reads like the records.
-            let kept: Vec<String> = schema
-                .fields()
-                .iter()
-                .filter(|f| read.contains(f.name()))
-                .map(|f| format!("r.{}", crate::engine::sql_identifier(f.name())))
-                .collect();
-            kept.join(", ")
+            crate::engine::select_read(ctx, &name, schema, &reads(model, &name), "r").await?
         }
         None => "r.*".to_string(),
     };

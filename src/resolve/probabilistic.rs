@@ -343,6 +343,7 @@ pub(crate) fn em(
 /// Estimates a rule's model from the identity records, whose block sizes are registered
 /// ([`super::rules::register_block_sizes`]).
 pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<RuleModel, ResolveError> {
+    let mut lap = crate::progress::Lap::start("resolve");
     let records = rule_records(rule);
     let n: u64 = {
         let b = ctx.sql(&format!("SELECT count(*) FROM {records}")).await?.collect().await?;
@@ -366,6 +367,7 @@ pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<
     let u_patterns = patterns(ctx, &u_sql, k).await?;
     let u_pairs = u_patterns.iter().map(|(_, n)| *n as u64).sum();
     let u = level_shares(&u_patterns, &sizes);
+    lap.done(&format!("{}: u pairs", rule.name));
 
     // m: EM over each blocking rule's pairs (a sample of them), its own columns left out.
     let m_start: Vec<Vec<f64>> = sizes.iter().map(|s| starting_m(s - 1)).collect();
@@ -380,27 +382,31 @@ pub async fn estimate(ctx: &SessionContext, rule: &ProbabilisticRule) -> Result<
             b.first().map_or(0, |b| b.column(0).as_primitive::<Int64Type>().value(0) as u64)
         };
         let share = (pairs / M_SAMPLE_PAIRS).max(1);
-        // The sample is of the pairs' left records. It is held in memory, where the
-        // engine knows its size: joined with the records, it is the side the join keeps
-        // in a hash table (in one query, the engine could not tell and kept all records,
-        // which at 10M records outgrew a 2 GB pool). At most about `4 * M_SAMPLE_PAIRS` records.
-        let sample = ctx
-            .sql(&format!(
-                "WITH {blocks} SELECT * FROM kb WHERE hash_bucket(concat('m:', CAST(rid AS VARCHAR)), {share}) = 0",
-                blocks = super::rules::blocks_sql(&records, key, rule.max_block_size, &sizes)
-            ))
-            .await?
-            .cache()
-            .await?;
-        ctx.register_table(M_SAMPLE, sample.into_view())?;
         let m_sql = format!(
             "SELECT {gammas}, count(*) AS n FROM {M_SAMPLE} l JOIN {records} r ON {join_lr} AND l.rid < r.rid \
              WHERE {link} GROUP BY {group}",
             link = super::rules::link_clause(rule.link_only)
         );
+        // The sample is of the pairs' left records. It is held in memory, where the
+        // engine knows its size: joined with the records, it is the side the join keeps
+        // in a hash table (in one query, the engine could not tell and kept all records,
+        // which at 10M records outgrew a 2 GB pool). At most about `4 * M_SAMPLE_PAIRS` records,
+        // with only the columns the pairs read (the records carry some twenty more).
+        let sample_sql = |columns: &str| {
+            format!(
+                "WITH {blocks} SELECT {columns} FROM kb WHERE hash_bucket(concat('m:', CAST(rid AS VARCHAR)), {share}) = 0",
+                blocks = super::rules::blocks_sql(&records, key, rule.max_block_size, &sizes)
+            )
+        };
+        let schema = ctx.sql(&sample_sql("*")).await?.schema().inner().clone();
+        let read = crate::engine::select_read(ctx, M_SAMPLE, schema, std::slice::from_ref(&m_sql), "kb").await?;
+        let sample = ctx.sql(&sample_sql(&read)).await?.cache().await?;
+        ctx.register_table(M_SAMPLE, sample.into_view())?;
+        lap.done(&format!("{}: m sample by {}", rule.name, key.join("+")));
         let pats = patterns(ctx, &m_sql, k).await;
         ctx.deregister_table(M_SAMPLE)?;
         let pats = pats?;
+        lap.done(&format!("{}: m pairs by {}", rule.name, key.join("+")));
         let seen: f64 = pats.iter().map(|(_, n)| n).sum();
         let mut fitted = BlockingModel { key: key.clone(), lambda: 0.1, pairs, em_pairs: seen as u64 };
         let free: Vec<bool> = rule.comparisons.iter().map(|c| !fitted.covers(&c.column)).collect();
