@@ -79,7 +79,8 @@ pub async fn explain(pipeline: &Pipeline, records: &[RecordRef]) -> Result<Strin
     let scratch = tempfile::tempdir().map_err(|e| Error::Other(e.to_string()))?;
     let (ctx, learned) = if records.len() == 2 {
         let ctx = crate::pipeline::staged_session(pipeline, scratch.path()).await?;
-        let learned = crate::resolve::names::learn(&ctx).await.map_err(Error::engine("learning first names"))?;
+        let learned =
+            crate::resolve::names::learn(&ctx, scratch.path()).await.map_err(Error::engine("learning first names"))?;
         (ctx, learned)
     } else {
         (crate::pipeline::start_session(pipeline, &Default::default(), scratch.path())?, Default::default())

@@ -152,7 +152,7 @@ async fn load_records(ctx: &SessionContext, clusters: &mut Clusters) -> Result<(
 pub async fn resolve(ctx: &SessionContext, pipeline: &Pipeline, work_dir: &Path) -> Result<MatchSummary, ResolveError> {
     let spec = &pipeline.spec.resolve;
     let mut lap = crate::progress::Lap::start("resolve");
-    let learned = names::learn(ctx).await?;
+    let learned = names::learn(ctx, work_dir).await?;
     lap.done("learn first names");
     if !learned.is_empty() {
         tracing::info!(

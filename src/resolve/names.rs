@@ -5,6 +5,7 @@
 //! the first-name checks do not refuse a merge for a nickname the list does not know.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray};
@@ -16,6 +17,9 @@ use crate::tables::IDENTITY_RECORDS;
 
 /// Between the two roots of a pair in [`LearnedNames::keys`].
 pub const KEY_SEPARATOR: char = '|';
+
+/// The scratch table of which first names each identifier carries, while they are learned.
+const CARRIED: &str = "carried_first_names";
 
 /// Identifiers that must carry a pair of names together before it counts.
 const MIN_IDENTIFIERS: i64 = 3;
@@ -62,23 +66,30 @@ impl LearnedNames {
 /// Learns the pairs from the staged identity records. An identifier that carries
 /// exactly two names gives its pair as the smaller and the larger of them, in one
 /// aggregation rather than a self-join of the identifiers.
-pub async fn learn(ctx: &SessionContext) -> Result<Arc<LearnedNames>> {
-    let sql = format!(
+pub async fn learn(ctx: &SessionContext, work_dir: &Path) -> Result<Arc<LearnedNames>> {
+    // The names each identifier carries are counted twice below (per identifier and per
+    // name): made once, rather than grouped again for each.
+    let carried = format!(
         "WITH ids AS ( \
            SELECT email AS v, first_name_root AS root FROM {IDENTITY_RECORDS} \
              WHERE email IS NOT NULL AND length(first_name_root) > 1 \
            UNION ALL \
            SELECT phone, first_name_root FROM {IDENTITY_RECORDS} \
-             WHERE phone IS NOT NULL AND (phone_kind IS DISTINCT FROM 'fixed_line') AND length(first_name_root) > 1), \
-         carried AS (SELECT v, root FROM ids GROUP BY v, root), \
-         names AS (SELECT min(root) AS a, max(root) AS b, count(*) AS n FROM carried GROUP BY v), \
+             WHERE phone IS NOT NULL AND (phone_kind IS DISTINCT FROM 'fixed_line') AND length(first_name_root) > 1) \
+         SELECT v, root FROM ids GROUP BY v, root"
+    );
+    crate::engine::materialize(ctx, CARRIED, ctx.sql(&carried).await?, work_dir).await?;
+    let sql = format!(
+        "WITH names AS (SELECT min(root) AS a, max(root) AS b, count(*) AS n FROM {CARRIED} GROUP BY v), \
          together AS (SELECT a, b, count(*) AS n FROM names WHERE n = 2 GROUP BY a, b), \
-         alone AS (SELECT root, count(*) AS n FROM carried GROUP BY root) \
+         alone AS (SELECT root, count(*) AS n FROM {CARRIED} GROUP BY root) \
          SELECT t.a, t.b FROM together t JOIN alone x ON x.root = t.a JOIN alone y ON y.root = t.b \
          WHERE t.n >= {MIN_IDENTIFIERS} AND t.n >= {MIN_SHARE} * least(x.n, y.n)"
     );
+    let batches = ctx.sql(&sql).await?.collect().await;
+    ctx.deregister_table(CARRIED)?;
     let mut pairs = HashSet::new();
-    for batch in ctx.sql(&sql).await?.collect().await? {
+    for batch in batches? {
         let columns: Vec<ArrayRef> = (0..2)
             .map(|i| datafusion::arrow::compute::cast(batch.column(i), &DataType::Utf8))
             .collect::<std::result::Result<_, _>>()?;
@@ -117,7 +128,8 @@ mod tests {
         );
         let df = ctx.sql(&sql).await.unwrap();
         ctx.register_table(IDENTITY_RECORDS, df.into_view()).unwrap();
-        let learned = learn(&ctx).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let learned = learn(&ctx, dir.path()).await.unwrap();
         assert!(learned.contains_roots("johanna", "jo") && learned.contains_roots("jo", "johanna"));
         assert!(!learned.contains_roots("jan", "marie") && !learned.contains_roots("jo", "piet"));
         assert_eq!(learned.keys().collect::<Vec<_>>(), ["jo|johanna"]);
