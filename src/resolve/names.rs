@@ -86,7 +86,8 @@ pub async fn learn(ctx: &SessionContext, work_dir: &Path) -> Result<Arc<LearnedN
          SELECT t.a, t.b FROM together t JOIN alone x ON x.root = t.a JOIN alone y ON y.root = t.b \
          WHERE t.n >= {MIN_IDENTIFIERS} AND t.n >= {MIN_SHARE} * least(x.n, y.n)"
     );
-    let batches = ctx.sql(&sql).await?.collect().await;
+    // Planned and run in a block of its own, so that the scratch table goes whatever the outcome.
+    let batches = async { ctx.sql(&sql).await?.collect().await }.await;
     ctx.deregister_table(CARRIED)?;
     let mut pairs = HashSet::new();
     for batch in batches? {
